@@ -1,0 +1,42 @@
+# memloc: `make reproduce` runs the whole study (miniature profile, CPU); `make test` runs the tests.
+# Both create .venv and install the package with its dev extras on first use; later runs install nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PROFILE ?= mini
+
+.PHONY: setup test check-sync nbdev-test pytest nbval reproduce clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Notebooks are the source: they must be clean and the package must be their export.
+check-sync: $(STAMP)
+	$(BIN)/nbdev-clean
+	$(BIN)/nbdev-export
+	@if [ -n "$$(git status --porcelain -- nbs memloc)" ]; then \
+	  echo "nbdev-clean / nbdev-export changed these files; run them and commit:"; \
+	  git status --porcelain -- nbs memloc; exit 1; fi
+
+nbdev-test: $(STAMP)
+	$(BIN)/nbdev-test --n-workers 2
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest tests/ -q
+
+# The committed reference notebooks of the miniature, re-executed and compared (see tests/nbval.cfg).
+nbval: $(STAMP)
+	@if ls runs/mini/*.ipynb >/dev/null 2>&1; then \
+	  $(BIN)/python -m pytest --nbval runs/mini/ --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider -q; \
+	else echo "no reference notebooks in runs/mini yet"; fi
+
+test: check-sync nbdev-test pytest nbval
+
+reproduce: $(STAMP)
+	$(BIN)/memloc reproduce --profile $(PROFILE)
