@@ -1,0 +1,82 @@
+import hashlib
+
+import matplotlib
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from memloc.config import (SettingsError, check_paths, load_settings, repo_root, resolve, save_fig,
+                           save_json, save_table)
+
+
+def test_repo_root_found_from_any_subfolder(repo_root):
+    from memloc import config
+    assert config.repo_root(repo_root / "nbs") == repo_root
+    assert config.repo_root(repo_root / "memloc") == repo_root
+
+
+def test_profiles_and_typed_values():
+    mini = load_settings("mini")
+    assert mini.str("device") == "cpu"
+    assert mini.int("augmentations") == 10  # from [DEFAULT]
+    fr = mini.floats("subset_fractions")
+    assert fr == sorted(fr) and all(0 < f <= 1 for f in fr)
+    full = load_settings("full")
+    assert full.str("device") == "cuda" and full.float("subset_fraction") == 0.01
+
+
+def test_unknown_profile_and_setting_named():
+    with pytest.raises(SettingsError, match=r"\[nope\]"):
+        load_settings("nope")
+    with pytest.raises(SettingsError, match="no_such_key"):
+        load_settings("mini").str("no_such_key")
+
+
+def test_bad_values_named(tmp_path):
+    ini = tmp_path / "settings.ini"
+    ini.write_text("[mini]\nbatch_size = many\nflag = maybe\nfracs = 0.1, x\n")
+    s = load_settings("mini", ini)
+    with pytest.raises(SettingsError, match="batch_size"):
+        s.int("batch_size")
+    with pytest.raises(SettingsError, match="flag"):
+        s.bool("flag")
+    with pytest.raises(SettingsError, match="fracs"):
+        s.floats("fracs")
+
+
+def test_missing_paths_listed_before_any_work(tmp_path):
+    ini = tmp_path / "settings.ini"
+    present = tmp_path / "here.pth"
+    present.write_bytes(b"x")
+    ini.write_text(f"[full]\nvar_d30_path = {tmp_path}/absent.pth\nvar_vae_path = {present}\n"
+                   f"data_root = {tmp_path}/no_imagenet\ndevice = cuda\n")
+    s = load_settings("full", ini)
+    with pytest.raises(SettingsError) as e:
+        check_paths(s)
+    msg = str(e.value)
+    assert "var_d30_path" in msg and "absent.pth" in msg and "data_root" in msg
+    assert "var_vae_path" not in msg
+    assert check_paths(s, ["var_vae_path"]) == {"var_vae_path": present}
+
+
+def test_relative_paths_resolve_from_repo_root(repo_root):
+    assert resolve("data/mini") == repo_root / "data" / "mini"
+    assert load_settings("mini").path("manifest_path") == repo_root / "data/mini/manifest.json"
+
+
+def test_outputs_are_byte_stable(tmp_path):
+    digests = []
+    for run in range(2):
+        fig, ax = plt.subplots()
+        ax.imshow([[0, 1], [1, 0]])
+        ax.set_title("t")
+        paths = save_fig(fig, "f", tmp_path / str(run))
+        plt.close(fig)
+        paths.append(save_table(pd.DataFrame({"a": [1.0, 2.5], "b": ["x", "y"]}), "t", tmp_path / str(run)))
+        paths.append(save_json({"z": 1, "a": float("nan")}, "r", tmp_path / str(run)))
+        digests.append([hashlib.sha256(p.read_bytes()).hexdigest() for p in paths])
+    assert digests[0] == digests[1]
+    assert b"CreationDate" not in (tmp_path / "0" / "f.pdf").read_bytes()
+    assert (tmp_path / "0" / "r.json").read_text() == '{\n  "a": null,\n  "z": 1\n}\n'
