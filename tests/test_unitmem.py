@@ -194,7 +194,35 @@ def test_torchrun_two_processes_gloo_equals_one_process(tmp_path):
     assert torch.allclose(reduced.compute(), single.compute(), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", ["var", "rar"])
-def test_family_tiny_preset(family):
-    mod = pytest.importorskip(f"memloc.{family}")
-    pytest.skip("family preset API not wired yet") if not hasattr(mod, "build_model") else None
+@pytest.mark.parametrize("family,preset", [("var", "tiny"), ("rar", "mini")])
+def test_family_small_preset(family, preset, tmp_path):
+    "On the real VAR / RAR adapters: hook reduction = full reduction per group, measure = unitmem on stored values."
+    import importlib
+    from memloc.data import Augment
+    mod = importlib.import_module(f"memloc.{family}")
+    torch.manual_seed(0)
+    model = mod.build_model(mod.preset_config(preset) if family == "var" else preset).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, model.image_size, model.image_size, generator=g), torch.arange(6) % model.num_classes
+    full = {}
+    hooks = [a.register_forward_hook(lambda m, i, o, b=b: full.__setitem__(b, o.detach().double()))
+             for b, (_, a, _) in enumerate(model.mlp_blocks())]
+    cap = UnitCapture(model)
+    with torch.no_grad(), cap: model.logits(model.tokenize(x), y)
+    for h in hooks: h.remove()
+    v = cap.values().double()
+    groups = model.unit_groups()
+    assert v.shape == (6, len(groups), len(model.mlp_blocks()), model.mlp_blocks()[0][0].out_features)
+    if family == "var": assert len(groups) > 1 and groups[0] == (0, 1)     # one group per scale
+    else: assert groups == [(2, model.seq_len + 2)]                         # RAR: the image tokens
+    for gi, (s, e) in enumerate(groups):
+        ref = torch.stack([full[b][:, s:e].abs().mean(1) for b in range(len(full))], 1)
+        assert torch.allclose(v[:, gi], ref, rtol=1e-5, atol=1e-6)
+    aug = Augment(model.image_size, hflip=True)
+    stats = measure(model, (x, y), augment=aug, n_views=2, batch_size=3, seed=1, progress=False, stats_path=tmp_path / "s.pt")
+    per_view = []
+    for view in range(2):
+        with torch.no_grad(), cap: model.logits(model.tokenize(aug.view(x, torch.arange(6), view, seed=1)), y)
+        per_view.append(cap.values())
+    assert stats.count == 6 and load_stats(tmp_path / "s.pt")[2]["seed"] == 1
+    assert torch.allclose(stats.compute(), unitmem(torch.stack(per_view, 1)), rtol=0, atol=1e-5)
