@@ -99,6 +99,18 @@ def test_split_roundtrip_json(digits):
     assert r.to_dict() == s.to_dict() and torch.equal(r.train_indices(), s.train_indices())
 
 
+def test_split_without_canaries_roundtrips(digits):
+    s = make_split(digits[1], 10, 0, 1)
+    r = MiniSplit.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert len(r.canaries) == 0 and r.canaries.dtype == torch.int64 and torch.equal(r.train_indices(), s.members)
+    assert (r.groups() == "canary").sum() == 0
+
+
+def test_split_rejects_float_indices(digits):
+    d = make_split(digits[1], 10, 2, 2).to_dict()
+    with pytest.raises(TypeError, match="members must hold integers"): MiniSplit.from_dict({**d, "members": [0.5, 1.5]})
+
+
 def test_split_from_dict_rejects_inconsistent(digits):
     _, y = digits
     d = make_split(y, 20, 10, 3).to_dict()
