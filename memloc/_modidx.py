@@ -334,6 +334,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'memloc.var.drop_path': ('var.html#drop_path', 'memloc/var.py'),
                             'memloc.var.fixtures_dir': ('var.html#fixtures_dir', 'memloc/var.py'),
                             'memloc.var.load_fixture': ('var.html#load_fixture', 'memloc/var.py'),
+                            'memloc.var.load_pretrained': ('var.html#load_pretrained', 'memloc/var.py'),
                             'memloc.var.load_state_dict_file': ('var.html#load_state_dict_file', 'memloc/var.py'),
                             'memloc.var.load_strict': ('var.html#load_strict', 'memloc/var.py'),
                             'memloc.var.phi_index': ('var.html#phi_index', 'memloc/var.py'),

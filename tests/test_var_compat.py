@@ -223,3 +223,14 @@ def test_load_missing_and_misshaped(tiny):
     msg = str(e.value)
     assert "missing: blocks.1.ffn.fc1.bias" in msg and "unexpected: extra.weight" in msg and "mis-shaped: head.weight" in msg
     assert torch.equal(model.generator.head.bias, before)           # nothing copied
+
+
+@needs_fixtures
+def test_load_pretrained_meta_build(tiny, tmp_path):
+    from memloc.var import load_pretrained
+    model, fx, _ = tiny
+    torch.save(model.tokenizer.state_dict(), tmp_path / "vae.pth"); torch.save(model.generator.state_dict(), tmp_path / "var.pth")
+    m = load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "var.pth")
+    with torch.no_grad(): lg = m.logits(fx["enc.idx_BL"], fx["input.label_B"])
+    assert torch.allclose(lg, fx["tf.logits_BLV"], atol=ATOL)
+    with pytest.raises(CheckpointError, match="VQVAE checkpoint"): load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "vae.pth")
