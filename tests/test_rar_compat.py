@@ -168,6 +168,11 @@ def test_other_family_rejected():
     with pytest.raises(CheckpointError, match="VAR"): load_strict(RAR(cfg), var, "RAR generator")
     tok = read_state_dict(_need("maskgit_tiny.safetensors"), prefix="tokenizer.")
     with pytest.raises(CheckpointError, match="tokenizer"): load_strict(RAR(cfg), tok, "RAR generator")
+    small = VQGANConfig(hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, num_embeddings=16, image_size=16)
+    vqvae = read_state_dict(_need("var_tiny.safetensors"), prefix="vqvae.")
+    with pytest.raises(CheckpointError, match="VAR"): load_strict(MaskGITVQGAN(small), vqvae, "RAR tokenizer")
+    gen = read_state_dict(_need("rar_tiny.safetensors"), prefix="rar.")
+    with pytest.raises(CheckpointError, match="generator"): load_strict(MaskGITVQGAN(small), gen, "RAR tokenizer")
 
 def test_load_rar_roundtrip(tmp_path):
     m = build_model("mini")
