@@ -40,6 +40,8 @@ def test_state_dict_matches_spec(name):
     ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
     assert ours == [(r[0], r[1]) for r in m["state_dict"]]
     assert sum(p.numel() for p in model.parameters()) == m["total_parameters"]
+    params = {n for n, _ in model.named_parameters()}
+    assert {r[0] for r in m["state_dict"] if r[3] == "parameter"} == params
     if name == "vqvae": assert [phi_index(si, 10, 4) for si in range(10)] == m["derived"]["phi_index_per_scale"]
 
 
@@ -234,3 +236,12 @@ def test_load_pretrained_meta_build(tiny, tmp_path):
     with torch.no_grad(): lg = m.logits(fx["enc.idx_BL"], fx["input.label_B"])
     assert torch.allclose(lg, fx["tf.logits_BLV"], atol=ATOL)
     with pytest.raises(CheckpointError, match="VQVAE checkpoint"): load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "vae.pth")
+
+
+@needs_fixtures
+def test_bad_inputs_are_named(tiny):
+    model, fx, _ = tiny
+    with pytest.raises(ValueError, match=r"\[0,1\]"): model.tokenize(fx["input.img_B3HW"] * 255)
+    with pytest.raises(ValueError, match="tokens must be"): model.logits(fx["enc.idx_BL"][:, :10], fx["input.label_B"])
+    with pytest.raises(ValueError, match="token ids"): model.logits(fx["enc.idx_BL"] + 1000, fx["input.label_B"])
+    with pytest.raises(ValueError, match="labels must be in"): model.generate(torch.tensor([0, 99]))
