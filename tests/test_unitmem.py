@@ -152,6 +152,12 @@ def test_measure_on_a_subset_and_a_dataset_object():
     assert a.count == 4 and set(a.argmax.unique().tolist()) <= set(pts)
     assert torch.equal(a.sum, b.sum) and torch.equal(a.argmax, b.argmax)
 
+    class WithIds(torch.utils.data.Dataset):                  # items (point id, image, label), like PointDataset
+        def __len__(self): return 12
+        def __getitem__(self, k): return 100 + k, x[k], y[k]
+    c = measure(model, WithIds(), n_views=1, batch_size=2, points=pts, progress=False)
+    assert torch.equal(c.argmax, a.argmax + 100) and torch.equal(c.sum, a.sum)
+
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     model, data = ToyAdapter().eval(), toy_data(20)
