@@ -149,8 +149,11 @@ def to_md(res) -> str:
           f"Measured as {p['measured_as']}, each mode in a fresh process; 'over passes' subtracts the run of the same passes without capture.", "",
           "| mode | peak | over passes | tensors held |", "|---|---|---|---|",
           f"| passes only | {mb(p['peak_bytes']['none'])} | - | - |"]
+    note_store = ("Storing peaks above the values it holds: stacking the views and `unitmem`'s float64 copy and magnitude "
+                  "each make a copy of the whole [N, A, cells] tensor.")
     for k, lab in (("stream", "streaming UnitMemStats (measure)"), ("store", "store every per-view value")):
         L.append(f"| {lab} | {mb(p['peak_bytes'][k])} | {mb(p['over_passes_bytes'][k])} | {mb(p['held_tensor_bytes'][k])} |")
+    L += ["", note_store]
     L += ["", "## Hook overhead (teacher-forced logits, median of interleaved repetitions)", "",
           "| model | grid | batch | dtype | without | with capture | overhead |", "|---|---|---|---|---|---|---|"]
     for r in res["overhead"]:
@@ -168,6 +171,7 @@ def main():
     ap.add_argument("--n", type=int, default=256, help="points in the peak-memory run")
     ap.add_argument("--views", type=int, default=VIEWS)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--overhead-only", action="store_true", help="only the hook overhead, to results/unitmem_overhead_<models>_<device>.json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -178,12 +182,16 @@ def main():
         fam, name = m.split(":") if ":" in m else ("var", m)
         ov.append(overhead(name, a.batch, a.reps, a.device, dtype, fam))
     dev = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {a.threads} thread)"
+    out = HERE / "results"; out.mkdir(exist_ok=True)
+    tag = "cpu" if a.device == "cpu" else "cuda"
+    if a.overhead_only:
+        f = out / f"unitmem_overhead_{'_'.join(m.replace(':', '-') for m in a.models)}_{tag}.json"
+        f.write_text(json.dumps(dict(device=dev, torch=torch.__version__, overhead=ov), indent=1) + "\n")
+        return print(f.read_text())
     note = ("No GPU was available for this run: overhead and peak memory are CPU numbers; the GPU goal (under 5% in bf16 "
             "on VAR-d16/d30) is not measured here." if a.device == "cpu" else "GPU run.")
     res = dict(device=dev, note=note, torch=torch.__version__, shapes=grid_shapes(),
                peak=peak_memory(a.n, a.views, a.batch, a.device), overhead=ov)
-    out = HERE / "results"; out.mkdir(exist_ok=True)
-    tag = "cpu" if a.device == "cpu" else "cuda"
     (out / f"unitmem_memory_{tag}.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / f"unitmem_memory_{tag}.md").write_text(to_md(res))
     print(to_md(res))
