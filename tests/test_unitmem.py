@@ -232,3 +232,11 @@ def test_family_small_preset(family, preset, tmp_path):
         per_view.append(cap.values())
     assert stats.count == 6 and load_stats(tmp_path / "s.pt")[2]["seed"] == 1
     assert torch.allclose(stats.compute(), unitmem(torch.stack(per_view, 1)), rtol=0, atol=1e-5)
+
+
+def test_canary_share_of_top_cells():
+    from memloc.unitmem import canary_share
+    um = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
+    arg = torch.tensor([[5, 1], [2, 5], [7, 0]])
+    assert canary_share(um, arg, {5, 7}, top=0.5) == (2 / 3, 3)     # top 3 cells: 0.9 -> 5, 0.8 -> 2, 0.7 -> 7
+    assert canary_share(um, arg, lambda i: i == 2, top=0.01) == (0.0, 1)
