@@ -151,6 +151,7 @@ def test_mini_preset_generic_sizes():
     m = build_model(preset_config("mini")).eval()
     m2 = build_model(m.config)
     assert m2.config == m.config and m.seq_len == sum(p * p for p in m.patch_nums)
+    assert build_model(json.loads(json.dumps(m.config))).config == m.config       # survives a JSON manifest
     img = torch.rand(2, 3, m.image_size, m.image_size)
     with torch.no_grad():
         t = m.tokenize(img)
