@@ -1,7 +1,7 @@
 """Teacher-forced forward throughput (images/s) of VAR with random weights.
 
 CPU: float32 at a small batch.  GPU: bf16 autocast + PyTorch SDPA, at batch sizes that fill the card,
-with the achieved fraction of the measured bf16 matmul rate.  Writes benchmarks/results/forward_<device>.json.
+with the achieved fraction of the measured bf16 matmul rate.  Writes benchmarks/results/forward_var_<device>.json.
 
     python benchmarks/forward.py --models d16 d30 --batch 1 --iters 2           # CPU
     python benchmarks/forward.py --device cuda --models d16 d30 --batch 16 64 128   # GPU
@@ -83,7 +83,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)               # CPU threads
     ap.add_argument("--warmup", type=int, default=1)                # untimed passes
     ap.add_argument("--iters", type=int, default=2)                 # timed passes
-    ap.add_argument("--out", default=None)                          # result JSON (default benchmarks/results/forward_<device>.json)
+    ap.add_argument("--out", default=None)                          # result JSON (default benchmarks/results/forward_var_<device>.json)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     res = {"what": "VAR teacher-forced forward over all L tokens of the scale pyramid, random weights, images/s",
@@ -105,7 +105,7 @@ def main():
             res["runs"].append(r); print(json.dumps(r), flush=True)
         del m
         if a.device == "cuda": torch.cuda.empty_cache()
-    out = Path(a.out or Path(__file__).resolve().parent / "results" / f"forward_{a.device}.json")
+    out = Path(a.out or Path(__file__).resolve().parent / "results" / f"forward_var_{a.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
     print("wrote", out)
