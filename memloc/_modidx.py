@@ -471,6 +471,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'memloc.var_scales.class_shares': ('var_scales.html#class_shares', 'memloc/var_scales.py'),
                                    'memloc.var_scales.depth_index': ('var_scales.html#depth_index', 'memloc/var_scales.py'),
                                    'memloc.var_scales.interval': ('var_scales.html#interval', 'memloc/var_scales.py'),
+                                   'memloc.var_scales.model_fingerprint': ('var_scales.html#model_fingerprint', 'memloc/var_scales.py'),
                                    'memloc.var_scales.plot_depth': ('var_scales.html#plot_depth', 'memloc/var_scales.py'),
                                    'memloc.var_scales.plot_maps': ('var_scales.html#plot_maps', 'memloc/var_scales.py'),
                                    'memloc.var_scales.point_values': ('var_scales.html#point_values', 'memloc/var_scales.py'),
