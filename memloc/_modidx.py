@@ -308,6 +308,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'memloc.study.check_checkpoint': ('study.html#check_checkpoint', 'memloc/study.py'),
                               'memloc.study.family_of': ('study.html#family_of', 'memloc/study.py'),
                               'memloc.study.load_model': ('study.html#load_model', 'memloc/study.py'),
+                              'memloc.study.mini_split': ('study.html#mini_split', 'memloc/study.py'),
                               'memloc.study.study_points': ('study.html#study_points', 'memloc/study.py')},
             'memloc.testbed': { 'memloc.testbed.TestbedError': ('testbed.html#testbederror', 'memloc/testbed.py'),
                                 'memloc.testbed.TrainSettings': ('testbed.html#trainsettings', 'memloc/testbed.py'),
