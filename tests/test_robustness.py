@@ -183,6 +183,12 @@ def test_tiny_end_to_end_random_weight_var(digits):
     stats, times = level_stats(model, (imgs, labs), order, sizes, Augment(16, hflip=False), n_views=2, batch_size=4)
     ums = [s.compute() for s in stats]
     assert ums[0].shape == (len(model.unit_groups()), 6, 256)
+    from memloc.var_scales import point_values
+    vals = point_values(model, (imgs, labs), order, Augment(16, hflip=False), n_views=2, batch_size=4)
+    reused, est = level_stats(model, (imgs, labs), order, sizes, Augment(16, hflip=False), n_views=2, batch_size=4, values=vals)
+    for a, b in zip(reused, stats):
+        torch.testing.assert_close(a.compute(), b.compute(), rtol=1e-4, atol=1e-6); assert a.count == b.count  # other batches: float32 rounding
+    assert all(t > 0 for t in est) and est[0] < est[-1]                 # estimated from one timed batch
     tab = consistency(ums, fr, top_p=10, counts=sizes, times=times)
     assert tab.spearman.iloc[-1] == pytest.approx(1.0) and tab.jaccard.iloc[-1] == 1.0
     assert tab.spearman.between(-1, 1).all() and tab.jaccard.between(0, 1).all() and tab.map_corr.between(-1, 1).all()
