@@ -12,7 +12,7 @@ from memloc.config import repo_root
 from memloc.data import load_digits
 from memloc.extraction import (BACKENDS, LookupModel, calibrate_threshold, candidate_scores, extract,
                                generate_uncached, greedy_from_prefix, make_backend, results_entry, run_attack,
-                               save_results, select_candidates, summarize, tokenize_all)
+                               save_results, score_dataset, select_candidates, summarize, tokenize_all)
 
 torch.set_num_threads(1)
 
@@ -35,6 +35,14 @@ def test_scores_rank_memorized_first(toy):
     assert sorted(select_candidates(s, y, per_class=2).tolist()) == [0, 1, 2, 3]
     assert len(select_candidates(s, y, per_class=None)) == 24
     with pytest.raises(ValueError, match="labels"): candidate_scores(model, x, y[:3])
+
+
+def test_streamed_scores_equal_in_memory(toy):
+    model, x, y = toy
+    ds = torch.utils.data.TensorDataset(x, y)
+    keep = torch.tensor([0, 3, 5, 20, 23])
+    s, lab = score_dataset(model, ds, keep, batch_size=2, num_workers=0)
+    assert torch.equal(lab, y[keep]) and torch.equal(s, candidate_scores(model, x[keep], y[keep]))
 
 
 def test_prefix_generation_dedupes_and_matches_uncached(toy):
