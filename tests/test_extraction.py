@@ -127,6 +127,14 @@ def test_backend_registry_and_missing_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="sscd.onnx"): make_backend("sscd-onnx", path=tmp_path / "missing.onnx")
 
 
+def test_digits_cnn_backend():
+    sim = make_backend("digits-cnn", threshold=0.9)
+    x, y = load_digits(16)
+    e = sim.embed_all(x[:6])
+    assert e.shape == (6, 64) and torch.allclose(e.norm(dim=1), torch.ones(6, dtype=torch.float64))
+    assert torch.allclose(sim(x[:6], x[:6]), torch.ones(6, dtype=torch.float64))
+
+
 class _FakeSSCD(nn.Module):
     "Stands in for Meta's TorchScript file: checks its 320x320 normalised input, returns 512-d."
     def __init__(self):
