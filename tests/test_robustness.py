@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from memloc.data import Augment, load_digits, make_split
-from memloc.robustness import (check_fractions, compare_mitigation, consistency, jaccard, jaccard_chance, level_stats,
+from memloc.robustness import (check_fractions, compare_mitigation, consistency, fingerprint, jaccard, jaccard_chance, level_stats,
                                levels, merged_stats, nested_subsets, pearson, reuse_values, spearman,
-                               subset_stats_from_values, unit_map)
+                               subset_stats_from_values, unit_map, verify_values)
 from memloc.unitmem import measure
 from memloc.var_scales import stats_from_values
 
@@ -185,10 +185,13 @@ def test_tiny_end_to_end_random_weight_var(digits):
     assert ums[0].shape == (len(model.unit_groups()), 6, 256)
     from memloc.var_scales import point_values
     vals = point_values(model, (imgs, labs), order, Augment(16, hflip=False), n_views=2, batch_size=4)
-    reused, est = level_stats(model, (imgs, labs), order, sizes, Augment(16, hflip=False), n_views=2, batch_size=4, values=vals)
+    ok, per_view = verify_values(model, (imgs, labs), order[:4], vals[:4], Augment(16, hflip=False), n_views=2, batch_size=4)
+    assert ok and per_view > 0
+    assert not verify_values(model, (imgs, labs), order[:4], vals[:4] * 1.01, Augment(16, hflip=False), n_views=2, batch_size=4)[0]
+    reused, est = level_stats(model, (imgs, labs), order, sizes, n_views=2, batch_size=4, values=vals, per_view_s=per_view)
     for a, b in zip(reused, stats):
         torch.testing.assert_close(a.compute(), b.compute(), rtol=1e-4, atol=1e-6); assert a.count == b.count  # other batches: float32 rounding
-    assert all(t > 0 for t in est) and est[0] < est[-1]                 # estimated from one timed batch
+    assert est == pytest.approx([n * 2 * per_view for n in sizes])
     tab = consistency(ums, fr, top_p=10, counts=sizes, times=times)
     assert tab.spearman.iloc[-1] == pytest.approx(1.0) and tab.jaccard.iloc[-1] == 1.0
     assert tab.spearman.between(-1, 1).all() and tab.jaccard.between(0, 1).all() and tab.map_corr.between(-1, 1).all()
@@ -202,3 +205,12 @@ def test_tiny_end_to_end_random_weight_var(digits):
     assert mit.units.tolist() == ["none (before)", "0.5", "1", "random seed 0"]
     assert mit.n_units.tolist()[1:] == [round(0.01 * 6 * 256)] * 3 and mit.jaccard_ref.iloc[2] == 1.0
     assert (mit.extracted <= 4).all()
+
+
+def test_fingerprint_tells_weights_apart():
+    import memloc.rar as rar
+    torch.manual_seed(0); a = rar.build_model("mini")
+    torch.manual_seed(0); b = rar.build_model("mini")
+    assert fingerprint(a) == fingerprint(b)
+    with torch.no_grad(): b.mlp_blocks()[3][0].weight[0, 0] += 1e-3
+    assert fingerprint(a) != fingerprint(b)
