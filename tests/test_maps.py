@@ -173,7 +173,7 @@ def test_full_pass_on_random_weight_models(tmp_path, digits):
     vm = var.build_model(var.preset_config("mini")).eval()
     st, vals = unit_stats(vm, digits, pts, Augment(16, hflip=False), 2, 10, 0, folder=tmp_path, name="var")
     um = st.compute()[:, :, :]
-    assert um.shape == (6, 6, 256) and vals.shape == (20, 6, 6, 256) and (tmp_path / "var.values.pt").is_file()
+    assert um.shape == (6, 6, 256) and vals.shape == (20, 6, 6, 256) and len(list(tmp_path.glob("var-*.values.pt"))) == 1
     m = cell_maps(um, 10)
     assert abs(m["top_share"].sum().item() - 1) < 1e-9 and torch.isfinite(m["quantile"]).all()
     t = scale_depth_test(um, vals, n_boot=10)
@@ -187,8 +187,19 @@ def test_full_pass_on_random_weight_models(tmp_path, digits):
 
     rm = rar.build_model("mini").eval()
     st2, _ = unit_stats(rm, digits, pts, Augment(16, hflip=False), 1, 10, 0, folder=tmp_path, name="rar", keep_values=False)
-    assert (tmp_path / "rar.stats.pt").is_file() and st2.shape == (1, 6, 256)
+    assert len(list(tmp_path.glob("rar-*.stats.pt"))) == 1 and st2.shape == (1, 6, 256)
     t2 = late_share_test(st2.compute()[0], None, n_boot=10)
     assert t2["chance"] == 0.5 and t2["top_units"] == round(0.1 * 6 * 256) and 0 <= t2["p_perm"] <= 1
     st3, _ = unit_stats(rm, digits, pts, Augment(16, hflip=False), 1, 10, 0, folder=tmp_path, name="rar", keep_values=False)
     assert torch.equal(st3.max, st2.max)      # the rerun resumed from the saved statistics
+
+
+def test_model_fingerprint_names_the_weights():
+    from memloc import rar
+    from memloc.var_scales import model_fingerprint
+    torch.manual_seed(0)
+    a = rar.build_model("mini")
+    fp = model_fingerprint(a)
+    assert fp == model_fingerprint(a) and len(fp) == 12
+    with torch.no_grad(): a.mlp_blocks()[0][0].weight[0, 0] += 1.0
+    assert model_fingerprint(a) != fp
