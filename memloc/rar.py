@@ -17,8 +17,7 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['VQGANConfig', 'ResBlock', 'VQGANEncoder', 'VQGANDecoder', 'VectorQuantizer', 'MaskGITVQGAN', 'RARConfig', 'modulate',
            'Attention', 'Mlp', 'Block', 'FinalAdaLN', 'RAR', 'random_ratio_at', 'raster_orders', 'sample_orders',
-           'cfg_schedule', 'sample_next', 'rar_generate', 'CheckpointError', 'read_state_dict', 'load_strict',
-           'rar_config', 'RARModel', 'build_model', 'load_rar']
+           'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config', 'RARModel', 'build_model', 'load_rar']
 
 # %% ../nbs/02_rar.ipynb #536cdd8f
 @dataclass
@@ -333,51 +332,7 @@ def rar_generate(model: RAR, labels_B, guidance_scale=0.0, guidance_scale_pow=2.
     return (ids, torch.stack(raw, 1) if raw else None) if return_logits else ids
 
 # %% ../nbs/02_rar.ipynb #e050116c
-class CheckpointError(ValueError):
-    "A checkpoint file that cannot be loaded into the model it was meant for."
-
-_VAR_MARKERS = ("class_emb", "word_embed", "lvl_embed", "quant_conv", "quant_resi", "ema_vocab_hit")
-
-def read_state_dict(path: str | os.PathLike, prefix: str | None = None) -> dict:
-    "Tensors of a checkpoint file (`.safetensors` or a torch file), optionally only keys under `prefix` (stripped)."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"checkpoint not found: {path}")
-    head = path.read_bytes()[:8] if path.stat().st_size else b""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        kind = "truncated or corrupt" if head[:2] == b"PK" or path.suffix == ".safetensors" else "not a checkpoint"
-        raise CheckpointError(f"{path}: {kind} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    if isinstance(sd, dict) and len(sd) == 1 and next(iter(sd)) in ("state_dict", "model", "module") and isinstance(next(iter(sd.values())), dict):
-        sd = next(iter(sd.values()))
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: not a checkpoint (expected a mapping of names to tensors, got {type(sd).__name__})")
-    if prefix is not None:
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not sd: raise CheckpointError(f"{path}: no keys start with {prefix!r}")
-    return sd
-
-def load_strict(module: nn.Module, sd: dict, what: str = "model", source: str = "state dict"):
-    "Copy `sd` into `module`, refusing the other family and listing every missing, unexpected or mis-shaped key."
-    if what.startswith("RAR") and any(k.split(".")[0] in _VAR_MARKERS or k.startswith(("quantize.ema", "quant_")) for k in sd):
-        raise CheckpointError(f"{source}: this is a VAR/VQVAE checkpoint (keys like class_emb, word_embed, lvl_embed), not {what}")
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        hint = ""
-        if what.startswith("RAR generator") and any(k.startswith(("encoder.", "decoder.")) for k in sd): hint = " (this looks like a tokenizer file)"
-        if what.startswith("RAR tokenizer") and "lm_head.weight" in sd: hint = " (this looks like a generator file)"
-        raise CheckpointError(f"{source} does not fit {what}{hint}: "
-                              f"{len(missing)} missing {missing[:20]}, {len(unexpected)} unexpected {unexpected[:20]}, "
-                              f"{len(shapes)} mis-shaped {shapes[:20]}")
-    module.load_state_dict(sd, strict=True)
-    return module
+from .checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
 
 # %% ../nbs/02_rar.ipynb #654075ac
 _RELEASED = dict(rar_b=(768, 24, 3072, 16.0, 2.75, 1.0), rar_l=(1024, 24, 4096, 15.5, 2.5, 1.02),
@@ -503,6 +458,6 @@ def load_rar(generator_path, tokenizer_path, config: dict | str = "rar_b", devic
     "A `RARModel` with the released (or any compatible) generator and tokenizer files, loaded strictly."
     with torch.device("meta"): model = RARModel(rar_config(config) if isinstance(config, str) else config)
     model = model.to_empty(device="cpu")
-    load_strict(model.generator, read_state_dict(generator_path), "RAR generator", str(generator_path))
-    load_strict(model.tokenizer, read_state_dict(tokenizer_path), "RAR tokenizer (MaskGIT VQGAN)", str(tokenizer_path))
+    load_strict(model.generator, read_state_dict(generator_path), "rar", str(generator_path))
+    load_strict(model.tokenizer, read_state_dict(tokenizer_path), "maskgit", str(tokenizer_path))
     return model.to(device or "cpu").eval()

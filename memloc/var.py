@@ -20,8 +20,8 @@ import torch.nn.functional as F
 __all__ = ['RELEASED_VQVAE', 'VQVAEConfig', 'VARConfig', 'var_preset', 'Normalize', 'ResnetBlock', 'AttnBlock', 'Downsample2x',
            'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks', 'phi_index', 'PhiPartiallyShared',
            'VectorQuantizer2', 'VQVAE', 'FFN', 'SelfAttention', 'drop_path', 'AdaLNSelfAttn', 'AdaLNBeforeHead', 'VAR',
-           'sample_tokens', 'var_generate', 'CheckpointError', 'load_state_dict_file', 'checkpoint_family',
-           'load_strict', 'VARModel', 'build_model', 'load_pretrained', 'preset_config', 'fixtures_dir', 'load_fixture']
+           'sample_tokens', 'var_generate', 'VARModel', 'build_model', 'load_pretrained', 'preset_config',
+           'fixtures_dir', 'load_fixture']
 
 # %% ../nbs/01_var.ipynb #a7e60f9b
 @dataclass
@@ -475,58 +475,7 @@ def var_generate(var: VAR, quant: VectorQuantizer2, label_B, prefix_BL=None, n_p
     return (out, torch.cat(logs, 1)) if return_logits else out
 
 # %% ../nbs/01_var.ipynb #f4bc2242
-class CheckpointError(ValueError):
-    "A checkpoint file is unreadable, of the wrong family, or does not match the model."
-
-def load_state_dict_file(path) -> dict:
-    "State dict from `.pth`/`.pt`/`.bin` (torch.load, weights_only) or `.safetensors`."
-    path = Path(path)
-    if not path.is_file(): raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0: raise CheckpointError(f"{path} is empty (0 bytes)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try: sd = load_file(str(path))
-        except Exception as e: raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-    else:
-        if not zipfile.is_zipfile(path):
-            with open(path, "rb") as fh: head = fh.read(4)
-            if head[:2] == b"PK": raise CheckpointError(f"{path} is truncated: the zip archive of this torch checkpoint is incomplete")
-        try: sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            msg = str(e).splitlines()[0][:200]
-            kind = "truncated or corrupt" if "zip" in msg.lower() or "stream" in msg.lower() else "not a torch checkpoint"
-            raise CheckpointError(f"{path} could not be loaded ({kind}): {msg}") from None
-    if isinstance(sd, dict) and len(sd) == 1 and next(iter(sd)) in ("state_dict", "model", "trainer"):
-        sd = next(iter(sd.values()))
-    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
-        raise CheckpointError(f"{path} is not a checkpoint: expected a dict of named tensors, got {type(sd).__name__}")
-    return sd
-
-def checkpoint_family(sd: dict) -> str:
-    "'var', 'vqvae', 'rar', 'maskgit' or 'unknown', from the key names."
-    ks = set(sd)
-    if {"class_emb.weight", "word_embed.weight", "lvl_embed.weight"} & ks: return "var"
-    if "quantize.embedding.weight" in ks and any(k.startswith("quant_conv.") for k in ks): return "vqvae"
-    if any(k.startswith(("lm_head", "tok_emb", "embeddings", "target_aware_pos_embed", "timesteps_embeddings")) for k in ks): return "rar"
-    if any(k.startswith(("pixel_quantize", "pixel_decoder")) for k in ks) or "quantize.embedding.weight" in ks: return "maskgit"
-    return "unknown"
-
-def load_strict(module: nn.Module, sd: dict, family: str, name: str = "checkpoint", assign: bool = False):
-    "Copy `sd` into `module` (`assign`: adopt its tensors, for meta-built modules); one CheckpointError lists every key problem; nothing is copied on error."
-    fam = checkpoint_family(sd)
-    if fam not in (family, "unknown"):
-        raise CheckpointError(f"{name} is a {fam.upper()} checkpoint, but a {family.upper()} one was expected")
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shaped = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shaped:
-        lines = [f"{name} does not match the {family.upper()} model:"]
-        for title, ks in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
-            if ks: lines.append(f"  {len(ks)} {title}: " + ", ".join(ks[:20]) + (" ..." if len(ks) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
-    module.load_state_dict(sd, strict=True, assign=assign)
-    return module
+from .checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
 
 # %% ../nbs/01_var.ipynb #7c81d5bc
 def _cfg(cls, d):
@@ -601,8 +550,8 @@ class VARModel(nn.Module):
 
     def load_checkpoints(self, vae_path=None, var_path=None):
         "Strictly load the VQ-VAE and/or VAR weights from files."
-        if vae_path is not None: load_strict(self.tokenizer, load_state_dict_file(vae_path), "vqvae", str(vae_path))
-        if var_path is not None: load_strict(self.generator, load_state_dict_file(var_path), "var", str(var_path))
+        if vae_path is not None: load_strict(self.tokenizer, read_state_dict(vae_path), "vqvae", str(vae_path))
+        if var_path is not None: load_strict(self.generator, read_state_dict(var_path), "var", str(var_path))
         return self
 
 def build_model(config: dict) -> VARModel:
@@ -614,8 +563,8 @@ def load_pretrained(config: dict | str, vae_path, var_path, device="cpu") -> VAR
     "A VARModel (config dict or preset name, e.g. 'd16') built without allocating, then filled strictly from the two files."
     cfg = preset_config(config) if isinstance(config, str) else config
     with torch.device("meta"): model = build_model(cfg)
-    load_strict(model.tokenizer, load_state_dict_file(vae_path), "vqvae", str(vae_path), assign=True)
-    load_strict(model.generator, load_state_dict_file(var_path), "var", str(var_path), assign=True)
+    load_strict(model.tokenizer, read_state_dict(vae_path), "vqvae", str(vae_path), assign=True)
+    load_strict(model.generator, read_state_dict(var_path), "var", str(var_path), assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left: raise CheckpointError(f"not filled by the checkpoints: {left[:10]}")
     return model.to(device).eval()

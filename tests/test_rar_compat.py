@@ -28,7 +28,7 @@ def rar_fx():
     cfg = RARConfig(hidden_size=g["hidden_size"], num_hidden_layers=g["num_hidden_layers"], num_attention_heads=g["num_attention_heads"],
                     intermediate_size=g["intermediate_size"], image_seq_len=g["image_seq_len"],
                     condition_num_classes=g["condition_num_classes"], codebook_size=J["config"]["model"]["vq_model"]["codebook_size"])
-    model = load_strict(RAR(cfg), _strip(S, "rar."), "RAR generator").eval()
+    model = load_strict(RAR(cfg), _strip(S, "rar."), "rar").eval()
     return model, S, J
 
 def _tok_cfg(c, q):
@@ -39,7 +39,7 @@ def _tok_cfg(c, q):
 def tok_fx():
     T, J = load_file(str(_need("maskgit_tiny.safetensors"))), json.loads(_need("maskgit_tiny.json").read_text())
     tok = MaskGITVQGAN(_tok_cfg(J["construction"]["conf"], J["construction"]["quantizer"]))
-    return load_strict(tok, _strip(T, "tokenizer."), "RAR tokenizer").eval(), T
+    return load_strict(tok, _strip(T, "tokenizer."), "maskgit").eval(), T
 
 # ---------------------------------------------------------------- full-size key specs
 def _spec_models():
@@ -146,7 +146,7 @@ def test_loading_errors(tmp_path, rar_fx):
     model = rar_fx[0]
     sd = dict(model.state_dict())
     good = tmp_path / "g.pth"; torch.save(sd, good)
-    fresh = load_strict(RAR(model.cfg), read_state_dict(good), "RAR generator")
+    fresh = load_strict(RAR(model.cfg), read_state_dict(good), "rar")
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), sd.values()))
     trunc = tmp_path / "t.pth"; trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated"): read_state_dict(trunc)
@@ -159,20 +159,20 @@ def test_loading_errors(tmp_path, rar_fx):
     with pytest.raises(CheckpointError, match="not a checkpoint"): read_state_dict(lst)
     with pytest.raises(FileNotFoundError): read_state_dict(tmp_path / "nope.bin")
     bad = dict(sd); bad.pop("lm_head.bias"); bad["extra.weight"] = torch.zeros(1); bad["cls_token"] = torch.zeros(1, 1, 3)
-    with pytest.raises(CheckpointError) as e: load_strict(RAR(model.cfg), bad, "RAR generator")
+    with pytest.raises(CheckpointError) as e: load_strict(RAR(model.cfg), bad, "rar")
     assert "lm_head.bias" in str(e.value) and "extra.weight" in str(e.value) and "cls_token" in str(e.value)
 
 def test_other_family_rejected():
     var = read_state_dict(_need("var_tiny.safetensors"), prefix="var.")
     cfg = RARConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_seq_len=16, condition_num_classes=10, codebook_size=64)
-    with pytest.raises(CheckpointError, match="VAR"): load_strict(RAR(cfg), var, "RAR generator")
+    with pytest.raises(CheckpointError, match="VAR"): load_strict(RAR(cfg), var, "rar")
     tok = read_state_dict(_need("maskgit_tiny.safetensors"), prefix="tokenizer.")
-    with pytest.raises(CheckpointError, match="tokenizer"): load_strict(RAR(cfg), tok, "RAR generator")
+    with pytest.raises(CheckpointError, match="tokenizer"): load_strict(RAR(cfg), tok, "rar")
     small = VQGANConfig(hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, num_embeddings=16, image_size=16)
     vqvae = read_state_dict(_need("var_tiny.safetensors"), prefix="vqvae.")
-    with pytest.raises(CheckpointError, match="VAR"): load_strict(MaskGITVQGAN(small), vqvae, "RAR tokenizer")
+    with pytest.raises(CheckpointError, match="VAR"): load_strict(MaskGITVQGAN(small), vqvae, "maskgit")
     gen = read_state_dict(_need("rar_tiny.safetensors"), prefix="rar.")
-    with pytest.raises(CheckpointError, match="generator"): load_strict(MaskGITVQGAN(small), gen, "RAR tokenizer")
+    with pytest.raises(CheckpointError, match="generator"): load_strict(MaskGITVQGAN(small), gen, "maskgit")
 
 def test_load_rar_roundtrip(tmp_path):
     m = build_model("mini")

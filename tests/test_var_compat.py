@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from memloc.var import (VAR, VQVAE, CheckpointError, VARConfig, VQVAEConfig, build_model, fixtures_dir, load_fixture,
-                        load_state_dict_file, load_strict, phi_index, preset_config, sample_tokens)
+                        read_state_dict, load_strict, phi_index, preset_config, sample_tokens)
 
 ATOL = 2e-5
 FIX = fixtures_dir()
@@ -192,17 +192,17 @@ def test_load_roundtrip_pth_and_safetensors(tiny, tiny_var_pth, tmp_path):
 def test_load_truncated(tiny_var_pth, tmp_path):
     bad = tmp_path / "trunc.pth"
     bad.write_bytes(tiny_var_pth.read_bytes()[: tiny_var_pth.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated"): load_state_dict_file(bad)
+    with pytest.raises(CheckpointError, match="truncated"): read_state_dict(bad)
     bad_st = tmp_path / "trunc.safetensors"
     bad_st.write_bytes((FIX / "var_tiny.safetensors").read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="safetensors"): load_state_dict_file(bad_st)
+    with pytest.raises(CheckpointError, match="safetensors"): read_state_dict(bad_st)
 
 
 def test_load_not_a_checkpoint(tmp_path):
     p = tmp_path / "notes.pth"; p.write_text("hello, not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="not a torch checkpoint"): load_state_dict_file(p)
+    with pytest.raises(CheckpointError, match="not a checkpoint"): read_state_dict(p)
     q = tmp_path / "list.pth"; torch.save([1, 2, 3], q)
-    with pytest.raises(CheckpointError, match="not a checkpoint"): load_state_dict_file(q)
+    with pytest.raises(CheckpointError, match="not a checkpoint"): read_state_dict(q)
 
 
 @needs_fixtures
@@ -211,8 +211,8 @@ def test_load_wrong_family(tiny, tmp_path):
     rar = {k[4:]: v for k, v in load_file(str(FIX / "rar_tiny.safetensors")).items() if k.startswith("rar.")}
     p = tmp_path / "rar.pth"; torch.save(rar, p)
     model = build_model(tiny[0].config)
-    with pytest.raises(CheckpointError, match="RAR checkpoint"): model.load_checkpoints(var_path=p)
-    with pytest.raises(CheckpointError, match="VQVAE checkpoint"):
+    with pytest.raises(CheckpointError, match="RAR generator checkpoint"): model.load_checkpoints(var_path=p)
+    with pytest.raises(CheckpointError, match=r"VAR tokenizer \(VQVAE\) checkpoint"):
         load_strict(model.generator, tiny[0].tokenizer.state_dict(), "var")
 
 
@@ -236,7 +236,7 @@ def test_load_pretrained_meta_build(tiny, tmp_path):
     m = load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "var.pth")
     with torch.no_grad(): lg = m.logits(fx["enc.idx_BL"], fx["input.label_B"])
     assert torch.allclose(lg, fx["tf.logits_BLV"], atol=ATOL)
-    with pytest.raises(CheckpointError, match="VQVAE checkpoint"): load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "vae.pth")
+    with pytest.raises(CheckpointError, match=r"VAR tokenizer \(VQVAE\) checkpoint"): load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "vae.pth")
 
 
 @needs_fixtures
