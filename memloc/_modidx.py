@@ -106,6 +106,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'memloc.extraction.full_models': ('extraction.html#full_models', 'memloc/extraction.py'),
                                    'memloc.extraction.generate_uncached': ('extraction.html#generate_uncached', 'memloc/extraction.py'),
                                    'memloc.extraction.greedy_from_prefix': ('extraction.html#greedy_from_prefix', 'memloc/extraction.py'),
+                                   'memloc.extraction.headline_prefix_of': ('extraction.html#headline_prefix_of', 'memloc/extraction.py'),
                                    'memloc.extraction.load_attack': ('extraction.html#load_attack', 'memloc/extraction.py'),
                                    'memloc.extraction.make_backend': ('extraction.html#make_backend', 'memloc/extraction.py'),
                                    'memloc.extraction.mini_models': ('extraction.html#mini_models', 'memloc/extraction.py'),
