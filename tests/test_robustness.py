@@ -206,3 +206,16 @@ def test_tiny_end_to_end_random_weight_var(digits):
     assert mit.n_units.tolist()[1:] == [round(0.01 * 6 * 256)] * 3 and mit.jaccard_ref.iloc[2] == 1.0
     assert (mit.extracted <= 4).all()
 
+
+
+def test_resumed_levels_keep_their_compute_time(tmp_path, digits):
+    "A rerun that loads the level files reports the seconds the measurement took, not the loading."
+    import memloc.rar as rar
+    torch.manual_seed(0)
+    model = rar.build_model("mini").eval()
+    order, sizes = levels([[0, 1, 2], [0, 1, 2, 3, 4, 5]])
+    st1, t1 = level_stats(model, digits, order, sizes, n_views=1, batch_size=2, folder=tmp_path, name="rar")
+    st2, t2 = level_stats(model, digits, order, sizes, n_views=1, batch_size=2, folder=tmp_path, name="rar")
+    assert len(list(tmp_path.glob("rar.level0*.seconds.json"))) == 1
+    assert all(b >= a for a, b in zip(t1, t2)) and t2[-1] < 2 * t1[-1]
+    for a, b in zip(st1, st2): assert torch.equal(a.compute(), b.compute())
