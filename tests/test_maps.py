@@ -5,7 +5,7 @@ import torch
 
 from memloc.rar_blocks import block_profile, late_share, late_share_test
 from memloc.unitmem import measure, unitmem_from_values
-from memloc.var_scales import (argmax_cells, bootstrap_units, cell_maps, class_shares, depth_index, point_values,
+from memloc.var_scales import (argmax_cells, bootstrap_units, cell_maps, class_shares, class_test, depth_index, point_values,
                                scale_depth_test, stats_from_values, top_depth, top_mask, trend, unit_stats,
                                unitmem_from_counts)
 
@@ -129,6 +129,12 @@ def test_argmax_cells_and_class_shares():
     cs = class_shares(um, am, torch.tensor([0] * 7 + [1] + [0] * 2), range(10), top_p=10).set_index("label")
     assert cs.loc[1, "share_top"] == pytest.approx(4 / 6) and cs.loc[1, "share_points"] == pytest.approx(0.1)
     assert cs.loc[1, "ratio"] == pytest.approx(4 / 6 / 0.1)
+    g = torch.Generator().manual_seed(0)
+    even = class_shares(torch.rand(200, generator=g), torch.arange(200), torch.arange(200) % 2, range(200), top_p=50)
+    assert class_test(even)["p"] > 0.01                                          # no class structure: not called skewed
+    skew = class_shares(torch.arange(200.), torch.arange(200), (torch.arange(200) >= 100).long(), range(200), top_p=50)
+    t = class_test(skew)                                                        # every top unit points at class 1
+    assert t["p"] < 1e-10 and t["max_ratio_label"] == 1 and t["max_ratio"] == pytest.approx(2.0)
 
 
 @pytest.fixture(scope="module")
