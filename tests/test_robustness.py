@@ -217,5 +217,5 @@ def test_resumed_levels_keep_their_compute_time(tmp_path, digits):
     st1, t1 = level_stats(model, digits, order, sizes, n_views=1, batch_size=2, folder=tmp_path, name="rar")
     st2, t2 = level_stats(model, digits, order, sizes, n_views=1, batch_size=2, folder=tmp_path, name="rar")
     assert len(list(tmp_path.glob("rar.level0*.seconds.json"))) == 1
-    assert all(b >= a for a, b in zip(t1, t2)) and t2[-1] < 2 * t1[-1]
+    assert t2 == t1                                                   # loaded whole: the measured seconds
     for a, b in zip(st1, st2): assert torch.equal(a.compute(), b.compute())
