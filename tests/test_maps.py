@@ -209,3 +209,17 @@ def test_model_fingerprint_names_the_weights():
     assert fp == model_fingerprint(a) and len(fp) == 12
     with torch.no_grad(): a.mlp_blocks()[0][0].weight[0, 0] += 1.0
     assert model_fingerprint(a) != fp
+
+
+def test_bfloat16_autocast_keeps_tokens_exact(digits):
+    "Under bf16 autocast the tokenizer stays in float32 (VAR's nearest-code search fails in mixed precision otherwise)."
+    from memloc import var
+    torch.manual_seed(0)
+    m = var.build_model(var.preset_config("mini")).eval()
+    pts = list(range(6))
+    a = point_values(m, digits, pts, None, 1, 3)
+    b = point_values(m, digits, pts, None, 1, 3, dtype="bfloat16")
+    assert not torch.equal(a, b) and (a - b).abs().max() < 0.05 * a.abs().max()
+    st, _ = unit_stats(m, digits, pts, None, 1, 3, keep_values=False, dtype="bfloat16")
+    assert st.count == 6 and st.sum.device.type == "cpu"
+    with pytest.raises(ValueError, match="dtype"): point_values(m, digits, pts, None, 1, 3, dtype="int8")
