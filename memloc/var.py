@@ -504,11 +504,18 @@ class VARModel(nn.Module):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(img_B3HW.shape)}")
         lo, hi = img_B3HW.min().item(), img_B3HW.max().item()
         if lo < -0.5 or hi > 2.0: raise ValueError(f"tokenize expects images in [0,1]; got values in [{lo:.2f}, {hi:.2f}]")
-        return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self._dev()).float() * 2 - 1), 1)
+        with self._fp32(): return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self._dev()).float() * 2 - 1), 1)
 
-    def decode(self, tokens_BL): return self.tokenizer.idx_to_img(self.split(tokens_BL.to(self._dev()))).add(1).mul(0.5)
+    def _fp32(self): return torch.autocast(self._dev().type, enabled=False)  # the VQ-VAE always runs in float32: exact codes
+
+    def decode(self, tokens_BL):
+        "Tokens [B, L] -> images in [0,1]."
+        with self._fp32(): return self.tokenizer.idx_to_img(self.split(tokens_BL.to(self._dev()))).add(1).mul(0.5)
+
     def reconstruct(self, img_B3HW): return self.decode(self.tokenize(img_B3HW))
-    def var_input(self, tokens_BL): return self.tokenizer.quantize.idx_to_var_input(self.split(tokens_BL))
+    def var_input(self, tokens_BL):
+        "VAR's teacher-forcing input [B, L - first scale, Cvae], in float32."
+        with self._fp32(): return self.tokenizer.quantize.idx_to_var_input(self.split(tokens_BL))
 
     def logits(self, tokens_BL, labels_B):
         "Teacher-forced logits [B, L, V], no class dropout, no guidance."

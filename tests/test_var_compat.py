@@ -246,3 +246,20 @@ def test_bad_inputs_are_named(tiny):
     with pytest.raises(ValueError, match="tokens must be"): model.logits(fx["enc.idx_BL"][:, :10], fx["input.label_B"])
     with pytest.raises(ValueError, match="token ids"): model.logits(fx["enc.idx_BL"] + 1000, fx["input.label_B"])
     with pytest.raises(ValueError, match="labels must be in"): model.generate(torch.tensor([0, 99]))
+
+
+def test_tokenizer_is_exact_under_bf16_autocast():
+    "The VQ-VAE runs in float32 even inside a bf16 autocast region, so tokens and decodes do not change."
+    torch.manual_seed(0)
+    model = build_model(preset_config("mini")).eval()
+    img = torch.rand(2, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        tok = model.tokenize(img)
+        x = model.var_input(tok)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tok_bf = model.tokenize(img)
+            x_bf = model.var_input(tok_bf)
+            dec_bf = model.decode(tok_bf)
+    assert torch.equal(tok, tok_bf)
+    assert x_bf.dtype == torch.float32 and torch.equal(x, x_bf)
+    assert dec_bf.dtype == torch.float32
