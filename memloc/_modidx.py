@@ -425,6 +425,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'memloc.var.VARModel._check': ('var.html#varmodel._check', 'memloc/var.py'),
                             'memloc.var.VARModel._check_labels': ('var.html#varmodel._check_labels', 'memloc/var.py'),
                             'memloc.var.VARModel._dev': ('var.html#varmodel._dev', 'memloc/var.py'),
+                            'memloc.var.VARModel._fp32': ('var.html#varmodel._fp32', 'memloc/var.py'),
                             'memloc.var.VARModel.decode': ('var.html#varmodel.decode', 'memloc/var.py'),
                             'memloc.var.VARModel.generate': ('var.html#varmodel.generate', 'memloc/var.py'),
                             'memloc.var.VARModel.load_checkpoints': ('var.html#varmodel.load_checkpoints', 'memloc/var.py'),

@@ -28,15 +28,6 @@ def _autocast(device, dtype: str):
     if dtype not in ("bfloat16", "float16"): raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
 
-class _Fp32Tokens(torch.nn.Module):
-    "The adapter `model` with its tokenizer kept out of autocast: tokens are exact, only the generator runs in low precision."
-    def __init__(self, model): super().__init__(); self.inner = model
-    def mlp_blocks(self): return self.inner.mlp_blocks()
-    def unit_groups(self): return self.inner.unit_groups()
-    def logits(self, tokens, labels): return self.inner.logits(tokens, labels)
-    def tokenize(self, img):
-        with torch.autocast(next(self.inner.parameters()).device.type, enabled=False): return self.inner.tokenize(img)
-
 def _load(dataset, ids):
     "Images and labels of dataset rows `ids` ((images, labels) tensors, or a Dataset of (image, label))."
     if isinstance(dataset, (tuple, list)): return dataset[0][ids], dataset[1][ids]
@@ -123,7 +114,7 @@ def unit_stats(model, dataset, points, augment=None, n_views: int = 10, batch_si
         return stats_from_values(vals, points, batch_size), vals
     path = None if folder is None else Path(folder) / f"{stem}.stats.pt"
     with _autocast(next(iter(model.parameters())).device, dtype):
-        st = measure(_Fp32Tokens(model) if dtype not in (None, "float32") else model, dataset, augment=augment, n_views=n_views, batch_size=batch_size, stats_path=path,
+        st = measure(model, dataset, augment=augment, n_views=n_views, batch_size=batch_size, stats_path=path,
                      points=points, seed=seed, progress=False)
     return UnitMemStats.from_state_dict(st.state_dict()), None   # on the CPU, wherever measure kept them
 
