@@ -18,12 +18,11 @@ def test_repo_root_found_from_any_subfolder(repo_root):
 
 
 def test_profiles_and_typed_values():
-    mini = load_settings("mini")
+    mini, full = load_settings("mini"), load_settings("full")
     assert mini.str("device") == "cpu"
-    assert mini.int("augmentations") == 10  # from [DEFAULT]
+    assert mini.int("augmentations") == 4 and full.int("augmentations") == 10  # [DEFAULT] holds 10
     fr = mini.floats("subset_fractions")
     assert fr == sorted(fr) and all(0 < f <= 1 for f in fr)
-    full = load_settings("full")
     assert full.str("device") == "cuda" and full.float("subset_fraction") == 0.01
 
 
