@@ -282,6 +282,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'memloc.reproduce.check_profile': ('reproduce.html#check_profile', 'memloc/reproduce.py'),
                                   'memloc.reproduce.load_state': ('reproduce.html#load_state', 'memloc/reproduce.py'),
                                   'memloc.reproduce.main': ('reproduce.html#main', 'memloc/reproduce.py'),
+                                  'memloc.reproduce.relativize': ('reproduce.html#relativize', 'memloc/reproduce.py'),
                                   'memloc.reproduce.reproduce': ('reproduce.html#reproduce', 'memloc/reproduce.py'),
                                   'memloc.reproduce.run_stage': ('reproduce.html#run_stage', 'memloc/reproduce.py'),
                                   'memloc.reproduce.save_state': ('reproduce.html#save_state', 'memloc/reproduce.py'),

@@ -78,3 +78,11 @@ def test_check_stops_on_missing_full_paths():
     with pytest.raises(SettingsError) as e:
         check_profile(load_settings("full"))
     assert "var_d30_path" in str(e.value) and "data_root" in str(e.value)
+
+
+def test_executed_notebook_names_no_machine_path(fake_repo):
+    _write_nb(fake_repo / "nbs" / "cwd.ipynb", "import os; print(os.getcwd())")
+    s = load_settings("mini", fake_repo / "settings.ini")
+    run_stage(Stage("cwd", "cwd.ipynb", "t"), {"profile": "mini"}, s, fake_repo, progress=False)
+    text = (fake_repo / "runs" / "cwd.ipynb").read_text()
+    assert str(fake_repo) not in text and "runs" in text
