@@ -75,40 +75,46 @@ def machine(device: str) -> dict:
     return d
 
 
-def main():
+def bench(family: str, build, flops, time_fn, seq_len, default_models, what, argv=None):
+    "The benchmark command shared by the families: `build(name, device)`, `flops(m)`, `time_fn(m, B, device, warmup, iters)`, `seq_len(m) -> (key, value)`."
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["d16", "d30"])   # VAR presets
+    ap.add_argument("--models", nargs="+", default=default_models)  # presets
     ap.add_argument("--batch", nargs="+", type=int, default=[1])     # batch sizes
     ap.add_argument("--device", default="cpu")                      # cpu | cuda
     ap.add_argument("--threads", type=int, default=1)               # CPU threads
     ap.add_argument("--warmup", type=int, default=1)                # untimed passes
     ap.add_argument("--iters", type=int, default=2)                 # timed passes
-    ap.add_argument("--out", default=None)                          # result JSON (default benchmarks/results/forward_var_<device>.json)
-    a = ap.parse_args()
+    ap.add_argument("--out", default=None)                          # result JSON (default benchmarks/results/forward_<family>_<device>.json)
+    a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = {"what": "VAR teacher-forced forward over all L tokens of the scale pyramid, random weights, images/s",
-           "device": a.device, "dtype": "bf16 autocast + SDPA" if a.device == "cuda" else "float32",
+    res = {"what": what, "device": a.device, "dtype": "bf16 autocast + SDPA" if a.device == "cuda" else "float32",
            "machine": machine(a.device), "warmup": a.warmup, "iters": a.iters, "runs": []}
     if a.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         res["bf16_matmul_rate_tflops"] = matmul_rate("cuda", torch.bfloat16) / 1e12
     for name in a.models:
-        t0 = time.perf_counter(); m = build_random(name, a.device); t_build = time.perf_counter() - t0
-        fl = forward_flops(m)
+        t0 = time.perf_counter(); m = build(name, a.device); t_build = time.perf_counter() - t0
+        fl = flops(m)
         for B in a.batch:
-            try: s = time_forward(m, B, a.device, a.warmup, a.iters)
+            try: s = time_fn(m, B, a.device, a.warmup, a.iters)
             except torch.cuda.OutOfMemoryError:
                 res["runs"].append({"model": name, "batch": B, "error": "out of memory"}); torch.cuda.empty_cache(); continue
-            r = {"model": name, "L": m.L, "params": sum(p.numel() for p in m.parameters()), "batch": B, "seconds_per_forward": s,
+            key, n = seq_len(m)
+            r = {"model": name, key: n, "params": sum(p.numel() for p in m.parameters()), "batch": B, "seconds_per_forward": s,
                  "images_per_s": B / s, "tflops_achieved": fl * B / s / 1e12, "build_s": t_build}
             if "bf16_matmul_rate_tflops" in res: r["fraction_of_bf16_matmul_rate"] = r["tflops_achieved"] / res["bf16_matmul_rate_tflops"]
             res["runs"].append(r); print(json.dumps(r), flush=True)
         del m
         if a.device == "cuda": torch.cuda.empty_cache()
-    out = Path(a.out or Path(__file__).resolve().parent / "results" / f"forward_var_{a.device}.json")
+    out = Path(a.out or Path(__file__).resolve().parent / "results" / f"forward_{family}_{a.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
     print("wrote", out)
+
+
+def main(argv=None):
+    bench("var", build_random, forward_flops, time_forward, lambda m: ("L", m.L), ["d16", "d30"],
+          "VAR teacher-forced forward over all L tokens of the scale pyramid, random weights, images/s", argv)
 
 
 if __name__ == "__main__":
