@@ -141,12 +141,15 @@ def make_split(labels,                          # int labels [N] of the points (
                split_seed: int = 0,             # seed of the member / non-member split
                canary_seed: int = 1,            # seed of the canary choice
                source: str = "sklearn-digits",  # what the indices index, recorded in the split
+               n_members_per_class: int | None = None,  # members kept per class (None: all the others; the rest stay unused)
               ) -> MiniSplit:
     "A deterministic per-class member / non-member split with `n_canaries` seeded canaries repeated `dup` times."
     y = _check_labels(labels)
     if n_nonmembers_per_class < 0: raise ValueError(f"n_nonmembers_per_class must be >= 0, got {n_nonmembers_per_class}")
     if n_canaries < 0: raise ValueError(f"n_canaries must be >= 0, got {n_canaries}")
     if dup < 1: raise ValueError(f"dup must be >= 1, got {dup}")
+    if n_members_per_class is not None and n_members_per_class < 1:
+        raise ValueError(f"n_members_per_class must be >= 1 or None, got {n_members_per_class}")
     classes = y.unique().tolist()
     members, non_members, members_of = [], [], {}
     for c in classes:
@@ -155,7 +158,11 @@ def make_split(labels,                          # int labels [N] of the points (
             raise ValueError(f"class {c} has {len(idx)} points: cannot hold out {n_nonmembers_per_class} "
                              "and keep a member")
         p = idx[_perm(len(idx), split_seed, c)]
-        non_members.append(p[:n_nonmembers_per_class]); members_of[c] = p[n_nonmembers_per_class:]
+        end = None if n_members_per_class is None else n_nonmembers_per_class + n_members_per_class
+        if end is not None and end > len(idx):
+            raise ValueError(f"class {c} has {len(idx)} points: cannot hold out {n_nonmembers_per_class} "
+                             f"and keep {n_members_per_class} members")
+        non_members.append(p[:n_nonmembers_per_class]); members_of[c] = p[n_nonmembers_per_class:end]
         members.append(members_of[c])
     if n_canaries > sum(len(m) for m in members):
         raise ValueError(f"n_canaries={n_canaries} exceeds the {sum(len(m) for m in members)} members")

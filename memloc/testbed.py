@@ -22,13 +22,14 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from .config import load_settings, resolve, save_fig, save_json, save_table
-from .data import MiniSplit, load_digits, make_split
+from .data import Augment, MiniSplit, load_digits, make_split
 
 # %% auto #0
-__all__ = ['GROUPS', 'lr_at', 'fit', 'point_metrics', 'group_indices', 'memorization_table', 'TestbedError', 'sha256_file',
-           'family_module', 'default_manifest_path', 'read_manifest', 'save_testbed', 'load_testbed',
-           'var_tokenizer_loss', 'rar_tokenizer_loss', 'revive_codes', 'TrainSettings', 'tokenize_all', 'train_family',
-           'build_testbed']
+__all__ = ['GROUPS', 'REGIMES', 'lr_at', 'fit', 'point_metrics', 'group_indices', 'memorization_table', 'TestbedError',
+           'sha256_file', 'family_module', 'default_manifest_path', 'read_manifest', 'save_testbed', 'load_testbed',
+           'var_tokenizer_loss', 'rar_tokenizer_loss', 'revive_codes', 'TrainingViews', 'tokenize_views',
+           'TrainSettings', 'tokenize_all', 'train_family', 'membership_auc', 'stream_record', 'build_testbed',
+           'regime_split', 'regime_settings', 'mini_config', 'train_testbed']
 
 # %% ../nbs/03_testbed.ipynb #e853ef7a
 def lr_at(step: int,             # 0-based step
@@ -278,6 +279,24 @@ def revive_codes(emb: nn.Embedding, codes: list, gen: torch.Generator) -> int:
     if len(dead): emb.weight[dead] = z_NC[torch.randint(0, len(z_NC), (len(dead),), generator=gen)].to(emb.weight.dtype)
     return len(dead)
 
+# %% ../nbs/03_testbed.ipynb #d0cc2414
+class TrainingViews:
+    "The images training draws from: each image as it is, or one of `ts.train_views` seeded `Augment` views."
+    def __init__(self, images, ts):
+        self.n = ts.train_views
+        self.views = (Augment(images.shape[-1], hflip=False).views(images, torch.arange(len(images)), self.n, ts.seed)
+                      if self.n else images[:, None])           # [N, V, 3, H, W]
+    def pick(self, x_NV, b, gen):
+        "Row `b` of `x_NV`, each at a random view (no random draw when there is one view)."
+        v = torch.randint(0, self.n, (len(b),), generator=gen) if self.n else torch.zeros(len(b), dtype=torch.long)
+        return x_NV[b, v]
+    def __call__(self, b, gen): return self.pick(self.views, b, gen)
+
+def tokenize_views(model, images, ts) -> torch.Tensor:
+    "True tokens `[N, V, L]` of every training view of every image."
+    v = TrainingViews(images, ts).views
+    return tokenize_all(model, v.flatten(0, 1)).view(len(v), v.shape[1], -1)
+
 # %% ../nbs/03_testbed.ipynb #8daf376a
 @dataclass
 class TrainSettings:
@@ -295,6 +314,7 @@ class TrainSettings:
     seed: int = 0                 # training seed (tokenizer: seed, generator: seed + 1)
     save_every: int = 50          # steps between saved training states
     threads: int = 1              # CPU threads while training
+    train_views: int = 0          # augmented views per image that training draws from (0: the images as they are)
 
 @torch.no_grad()
 def tokenize_all(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -317,13 +337,14 @@ def train_family(family: str,             # "var" or "rar"
     torch.manual_seed(ts.seed)
     model = mod.build_model(config)
     train_idx = split.train_indices()
+    views = TrainingViews(images, ts)
     tok_loss = var_tokenizer_loss if family == "var" else rar_tokenizer_loss
     tok = model.tokenizer
     emb = tok.quantize.embedding
     def tok_step(step, gen):
         b = train_idx[torch.randint(0, len(train_idx), (ts.batch_size,), generator=gen)]
         codes = []
-        loss = tok_loss(tok, images[b], ts.beta, codes)
+        loss = tok_loss(tok, views(b, gen), ts.beta, codes)
         if ts.revive_every and step % ts.revive_every == 0 and step < ts.revive_until * ts.tok_steps:
             revive_codes(emb, codes, gen)
         return loss
@@ -335,14 +356,14 @@ def train_family(family: str,             # "var" or "rar"
     if not r_tok["done"]: return model.eval(), report
     tok.eval()
     for p in tok.parameters(): p.requires_grad_(False)
-    tokens_NL = tokenize_all(model, images)
+    tokens_NVL = tokenize_views(model, images, ts)
     gen_mod = model.generator
     def gen_step(step, gen):
         b = train_idx[torch.randint(0, len(train_idx), (ts.batch_size,), generator=gen)]
         opts = ({"cond_drop_rate": ts.cond_drop_rate} if family == "var" else
                 {"cond_drop_prob": ts.cond_drop_rate,
                  "random_ratio": mod.random_ratio_at(step, ts.anneal[0] * ts.gen_steps, ts.anneal[1] * ts.gen_steps)})
-        return model.loss(tokens_NL[b], labels[b], **opts)
+        return model.loss(views.pick(tokens_NVL, b, gen), labels[b], **opts)
     stop2 = None if stop_after is None else stop_after - ts.tok_steps
     r_gen = fit(gen_mod, gen_step, ts.gen_steps, ts.gen_lr, ts.seed + 1, sd / f"{family}_generator.pt" if sd else None,
                 ts.save_every, stop2, threads=ts.threads, desc=f"{family} generator", progress=progress)
@@ -350,6 +371,20 @@ def train_family(family: str,             # "var" or "rar"
     report["generator"] = {"steps": ts.gen_steps, "time_s": r_gen["time_s"], "loss": r_gen["history"]}
     model.eval()
     return model, report
+
+# %% ../nbs/03_testbed.ipynb #b7fd35ce
+def membership_auc(loss_members, loss_non_members) -> float:
+    "AUC of telling members from non-members by a lower loss: P(member loss < non-member loss), ties half."
+    a, b = np.asarray(loss_members, float)[:, None], np.asarray(loss_non_members, float)[None, :]
+    if a.size == 0 or b.size == 0: raise ValueError("membership_auc: need at least one member and one non-member")
+    return float((a < b).mean() + 0.5 * (a == b).mean())
+
+def stream_record(split: MiniSplit, ts: TrainSettings) -> dict:
+    "What the generator's training stream held: its length, the canaries' share of it, passes over it."
+    n = len(split.train_indices()); k = len(split.canaries)
+    return {"length": n, "members": len(split.members), "canaries": k, "dup": split.dup,
+            "canary_stream_share": k * split.dup / n, "epochs": ts.gen_steps * ts.batch_size / n,
+            "train_views": ts.train_views}
 
 # %% ../nbs/03_testbed.ipynb #065d0073
 def build_testbed(family: str,            # "var" or "rar"
@@ -363,10 +398,11 @@ def build_testbed(family: str,            # "var" or "rar"
                   seeds: dict | None = None,  # recorded in the manifest (data / canary / train seeds)
                   max_members: int | None = 400,  # ordinary members measured for the manifest's metrics
                   progress: bool = True,
+                  regime: str | None = None,  # the regime's name, recorded in the manifest
                  ) -> dict:
     "Train one family, measure memorization per group, save weights, training log and manifest entry."
     model, rep = train_family(family, config, images, labels, split, ts, state_dir, progress=progress)
-    table, _ = memorization_table(model, images, labels, split, max_members=max_members, seed=ts.seed)
+    table, points = memorization_table(model, images, labels, split, max_members=max_members, seed=ts.seed)
     metrics = {r["group"]: {k: r[k] for k in ("n", "token_acc", "score", "loss", "recon_mse")} for r in table.to_dict("records")}
     out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
     log = save_json({"tokenizer_loss": rep["tokenizer"]["loss"], "generator_loss": rep["generator"]["loss"]},
@@ -375,5 +411,51 @@ def build_testbed(family: str,            # "var" or "rar"
              "train": {"settings": asdict(ts), "tokenizer_time_s": rep["tokenizer"]["time_s"],
                        "generator_time_s": rep["generator"]["time_s"], "threads": ts.threads,
                        "torch": torch.__version__},
-             "metrics": metrics}
+             "metrics": metrics, "regime": regime, "stream": stream_record(split, ts),
+             "membership_auc": membership_auc(points[points.group == "member"].loss, points[points.group == "non_member"].loss)}
     return save_testbed(model, split, entry, out_dir)
+
+# %% ../nbs/03_testbed.ipynb #79594f98
+REGIMES = {
+    "long":   dict(n_canaries=20, dup=3, n_non_members=100, n_members_per_class=120, batch_size=64,
+                   tok_steps=150, epochs=100, train_views=10, out_dir="data/mini/long"),
+    "canary": dict(n_canaries=20, dup=50, n_non_members=100, n_members_per_class=None, batch_size=32,
+                   tok_steps=150, gen_steps={"var": 600, "rar": 250}, train_views=0, out_dir="data/mini"),
+}
+
+def regime_split(regime: str, labels, data_seed: int = 0, canary_seed: int = 0) -> MiniSplit:
+    "The member / non-member / canary split of a regime."
+    r = REGIMES[regime]
+    return make_split(labels, n_nonmembers_per_class=r["n_non_members"] // 10, n_canaries=r["n_canaries"],
+                      dup=r["dup"], split_seed=data_seed, canary_seed=canary_seed,
+                      n_members_per_class=r["n_members_per_class"])
+
+def regime_settings(regime: str, family: str, split: MiniSplit, train_seed: int = 0, **kw) -> TrainSettings:
+    "A regime's training settings for one family (`epochs` are passes over the training stream)."
+    r = REGIMES[regime]
+    steps = r["gen_steps"][family] if "gen_steps" in r else math.ceil(r["epochs"] * len(split.train_indices()) / r["batch_size"])
+    return TrainSettings(tok_steps=r["tok_steps"], gen_steps=steps, batch_size=r["batch_size"],
+                         train_views=r["train_views"], seed=train_seed, **kw)
+
+# %% ../nbs/03_testbed.ipynb #718ea920
+def mini_config(family: str) -> dict:
+    "The miniature's architecture for a family (the VQ-VAE without self-attention, to fit the CPU budget)."
+    if family == "var":
+        import memloc.var as m; c = m.preset_config("mini"); c["vqvae"].update(using_sa=False, using_mid_sa=False)
+        return c
+    return family_module(family).rar_config("mini")
+
+def train_testbed(regime: str,          # "long" or "canary"
+                  family: str,          # "var" or "rar"
+                  out_dir=None,         # default: the regime's folder
+                  state_dir=None,       # resumable training states (default: runs/mini/tmp/testbed/<regime>/<family>)
+                  data_seed: int = 0, canary_seed: int = 0, train_seed: int = 0,
+                  threads: int = 1, save_every: int = 50, progress: bool = True) -> dict:
+    "Train one family in one regime, from its seeds, and record it in the regime's manifest."
+    if regime not in REGIMES: raise ValueError(f"unknown testbed regime {regime!r}; expected one of {sorted(REGIMES)}")
+    images, labels = load_digits(load_settings("mini").int("image_size"))
+    split = regime_split(regime, labels, data_seed, canary_seed)
+    ts = regime_settings(regime, family, split, train_seed, threads=threads, save_every=save_every)
+    return build_testbed(family, mini_config(family), images, labels, split, ts, out_dir or REGIMES[regime]["out_dir"],
+                         state_dir or f"runs/mini/tmp/testbed/{regime}/{family}",
+                         seeds={"data_seed": data_seed, "canary_seed": canary_seed}, progress=progress, regime=regime)
