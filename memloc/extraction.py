@@ -383,18 +383,19 @@ def plot_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], 
     return fig
 
 # %% ../nbs/04_extraction.ipynb #c44d0345
-def mini_models(families=("var", "rar"), seed: int = 0) -> dict:
+def mini_models(families=("var", "rar"), seed: int = 0, testbed: str | None = None) -> dict:
     "`{family: (adapter, MiniSplit, source)}`: the trained testbed where its manifest lists the family, else seeded random weights."
     import importlib, json
     from memloc.config import load_settings
     from memloc.data import load_digits, make_split
-    mp = load_settings("mini").path("manifest_path")
+    from memloc.study import mini_manifest
+    mp = mini_manifest(testbed)
     manifest = json.loads(mp.read_text()) if mp.is_file() else {}
     out = {}
     for fam in families:
         if fam in manifest:
             from memloc.testbed import load_testbed
-            model, split, _ = load_testbed(fam)
+            model, split, _ = load_testbed(fam, mp)
             out[fam] = (model, split, "testbed")
         else:
             mod = importlib.import_module(f"memloc.{fam}")

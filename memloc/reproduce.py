@@ -19,9 +19,9 @@ from pathlib import Path
 from .config import SettingsError, Settings, check_paths, load_settings, repo_root
 
 # %% auto #0
-__all__ = ['STAGES', 'PAPER_INTERVENTION', 'CHECKPOINTS', 'Stage', 'available_stages', 'select_stages', 'stage_parameters',
-           'stage_key', 'load_state', 'save_state', 'StageFailed', 'run_stage', 'relativize', 'write_report',
-           'check_profile', 'reproduce', 'main']
+__all__ = ['TESTBED_FILES', 'STAGES', 'PAPER_INTERVENTION', 'CHECKPOINTS', 'Stage', 'available_stages', 'select_stages',
+           'stage_parameters', 'stage_key', 'load_state', 'save_state', 'StageFailed', 'run_stage', 'relativize',
+           'write_report', 'check_profile', 'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -32,16 +32,21 @@ class Stage:
     inputs: tuple = () # extra files or {setting} whose content makes the stage stale
     settings: tuple | None = None  # the settings it takes (None: every one its parameters name)
 
+TESTBED_FILES = tuple(f"data/mini/{t}/{f}" for t in ("long", "canary") for f in ("manifest.json", "implants.json"))  # the miniature's ground truth
+
 STAGES = [
-    Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", ("{manifest_path}",), settings=()),
-    Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", ("{manifest_path}",)),
-    Stage("quality", "05_quality.ipynb", "How good are the models' samples?", ("{manifest_path}",)),
-    Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", ("{manifest_path}",),
+    Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=()),
+    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", TESTBED_FILES, settings=()),
+    Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES),
+    Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES),
+    Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", TESTBED_FILES,
           settings=("seed", "augmentations")),  # its demonstrations are sized by their own parameters
-    Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", ("{manifest_path}",)),
-    Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", ("{manifest_path}",)),
-    Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", ("{manifest_path}",)),
-    Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", ("{manifest_path}",)),
+    Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", TESTBED_FILES),
+    Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES),
+    Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", TESTBED_FILES),
+    Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES),
+    Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", TESTBED_FILES,
+          settings=("seed", "augmentations")),
 ]
 
 def available_stages(root: Path | None = None) -> list[Stage]:

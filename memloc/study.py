@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ from .config import Settings, check_paths, load_settings
 from .data import ImageFolder, MiniSplit, PointDataset, class_subset, load_digits
 
 # %% auto #0
-__all__ = ['FULL_MODELS', 'MINI_MODELS', 'family_of', 'load_model', 'check_checkpoint', 'Points', 'mini_split', 'study_points']
+__all__ = ['FULL_MODELS', 'MINI_MODELS', 'family_of', 'mini_manifest', 'load_model', 'check_checkpoint', 'Points', 'mini_split',
+           'study_points']
 
 # %% ../nbs/06_study.ipynb #57553c83
 FULL_MODELS = {  # name -> (family, preset, tokenizer setting, generator setting)
@@ -32,13 +34,19 @@ def family_of(name: str) -> str:
     if name in FULL_MODELS: return FULL_MODELS[name][0]
     raise ValueError(f"unknown model {name!r}; miniature: {', '.join(MINI_MODELS)}; full: {', '.join(FULL_MODELS)}")
 
-def load_model(name: str, profile: str = "mini", device: str | torch.device | None = None):
+def mini_manifest(testbed: str | None = None) -> Path:
+    "The manifest of the miniature's testbed `testbed` (default: settings.ini [mini] testbed)."
+    from memloc.testbed import testbed_manifest
+    return testbed_manifest(testbed or load_settings("mini").str("testbed"))
+
+def load_model(name: str, profile: str = "mini", device: str | torch.device | None = None,
+               testbed: str | None = None):   # the miniature's testbed (default: the profile's)
     "The family adapter of model `name` under `profile`, in eval mode, on `device` (default: the profile's)."
     s = load_settings(profile)
     device = torch.device(device or s.str("device"))
     if name in MINI_MODELS:
         from memloc.testbed import load_testbed
-        model = load_testbed(name, manifest_path=s.path("manifest_path"))[0]
+        model = load_testbed(name, manifest_path=mini_manifest(testbed))[0]
     else:
         fam, preset, tok_key, gen_key = FULL_MODELS.get(name) or (family_of(name),)
         check_paths(s, [tok_key, gen_key])
@@ -95,12 +103,13 @@ def mini_split(manifest_path=None, model: str | None = None) -> MiniSplit:
     return MiniSplit.from_dict(json.loads(splits.pop()))
 
 def study_points(profile: str = "mini", which: str = "members", fraction: float = 1.0, seed: int = 0,
-                 split: MiniSplit | None = None, model: str | None = None) -> Points:
+                 split: MiniSplit | None = None, model: str | None = None,
+                 testbed: str | None = None) -> Points:   # the miniature's testbed (default: the profile's)
     "The points a stage measures under `profile` (see above); on the miniature, `model` picks its split."
     if which not in ("members", "all"): raise ValueError(f"which must be 'members' or 'all', got {which!r}")
     s = load_settings(profile)
     if profile == "mini" or not s.get("data_root", "").strip():
-        if split is None: split = mini_split(s.path("manifest_path"), model)
+        if split is None: split = mini_split(mini_manifest(testbed), model)
         images, labels = load_digits(s.int("image_size"))
         pool = split.members if which == "members" else torch.cat([split.members, split.non_members]).sort().values
         keep = pool[class_subset(labels[pool], fraction, seed)] if fraction < 1 else pool

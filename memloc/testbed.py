@@ -29,7 +29,7 @@ __all__ = ['GROUPS', 'REGIMES', 'lr_at', 'fit', 'point_metrics', 'group_indices'
            'sha256_file', 'family_module', 'default_manifest_path', 'read_manifest', 'save_testbed', 'load_testbed',
            'var_tokenizer_loss', 'rar_tokenizer_loss', 'revive_codes', 'TrainingViews', 'tokenize_views',
            'TrainSettings', 'tokenize_all', 'train_family', 'membership_auc', 'stream_record', 'build_testbed',
-           'regime_split', 'regime_settings', 'mini_config', 'train_testbed']
+           'testbed_manifest', 'regime_split', 'regime_settings', 'mini_config', 'train_testbed']
 
 # %% ../nbs/03_testbed.ipynb #e853ef7a
 def lr_at(step: int,             # 0-based step
@@ -178,8 +178,8 @@ def family_module(family: str):
     return m
 
 def default_manifest_path() -> Path:
-    "The `manifest_path` of the mini profile in settings.ini."
-    return load_settings("mini").path("manifest_path")
+    "The manifest of the mini profile's testbed (settings.ini [mini] testbed)."
+    return testbed_manifest(load_settings("mini").str("testbed"))
 
 def read_manifest(manifest_path=None) -> dict:
     "The manifest as a dict (`{}` if the file does not exist)."
@@ -205,7 +205,7 @@ def save_testbed(model, split: MiniSplit, entry: dict, out_dir="data/mini") -> d
     return entry
 
 def load_testbed(family: str,               # "var" or "rar"
-                 manifest_path=None,        # default: settings.ini [mini] manifest_path
+                 manifest_path=None,        # default: the manifest of settings.ini [mini] testbed
                  verify: bool = True,       # check the weights' sha256 against the manifest
                 ):
     "Load a trained miniature: `(adapter in eval mode, MiniSplit, manifest entry)`."
@@ -281,11 +281,12 @@ def revive_codes(emb: nn.Embedding, codes: list, gen: torch.Generator) -> int:
 
 # %% ../nbs/03_testbed.ipynb #d0cc2414
 class TrainingViews:
-    "The images training draws from: each image as it is, or one of `ts.train_views` seeded `Augment` views."
+    "The images training draws from: each image as it is, or one of `ts.train_views` views (the image itself and seeded `Augment` views)."
     def __init__(self, images, ts):
         self.n = ts.train_views
-        self.views = (Augment(images.shape[-1], hflip=False).views(images, torch.arange(len(images)), self.n, ts.seed)
-                      if self.n else images[:, None])           # [N, V, 3, H, W]
+        aug = (Augment(images.shape[-1], hflip=False).views(images, torch.arange(len(images)), self.n - 1, ts.seed)
+               if self.n > 1 else images[:, :0])
+        self.views = torch.cat([images[:, None], aug], 1)     # [N, V, 3, H, W]: view 0 is the image itself
     def pick(self, x_NV, b, gen):
         "Row `b` of `x_NV`, each at a random view (no random draw when there is one view)."
         v = torch.randint(0, self.n, (len(b),), generator=gen) if self.n else torch.zeros(len(b), dtype=torch.long)
@@ -417,11 +418,16 @@ def build_testbed(family: str,            # "var" or "rar"
 
 # %% ../nbs/03_testbed.ipynb #79594f98
 REGIMES = {
-    "long":   dict(n_canaries=20, dup=3, n_non_members=100, n_members_per_class=120, batch_size=64,
-                   tok_steps=150, epochs=100, train_views=10, out_dir="data/mini/long"),
+    "long":   dict(n_canaries=8, dup=2, n_non_members=100, n_members_per_class=35, batch_size=64,
+                   tok_steps=150, epochs=350, train_views=3, out_dir="data/mini/long"),
     "canary": dict(n_canaries=20, dup=50, n_non_members=100, n_members_per_class=None, batch_size=32,
-                   tok_steps=150, gen_steps={"var": 600, "rar": 250}, train_views=0, out_dir="data/mini"),
+                   tok_steps=150, gen_steps={"var": 600, "rar": 250}, train_views=0, out_dir="data/mini/canary"),
 }
+
+def testbed_manifest(testbed: str = "long") -> Path:
+    "The manifest of a testbed regime: `manifest.json` in the regime's folder."
+    if testbed not in REGIMES: raise ValueError(f"unknown testbed {testbed!r}; expected one of {sorted(REGIMES)}")
+    return resolve(REGIMES[testbed]["out_dir"]) / "manifest.json"
 
 def regime_split(regime: str, labels, data_seed: int = 0, canary_seed: int = 0) -> MiniSplit:
     "The member / non-member / canary split of a regime."

@@ -10,7 +10,7 @@ from memloc.data import load_digits, make_split
 from memloc import testbed as tb
 from memloc.testbed import TrainSettings, load_testbed, point_metrics, sha256_file, train_family
 
-MANIFEST = resolve("data/mini/manifest.json")
+MANIFEST = tb.testbed_manifest("canary")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -20,11 +20,13 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("testbed", ["long", "canary"])
 @pytest.mark.parametrize("family", ["var", "rar"])
-def test_committed_testbed_loads_and_canaries_stand_apart(family):
-    model, split, entry = load_testbed(family)
+def test_committed_testbed_loads_and_canaries_stand_apart(family, testbed):
+    mp = tb.testbed_manifest(testbed)
+    model, split, entry = load_testbed(family, mp)
     assert model.family == family and not model.training
-    assert entry["sha256"] == sha256_file(MANIFEST.parent / entry["file"])
+    assert entry["sha256"] == sha256_file(mp.parent / entry["file"])
     assert split.canaries.tolist() == entry["canaries"] and len(split.canaries) > 0
     assert not set(split.non_members.tolist()) & set(split.members.tolist())
     images, labels = load_digits(model.image_size)
@@ -82,26 +84,62 @@ def _tiny_config(family):
     return c
 
 
-def _tiny_run(family, state_dir=None, stop_after=None):
+def _tiny_run(family, state_dir=None, stop_after=None, views=0):
     images, labels = load_digits(16)
     split = make_split(labels, n_nonmembers_per_class=150, n_canaries=2, dup=3, split_seed=0, canary_seed=0)
-    ts = TrainSettings(tok_steps=3, gen_steps=3, batch_size=4, seed=0, save_every=1, revive_every=2, threads=1)
+    ts = TrainSettings(tok_steps=3, gen_steps=3, batch_size=4, seed=0, save_every=1, revive_every=2, threads=1, train_views=views)
     model, rep = train_family(family, _tiny_config(family), images, labels, split, ts, state_dir, stop_after, progress=False)
     return model, rep
 
 
+@pytest.mark.parametrize("views", [0, 4])
 @pytest.mark.parametrize("family", ["var", "rar"])
-def test_short_training_is_deterministic_and_resumes(family, tmp_path):
-    a, ra = _tiny_run(family)
-    b, _ = _tiny_run(family)
+def test_short_training_is_deterministic_and_resumes(family, views, tmp_path):
+    a, ra = _tiny_run(family, views=views)
+    b, _ = _tiny_run(family, views=views)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     ref = {k: v.clone() for k, v in sa.items()}
     assert len(ra["generator"]["loss"]) == 3
     # interrupted after 4 of 6 steps (tokenizer done, 1 generator step), then resumed from the saved state
-    _, r1 = _tiny_run(family, tmp_path, stop_after=4)
+    _, r1 = _tiny_run(family, tmp_path, stop_after=4, views=views)
     assert "generator" in r1 and len(r1["generator"]["loss"]) == 1
-    c, r2 = _tiny_run(family, tmp_path)
+    c, r2 = _tiny_run(family, tmp_path, views=views)
     sc = c.state_dict()
     assert all(torch.equal(ref[k], sc[k]) for k in ref)
     assert r2["generator"]["loss"] == ra["generator"]["loss"]
+
+
+def test_augmented_views_change_training():
+    a, _ = _tiny_run("rar", views=0)
+    b, _ = _tiny_run("rar", views=4)
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("family", ["var", "rar"])
+def test_long_regime_is_the_released_models_regime(family):
+    images, labels = load_digits(16)
+    split = tb.regime_split("long", labels)
+    rec = tb.stream_record(split, tb.regime_settings("long", family, split))
+    assert rec["canary_stream_share"] <= 0.05 and rec["epochs"] >= 100 and rec["train_views"] > 0
+    assert (split.groups() == "unused").sum() > 0          # digits left for implants
+    canary = tb.regime_split("canary", labels)
+    assert tb.stream_record(canary, tb.regime_settings("canary", family, canary))["canary_stream_share"] > 0.3
+
+
+def test_committed_testbeds_record_their_regime():
+    for testbed in ("long", "canary"):
+        m = json.loads(tb.testbed_manifest(testbed).read_text())
+        for fam, e in m.items():
+            split = tb.regime_split(testbed, load_digits(16)[1])
+            assert e["split"] == split.to_dict(), (testbed, fam)
+            if testbed == "long":
+                assert e["regime"] == "long" and 0.5 <= e["membership_auc"] <= 1
+                assert e["stream"]["epochs"] >= 100 and e["stream"]["canary_stream_share"] <= 0.05
+
+
+def test_membership_auc():
+    assert tb.membership_auc([0.1, 0.2], [0.3]) == 1.0
+    assert tb.membership_auc([0.5], [0.3, 0.5]) == 0.25
+    with pytest.raises(ValueError, match="at least one"):
+        tb.membership_auc([], [1.0])
