@@ -342,9 +342,12 @@ def headline_prefix_of(model) -> int:
     return max(p for p in model.prefix_lengths() if p <= end)
 
 def results_entry(df: pd.DataFrame, prefix: int, **extra) -> dict:
-    "The `results.json` entry of one model: backend, threshold, headline prefix, counts per group and per prefix."
+    "The `results.json` entry of one model: backend, threshold, headline prefix, counts per group and per prefix, and intervals."
+    from memloc.stats import bootstrap_share
+    d = df[df.prefix == prefix]
+    shares = {g: bootstrap_share(d.extracted[d.group == g].to_numpy(bool)) for g in GROUPS}   # 95% bootstrap over the candidates
     return dict(backend=df.attrs["backend"], threshold=df.attrs["threshold"], prefix=int(prefix),
-                groups=summarize(df, prefix), by_prefix=summarize(df), **extra)
+                groups=summarize(df, prefix), by_prefix=summarize(df), extracted_share=shares, **extra)
 
 def save_results(tables: dict[str, pd.DataFrame], entries: dict[str, dict], folder) -> list[Path]:
     "Write `candidates_<model>.csv` per model and `results.json` into `folder`."

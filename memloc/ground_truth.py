@@ -11,29 +11,12 @@ import numpy as np
 import torch
 
 from .data import Augment, MiniSplit, load_digits
+from .stats import bootstrap_share, empirical_p
 from .intervention import random_like, scale_units, select_units, unit_grid, unit_scores
 from .unitmem import measure
 
 # %% auto #0
-__all__ = ['bootstrap_share', 'empirical_p', 'unitmem_points', 'unitmem_units', 'recall_at', 'testbed_checks', 'implant_checks']
-
-# %% ../nbs/16_ground_truth.ipynb #7786632b
-def bootstrap_share(hits, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    "Share of True in `hits` with a percentile bootstrap interval over the items."
-    h = np.asarray(hits, dtype=float)
-    if h.size == 0: return {"share": None, "lo": None, "hi": None, "n": 0}
-    rng = np.random.default_rng(seed)
-    boots = h[rng.integers(0, h.size, (n_boot, h.size))].mean(1)
-    a = (1 - level) / 2
-    return {"share": float(h.mean()), "lo": float(np.quantile(boots, a)), "hi": float(np.quantile(boots, 1 - a)), "n": int(h.size)}
-
-def empirical_p(observed: float, draws, alternative: str = "less") -> float:
-    "(1 + #draws at least as extreme) / (1 + #draws); `less`: small observed values are extreme."
-    d = np.asarray(draws, dtype=float)
-    if d.size == 0: raise ValueError("empirical_p needs at least one draw")
-    if alternative not in ("less", "greater"): raise ValueError(f"alternative must be 'less' or 'greater', got {alternative!r}")
-    k = (d <= observed).sum() if alternative == "less" else (d >= observed).sum()
-    return float((1 + k) / (1 + d.size))
+__all__ = ['unitmem_points', 'unitmem_units', 'recall_at', 'testbed_checks', 'implant_checks']
 
 # %% ../nbs/16_ground_truth.ipynb #c0d0f4d8
 def unitmem_points(split: MiniSplit, labels, extra, per_class: int, seed: int = 0) -> list[int]:

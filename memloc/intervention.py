@@ -15,6 +15,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .stats import empirical_p
+
 # %% auto #0
 __all__ = ['QUALITY_KEYS', 'PAPER', 'unit_grid', 'as_units', 'scale_units', 'unit_scores', 'n_selected', 'select_units',
            'random_like', 'AllTokens', 'Probe', 'evaluate', 'run_setting', 'setting_rows', 'reduction', 'plot_sweep',
@@ -207,11 +209,12 @@ def run_setting(model, scores: torch.Tensor, probe: Probe,
                 metrics=("fid", "isc", "kid", "prc"),  # quality metrics (with n_samples)
                 headline_samples: int = 0,     # also evaluate the top units with this many samples
                 headline_metrics=("fid", "isc", "kid", "prc"),  # quality metrics of that evaluation
+                quality_draws: int | None = None,  # random draws that also get quality metrics (None: all; the rest: extraction only)
                ) -> dict:
     "Evaluate the top-`p`% units scaled by `factor`, and the controls: a dict with the selections."
     grid = tuple(scores.shape)
-    def run(units):
-        with scale_units(model, units, factor, target): return evaluate(model, probe, n_samples, metrics)
+    def run(units, quality=True):
+        with scale_units(model, units, factor, target): return evaluate(model, probe, n_samples if quality else 0, metrics)
     top = select_units(scores, p, per_block)
     res = dict(p=p, factor=factor, target=target, per_block=per_block, n_units=len(top), units=top.tolist(),
                unitmem=[float(scores[b, u]) for b, u in top.tolist()], top=run(top))
@@ -221,9 +224,11 @@ def run_setting(model, scores: torch.Tensor, probe: Probe,
         low = select_units(scores, p, per_block, lowest=True)
         res["lowest_units"], res["lowest"] = low.tolist(), run(low)
         res["random"] = []
-        for s in seeds:
+        for i, s in enumerate(seeds):
             r = random_like(top, grid, s, match_blocks=match_blocks or per_block)
-            res["random"].append(dict(seed=int(s), units=r.tolist(), overlap=len(set(map(tuple, r.tolist())) & set(map(tuple, top.tolist()))), **run(r)))
+            q = quality_draws is None or i < quality_draws
+            res["random"].append(dict(seed=int(s), units=r.tolist(), overlap=len(set(map(tuple, r.tolist())) & set(map(tuple, top.tolist()))), **run(r, q)))
+        res["p_vs_random"] = empirical_p(res["top"]["extracted_total"], [r["extracted_total"] for r in res["random"]], "less")
     return res
 
 # %% ../nbs/13_intervention.ipynb #4656795d
@@ -242,13 +247,15 @@ def setting_rows(model_name: str, before: dict, res: dict, before_headline: dict
     if before_headline is not None and "top_headline" in res:
         rows += [_row(before_headline, **k, units="none (before)", n_samples=n(before_headline)),
                  _row(res["top_headline"], **k, units="top UnitMem", n_samples=n(res["top_headline"]))]
-    rows += [_row(before, **k, units="none (before)", n_samples=n(before)), _row(res["top"], **k, units="top UnitMem", n_samples=n(res["top"]))]
+    top = _row(res["top"], **k, units="top UnitMem", n_samples=n(res["top"]))
+    if "p_vs_random" in res: top.update(p_vs_random=res["p_vs_random"], random_draws=len(res["random"]))
+    rows += [_row(before, **k, units="none (before)", n_samples=n(before)), top]
     if "lowest" in res: rows.append(_row(res["lowest"], **k, units="lowest UnitMem", n_samples=n(res["lowest"])))
     rand = [_row(r, **k, units=f"random seed {r['seed']}", n_samples=n(r)) for r in res.get("random", [])]
     if rand:
-        df = pd.DataFrame(rand).drop(columns=["model", "p", "factor", "n_units", "units", "n_samples"])
+        df = pd.DataFrame(rand).drop(columns=["model", "p", "factor", "n_units", "units", "n_samples"]).apply(pd.to_numeric, errors="coerce")
         rows += rand
-        rows.append(dict(k, units="random mean", n_samples=rand[0]["n_samples"], **df.mean(numeric_only=True).to_dict()))
+        rows.append(dict(k, units="random mean", n_samples=rand[0]["n_samples"], random_draws=len(rand), **df.mean(numeric_only=True).to_dict()))
         rows.append(dict(k, units="random std", n_samples=rand[0]["n_samples"], **df.std(numeric_only=True, ddof=1 if len(df) > 1 else 0).to_dict()))
     return rows
 

@@ -262,7 +262,12 @@ def compare_mitigation(model, scores: dict,     # label -> unit scores [blocks, 
     for s in random_seeds:
         r = random_like(sel[ref], tuple(scores[ref].shape[-2:]), int(s))
         with scale_units(model, r, factor, target): rows.append(row(f"random seed {s}", evaluate(model, probe), len(r), jaccard(r, sel[ref])))
-    return pd.DataFrame(rows).assign(p=p, factor=factor)
+    out = pd.DataFrame(rows).assign(p=p, factor=factor)
+    rand = out[out.units.str.startswith("random seed")].extracted
+    if len(rand):   # where each selection falls among the random draws (small = removes more)
+        from memloc.stats import empirical_p
+        out["p_vs_random"] = [empirical_p(e, rand, "less") if u in sel else None for u, e in zip(out.units, out.extracted)]
+    return out
 
 # %% ../nbs/14_subset_robustness.ipynb #d474a40b
 def plot_consistency(table: pd.DataFrame):
