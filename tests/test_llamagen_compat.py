@@ -329,3 +329,18 @@ def test_family_module_registered():
     import memloc.llamagen
     from memloc.testbed import family_module
     assert family_module("llamagen") is memloc.llamagen
+
+def test_stages_run_unchanged():
+    "Extraction's cached and uncached greedy generation agree at every prefix length, and UnitMem measures every unit."
+    from memloc.extraction import greedy_from_prefix
+    from memloc.unitmem import measure
+    torch.manual_seed(0)
+    m = build_model("mini")
+    with torch.no_grad():
+        for p in m.parameters(): p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    img, lab = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 2])
+    tok = m.tokenize(img)
+    for pre in m.prefix_lengths():
+        assert torch.equal(greedy_from_prefix(m, tok, lab, pre), greedy_from_prefix(m, tok, lab, pre, cached=False)), pre
+    st = measure(m, (img, lab), n_views=1, progress=False)
+    assert st.shape == (1, 6, 256) and st.count == 4
