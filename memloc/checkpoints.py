@@ -54,12 +54,15 @@ def read_state_dict(path: str | os.PathLike,   # a `.safetensors` file or a torc
 
 # %% ../nbs/00_checkpoints.ipynb #f8ea1e3f
 FAMILIES = {"var": "VAR generator", "vqvae": "VAR tokenizer (VQVAE)",
-            "rar": "RAR generator", "maskgit": "RAR tokenizer (MaskGIT VQGAN)"}
+            "rar": "RAR generator", "maskgit": "RAR tokenizer (MaskGIT VQGAN)",
+            "llamagen": "LlamaGen generator (GPT)", "llamagen_vq": "LlamaGen tokenizer (VQ)"}
 
 def checkpoint_family(sd: dict) -> str:
-    "'var', 'vqvae', 'rar', 'maskgit' (see `FAMILIES`) or 'unknown', from the key names."
+    "'var', 'vqvae', 'rar', 'maskgit', 'llamagen', 'llamagen_vq' (see `FAMILIES`) or 'unknown', from the key names."
     ks = set(sd)
     if {"class_emb.weight", "word_embed.weight", "lvl_embed.weight"} & ks: return "var"
+    if any(k.startswith(("tok_embeddings.", "cls_embedding.")) for k in ks): return "llamagen"
+    if "quantize.codebook_used" in ks or any(k.startswith(("encoder.conv_blocks.", "decoder.conv_blocks.")) for k in ks): return "llamagen_vq"
     if "quantize.embedding.weight" in ks and any(k.startswith("quant_conv.") for k in ks): return "vqvae"
     if any(k.startswith(("lm_head", "embeddings", "target_aware_pos_embed", "timesteps_embeddings")) for k in ks): return "rar"
     if "quantize.embedding.weight" in ks or any(k.startswith(("pixel_quantize", "pixel_decoder")) for k in ks): return "maskgit"

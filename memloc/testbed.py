@@ -171,10 +171,11 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 def family_module(family: str):
-    "The model module of a family: `memloc.var` or `memloc.rar`."
+    "The model module of a family: `memloc.var`, `memloc.rar` or `memloc.llamagen`."
     if family == "var": import memloc.var as m
     elif family == "rar": import memloc.rar as m
-    else: raise ValueError(f"unknown model family {family!r}; expected 'var' or 'rar'")
+    elif family == "llamagen": import memloc.llamagen as m
+    else: raise ValueError(f"unknown model family {family!r}; expected 'var', 'rar' or 'llamagen'")
     return m
 
 def default_manifest_path() -> Path:
