@@ -330,6 +330,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'memloc.report.check_site': ('report.html#check_site', 'memloc/report.py'),
                                'memloc.report.claims': ('report.html#claims', 'memloc/report.py'),
                                'memloc.report.cut_verdict': ('report.html#cut_verdict', 'memloc/report.py'),
+                               'memloc.report.fix_anchors': ('report.html#fix_anchors', 'memloc/report.py'),
                                'memloc.report.intervention_claim': ('report.html#intervention_claim', 'memloc/report.py'),
                                'memloc.report.main': ('report.html#main', 'memloc/report.py'),
                                'memloc.report.rar_late_claim': ('report.html#rar_late_claim', 'memloc/report.py'),

@@ -27,7 +27,7 @@ from .config import Settings, load_settings, repo_root
 __all__ = ['ROOT_TESTBED', 'SUPPORTED', 'NOT_SUPPORTED', 'INCONCLUSIVE', 'SECTIONS', 'GENERIC', 'SITE_FILES', 'Page', 'testbeds',
            'read_json', 'read_csv', 'run_record', 'var_depth_claim', 'rar_late_claim', 'cut_verdict',
            'intervention_claim', 'subset_claim', 'Claim', 'claims', 'summary', 'Section', 'report_stages',
-           'report_page', 'write_report', 'site_sources', 'build_site', 'check_site', 'main']
+           'report_page', 'write_report', 'fix_anchors', 'site_sources', 'build_site', 'check_site', 'main']
 
 # %% ../nbs/21_report.ipynb #badc0f19
 def _fmt(v, digits: int = 3) -> str:
@@ -313,13 +313,13 @@ def _adaptation_counts(d, run: Path):
 def _adaptation_numbers(d, run):
     rows = _adaptation_counts(d, run)
     if not rows: return None
-    return (["model", "top 1% cells", "share whose argmax is a canary", "canaries' share of the points"],
+    return (["model", "top cells", "share whose argmax is a canary", "canaries' share of the points"],
             [[m, k, f"{s:.3f}", f"{c:.3f}"] for m, k, s, c in rows])
 
 def _adaptation_text(d, run):
     rows = _adaptation_counts(d, run)
     parts = [f"{m} {s:.1%} of its {k} top cells" for m, k, s, c in rows]
-    return (f"UnitMem's top 1% of cells point (argmax) at a canary in {', '.join(parts)}, where canaries are "
+    return (f"UnitMem's top cells point (argmax) at a canary in {', '.join(parts)}, where canaries are "
             f"{rows[0][3]:.1%} of the measured points: " + ("above" if all(s > c for _, _, s, c in rows) else "not consistently above") + " their share.")
 
 def _var_numbers(d):
@@ -508,6 +508,25 @@ def write_report(settings: Settings, state: dict | None = None, root: Path | Non
     (figs / "REPORT.html").write_text(page.html(f"memloc: {settings.profile}", link))
     return figs / "REPORT.md"
 
+# %% ../nbs/21_report.ipynb #a1f0c3d2
+_HEADING = re.compile(r'<h([1-6]) id="([^"]*)">(.*?)<a class="anchor-link" href="#\2">')
+
+def fix_anchors(page: str) -> str:
+    "Make a notebook page's table of contents point at its headings: repeated heading ids get mkdocs' `_1`, `_2` suffixes, and a contents link that lost part of its heading (inline code) points at the one heading whose id contains it."
+    seen: dict[str, int] = {}
+    def dedupe(m):
+        n = seen.get(m.group(2), 0); seen[m.group(2)] = n + 1
+        new = m.group(2) if n == 0 else f"{m.group(2)}_{n}"
+        return f'<h{m.group(1)} id="{new}">{m.group(3)}<a class="anchor-link" href="#{new}">'
+    page = _HEADING.sub(dedupe, page)
+    ids = set(re.findall(r'\sid="([^"]*)"', page))
+    def relink(m):
+        a = m.group(1)
+        if a in ids: return m.group(0)
+        cands = sorted(i for i in ids if re.search(rf"(^|-){re.escape(a)}(-|$)", i))
+        return f'href="#{cands[0]}"' if len(cands) == 1 else m.group(0)
+    return re.sub(r'href="#([^"]+)"', relink, page)
+
 # %% ../nbs/21_report.ipynb #36b4305b
 SITE_FILES = (".png", ".csv", ".json")  # what of figures/<profile>/ the site carries (the PDFs duplicate the PNGs)
 
@@ -555,12 +574,13 @@ def build_site(profile: str = "mini",          # the profile whose report and ru
            "docs_dir": str(docs), "site_dir": str(site), "use_directory_urls": False,
            "theme": {"name": "material", "font": False, "features": ["navigation.sections", "toc.integrate"]},
            "markdown_extensions": ["tables", {"toc": {"permalink": True}}],
-           "plugins": ["search", {"mkdocs-jupyter": {"execute": False, "include_source": True, "ignore_h1_titles": False}}],
+           "plugins": ["search", {"mkdocs-jupyter": {"execute": False, "include_source": True, "ignore_h1_titles": True}}],
            "nav": [{"Report": "index.md"}, {"About": "about.md"},
                    {"Notebooks": [{f"{Path(dst).stem.split('_')[0]} · {_nb_title(src)}": dst} for dst, src in sources.items()]}]}
     (work / "mkdocs.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "-f", str(work / "mkdocs.yml")], capture_output=True, text=True, cwd=work)
     if r.returncode: raise RuntimeError(f"mkdocs build failed:\n{r.stderr[-3000:]}")
+    for page in (site / "nbs").glob("*.html"): page.write_text(fix_anchors(page.read_text()))
     return site
 
 # %% ../nbs/21_report.ipynb #b4157a80
@@ -615,4 +635,4 @@ def main(argv: list[str] | None = None):
         site = build_site(a.profile)
         print("site:", site.relative_to(repo_root()), check_site(site))
 
-if __name__ == "__main__": main()
+if __name__ == "__main__" and "__file__" in globals(): main()  # run as `python -m memloc.report`, not in the notebook
