@@ -624,13 +624,13 @@ def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(prog="memloc-report", description="Rewrite a profile's report from its saved results.")
     ap.add_argument("--profile", default="mini", help="a section of settings.ini (default: mini)")
     ap.add_argument("--redraw", action="store_true", help="redraw every figure from the saved tables first")
-    ap.add_argument("--site", action="store_true", help="then build the HTML site into site/ and check it")
+    ap.add_argument("--site", action="store_true", help="build the HTML site into site/ and check it (alone: the report files are left as they are)")
     a = ap.parse_args(argv)
     settings = load_settings(a.profile)
     if a.redraw:
         from memloc.figures import redraw
         print(f"redrew {len(redraw(a.profile))} figure files")
-    print("report:", write_report(settings).relative_to(repo_root()))
+    if a.redraw or not a.site: print("report:", write_report(settings).relative_to(repo_root()))
     if a.site:
         site = build_site(a.profile)
         print("site:", site.relative_to(repo_root()), check_site(site))
