@@ -20,8 +20,8 @@ from .config import load_settings, save_fig
 
 # %% auto #0
 __all__ = ['STYLE', 'COLORS', 'GROUP_NAMES', 'P_MARKERS', 'FIGURES', 'style', 'frame', 'side_legend', 'extracted_vs_prefix',
-           'headline', 'sweep', 'consistency', 'mitigation', 'var_depth', 'rar_profile', 'draw', 'stage_folders',
-           'redraw']
+           'headline', 'sweep', 'consistency', 'mitigation', 'var_depth', 'rar_profile', 'var_maps', 'classes', 'draw',
+           'stage_folders', 'redraw']
 
 # %% ../nbs/07_figures.ipynb #cc9146a4
 STYLE = {  # one look for every figure of the study
@@ -262,11 +262,50 @@ def rar_profile(folder: Path, model: str = "rar"):
     a2.legend(loc="upper left")
     return fig
 
+# %% ../nbs/07_figures.ipynb #d9a1b2c1
+def var_maps(folder: Path, model: str = "var"):
+    "Stage 2: UnitMem per (scale, block) as four maps, the cells whose top units peak on a canary circled (`<model>_cells.csv`)."
+    d = pd.read_csv(Path(folder) / f"{model}_cells.csv")
+    e = json.loads((Path(folder) / "results.json").read_text())["models"][model]
+    S, B = d.scale.max() + 1, d.block.max() + 1
+    grid = lambda col: d.pivot(index="scale", columns="block", values=col).to_numpy()
+    panels = [("mean", "mean UnitMem"), ("quantile", f"{e['quantile']:.0%} quantile of UnitMem"),
+              ("top_share", f"share of the top {e['top_p']:g}% units (all scales)"), ("scale_top_share", "share of each scale's own top units")]
+    fig, axs = frame(f"{model}: where UnitMem is high, by scale and block",
+                     "Paper: at coarse scales memorization sits in early blocks and moves deeper as scales get finer "
+                     "(the bright cells would run from top left to bottom right). Red circles: top units whose argmax is a canary.",
+                     ncols=4, size=(3.4, 0.42 * S + 1.6))
+    labels = [f"{s} ({p}x{p})" for s, p in d.groupby("scale").patch.first().items()]
+    for ax, (col, lab) in zip(axs[0], panels):
+        im = ax.imshow(grid(col), cmap="viridis", aspect="auto")
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        ax.set(title=lab, xlabel="block (0 = first)", ylabel="scale (patch size)", xticks=range(B), yticks=range(S), yticklabels=labels)
+        ax.grid(False)
+        if "canary_top_units" in d:
+            m = grid("canary_top_units").astype(float); ys, xs = np.nonzero(m)
+            if len(ys): ax.scatter(xs, ys, s=30 + 200 * m[ys, xs] / m.max(), facecolors="none", edgecolors="red", linewidths=1.3)
+    return fig
+
+def classes(folder: Path, model: str):
+    "Stages 2 and 3: the classes of the images the top units peak on, against the classes' share of the measured points (`<model>_classes.csv`)."
+    d = pd.read_csv(Path(folder) / f"{model}_classes.csv")
+    c = json.loads((Path(folder) / "results.json").read_text())["models"][model]["classes"]
+    fig, axs = frame(f"{model}: which classes the top units' argmax images belong to",
+                     "Not a claim of the paper: a check that the top units do not simply follow one class. "
+                     f"Chi-squared {c['chi2']:.0f} ({c['dof']} dof), p = {c['p']:.1g}; class {c['max_ratio_label']} is "
+                     f"{c['max_ratio']:.1f}x its share.", size=(5.0, 3.1))
+    ax, x = axs[0, 0], np.arange(len(d))
+    ax.bar(x - 0.2, d.share_top, 0.4, color="C3", label=f"argmax images of the {c['top_units']} top units")
+    ax.bar(x + 0.2, d.share_points, 0.4, color="0.6", label="measured points")
+    ax.set(xticks=x, xticklabels=d.label, xlabel="class (digit)", ylabel="share (0 to 1)"); ax.grid(axis="x", visible=False)
+    ax.legend(loc="upper right")
+    return fig
+
 # %% ../nbs/07_figures.ipynb #6e20167d
 FIGURES = {  # stage -> figure name -> function of the stage folder (and the model, for names with {model})
     "extraction": {"extracted_vs_prefix": extracted_vs_prefix},
-    "var_scales": {"{model}_depth": var_depth},
-    "rar_blocks": {"{model}_profile": rar_profile},
+    "var_scales": {"{model}_depth": var_depth, "{model}_maps": var_maps, "{model}_classes": classes},
+    "rar_blocks": {"{model}_profile": rar_profile, "{model}_classes": classes},
     "intervention": {"headline": headline, "sweep": sweep},
     "subset_robustness": {"consistency": consistency, "mitigation": mitigation},
 }

@@ -45,7 +45,8 @@ def test_figures_redraw_from_the_saved_tables(tmp_path):
         shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
         written += figures.draw(s, tmp_path / s, formats=("png",))
     assert sorted(p.name for p in written) == sorted(
-        ["extracted_vs_prefix.png", "var_depth.png", "rar_profile.png", "headline.png", "sweep.png", "consistency.png", "mitigation.png"])
+        ["extracted_vs_prefix.png", "var_depth.png", "var_maps.png", "var_classes.png", "rar_profile.png", "rar_classes.png",
+         "headline.png", "sweep.png", "consistency.png", "mitigation.png"])
     assert all(p.stat().st_size > 10_000 for p in written)
 
 
