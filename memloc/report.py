@@ -96,11 +96,13 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;
 ROOT_TESTBED = "canary"  # the testbed whose stage folders sit directly in figures/<profile>/
 
 def testbeds(figs: Path, stages: list[str]) -> dict[str, dict[str, Path]]:
-    "Testbed -> stage -> folder, for every stage folder with results: `figs/<stage>/` (the root testbed), `figs/<testbed>/<stage>/` or `figs/<stage>_<testbed>/`."
+    "Testbed -> stage -> folder, for every stage folder with results: `figs/<stage>/` (the root testbed), `figs/<testbed>/<stage>/`, `figs/<stage>_<testbed>/` or `<figs>_<testbed>/<stage>/`."
     found: dict[str, dict[str, Path]] = {}
     def add(tb, stage, d):
         if d.is_dir() and (any(d.glob("*.json")) or any(d.glob("*.csv"))): found.setdefault(tb, {})[stage] = d
     if not figs.is_dir(): return found
+    for sib in sorted(figs.parent.glob(f"{figs.name}_*")):  # figures/<profile>_<testbed>/<stage>/
+        for s in stages: add(sib.name[len(figs.name) + 1:], s, sib / s)
     for d in sorted(p for p in figs.iterdir() if p.is_dir()):
         if d.name in stages: add(ROOT_TESTBED, d.name, d)
         elif any((d / s).is_dir() for s in stages):
@@ -481,7 +483,9 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
         if not homes and not run.is_file(): continue
         sec = SECTIONS.get(s.name, GENERIC)
         pg.h(2, s.title)
-        links = ([("notebook", f"nbs/{s.notebook}")] if s.notebook else []) + ([("executed run", rel(run))] if run.is_file() else [])
+        rec = run_record(run) if run.is_file() else None
+        links = ([("notebook", f"nbs/{s.notebook}")] if s.notebook else []) + \
+                ([(f"executed run of {rec['start']}" if rec else "executed run", rel(run))] if run.is_file() else [])
         for tb, d in (homes or {ROOT_TESTBED: figs / s.name}).items():
             if len(homes) > 1: pg.h(3, f"{tb} testbed")
             files = [(f.name, rel(f)) for f in sorted(d.glob("*")) if f.suffix in (".json", ".csv")] if d.is_dir() else []
