@@ -455,7 +455,7 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
     root = root or repo_root()
     figs, runs = settings.path("figures_dir"), settings.path("runs_dir")
     stages = report_stages(figs, root)
-    rel = lambda p: Path(p).resolve().relative_to(root).as_posix()
+    rel = lambda p: Path(os.path.relpath(Path(p).resolve(), root)).as_posix()  # repository-relative
     full = root / "figures" / "full" if settings.profile != "full" else None
     pg = Page().h(1, f"memloc: the study, profile `{settings.profile}`")
     pg.p("Where image autoregressive models store memorized training images (UnitMem), and whether scaling those units "
