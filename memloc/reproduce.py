@@ -9,8 +9,6 @@ import argparse
 import ast
 import hashlib
 import json
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
