@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= mini
 
-.PHONY: setup test check-sync nbdev-test pytest nbval reproduce clean-runs
+.PHONY: setup test check-sync nbdev-test pytest nbval reproduce report docs clean-runs
 
 setup: $(STAMP)
 
@@ -40,3 +40,11 @@ test: check-sync nbdev-test pytest nbval
 
 reproduce: $(STAMP)
 	$(BIN)/memloc reproduce --profile $(PROFILE)
+
+# The report again from the saved results, every figure redrawn from its table (no stage runs).
+report: $(STAMP)
+	$(BIN)/python -m memloc.report --profile $(PROFILE) --redraw
+
+# The static site (report first, then every notebook with its outputs) into site/, checked offline.
+docs: $(STAMP)
+	$(BIN)/python -m memloc.report --profile $(PROFILE) --site

@@ -22,8 +22,7 @@ __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUP
            'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix', 'Similarity',
            'register_backend', 'make_backend', 'pixel_ncc', 'digits_cnn', 'sscd_torchscript', 'sscd_onnx',
            'calibrate_threshold', 'extract', 'summarize', 'run_attack', 'headline_prefix_of', 'results_entry',
-           'save_results', 'plot_counts', 'plot_grid', 'mini_models', 'attack_set', 'load_attack', 'score_dataset',
-           'full_models']
+           'save_results', 'plot_grid', 'mini_models', 'attack_set', 'load_attack', 'score_dataset', 'full_models']
 
 # %% ../nbs/04_extraction.ipynb #c7bbcba0
 def _device(model: nn.Module) -> torch.device:
@@ -356,21 +355,6 @@ def save_results(tables: dict[str, pd.DataFrame], entries: dict[str, dict], fold
     return paths + [save_json(entries, "results", folder)]
 
 # %% ../nbs/04_extraction.ipynb #833dfbc1
-def plot_counts(tables: dict[str, pd.DataFrame], ax=None):
-    "Extracted images against prefix length, one panel per model, one line per group."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, len(tables), figsize=(3.6 * len(tables), 3), squeeze=False)
-    for ax, (name, df) in zip(axs[0], tables.items()):
-        n = df.groupby(["prefix", "group"]).extracted.sum().unstack("group")
-        for g in GROUPS:
-            if g in n: ax.plot(n.index, n[g], marker="o", color=GROUP_COLORS[g],
-                               label=f"{g} (of {int((df.group == g).sum() / df.prefix.nunique())})")
-        ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.set(title=f"{name}: {df.attrs['backend']} > {df.attrs['threshold']:.3g}", xlabel="prefix tokens", ylabel="extracted")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
 def plot_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], n: int = 8):
     "For each (title, originals, reconstructions, generations): `n` columns of original / reconstruction / generated."
     import matplotlib.pyplot as plt

@@ -19,8 +19,7 @@ from .stats import empirical_p
 
 # %% auto #0
 __all__ = ['QUALITY_KEYS', 'PAPER', 'unit_grid', 'as_units', 'scale_units', 'unit_scores', 'n_selected', 'select_units',
-           'random_like', 'AllTokens', 'Probe', 'evaluate', 'run_setting', 'setting_rows', 'reduction', 'plot_sweep',
-           'plot_headline']
+           'random_like', 'AllTokens', 'Probe', 'evaluate', 'run_setting', 'setting_rows', 'reduction']
 
 # %% ../nbs/13_intervention.ipynb #bf675855
 def unit_grid(model) -> tuple[int, int]:
@@ -270,51 +269,3 @@ PAPER = pd.DataFrame([
     dict(model="RAR-XXL", family="rar", p=1.0, extracted_before=75, extracted_after=68, fid_before=1.48, fid_after=3.21),
     dict(model="RAR-XXL", family="rar", p=10.0, extracted_before=75, extracted_after=13, fid_before=1.48, fid_after=7.3),
 ])
-
-# %% ../nbs/13_intervention.ipynb #6d56c8cf
-def plot_sweep(sweep: pd.DataFrame, controls: pd.DataFrame | None = None, y: str = "extracted", x: str = "fid"):
-    "Extraction against FID per model: a line per factor over p, the unmodified model, random units (`controls`: rows 'random mean'/'random std')."
-    import matplotlib.pyplot as plt
-    names = list(dict.fromkeys(sweep.model))
-    fig, axs = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axs[0], names):
-        d = sweep[sweep.model == name]
-        base = d[d.units == "none (before)"]
-        for i, (f, g) in enumerate(d[d.units == "top UnitMem"].groupby("factor")):
-            g = g.sort_values("p")
-            ax.plot(g[x], g[y], marker="o", ms=4, color=plt.cm.viridis(i / max(1, d.factor.nunique() - 1)), label=f"top, factor {f:g}")
-            for _, r in g.iterrows(): ax.annotate(f"{r.p:g}%", (r[x], r[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        c = None if controls is None else controls[controls.model == name]
-        if c is not None and len(c):
-            m, sd = c[c.units == "random mean"].set_index("p"), c[c.units == "random std"].set_index("p")
-            ax.errorbar(m[x], m[y], xerr=sd[x].reindex(m.index), yerr=sd[y].reindex(m.index), fmt="x", color="grey", capsize=2,
-                        label=f"random units, factor {m.factor.iloc[0]:g} (mean, std)")
-            for p, r in m.iterrows(): ax.annotate(f"{p:g}%", (r[x], r[y]), fontsize=6, color="grey", xytext=(2, -8), textcoords="offset points")
-        ax.scatter(base[x], base[y], marker="*", s=120, color="C3", zorder=5, label="unmodified")
-        ax.set(title=name, xlabel=f"FID ({int(d.n_samples.iloc[0])} samples)", ylabel=f"{y.replace('_', ' ')} (of {int(d.candidates.iloc[0])} candidates)")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
-
-def plot_headline(table: pd.DataFrame):
-    "Per model and setting: extracted and FID before, after the top, lowest and random units (mean, std over seeds)."
-    import matplotlib.pyplot as plt
-    keys = list(dict.fromkeys(zip(table.model, table.p)))
-    kinds = [("none (before)", "C7"), ("top UnitMem", "C3"), ("lowest UnitMem", "C0"), ("random mean", "C2")]
-    fig, axs = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(keys)) * 2, 3.4))
-    for ax, col in zip(axs, ("extracted", "fid")):
-        w = 0.8 / len(kinds)
-        for j, (kind, c) in enumerate(kinds):
-            vals, errs = [], []
-            for m, p in keys:
-                d = table[(table.model == m) & (table.p == p)]
-                r = d[d.units == kind]
-                vals.append(float(r[col].iloc[0]) if len(r) and pd.notna(r[col].iloc[0]) else np.nan)
-                sd = d[d.units == "random std"] if kind == "random mean" else d.iloc[0:0]
-                errs.append(float(sd[col].iloc[0]) if len(sd) and pd.notna(sd[col].iloc[0]) else 0.0)
-            ax.bar(np.arange(len(keys)) + (j - 1.5) * w, vals, w, yerr=errs, color=c, label=kind, capsize=2)
-        ax.set_xticks(range(len(keys)), [f"{m}\ntop {p:g}%" for m, p in keys], fontsize=7)
-        ax.set(ylabel="extracted candidates" if col == "extracted" else "FID")
-    axs[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig

@@ -9,8 +9,6 @@ import argparse
 import ast
 import hashlib
 import json
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,9 +17,9 @@ from pathlib import Path
 from .config import SettingsError, Settings, check_paths, load_settings, repo_root
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'STAGES', 'PAPER_INTERVENTION', 'CHECKPOINTS', 'Stage', 'available_stages', 'select_stages',
-           'stage_parameters', 'stage_key', 'load_state', 'save_state', 'StageFailed', 'run_stage', 'relativize',
-           'write_report', 'check_profile', 'reproduce', 'main']
+__all__ = ['TESTBED_FILES', 'STAGES', 'CHECKPOINTS', 'Stage', 'available_stages', 'select_stages', 'stage_parameters',
+           'stage_key', 'load_state', 'save_state', 'StageFailed', 'run_stage', 'relativize', 'check_profile',
+           'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -145,68 +143,6 @@ def relativize(path: Path, root: Path):
     new = text.replace(str(root) + "/", "").replace(str(root), ".")
     if new != text: path.write_text(new)
 
-# %% ../nbs/20_reproduce.ipynb #45a16c70
-PAPER_INTERVENTION = [  # METHOD.md, "Stage 4": the paper's reported numbers, for comparison only
-    ("VAR-d30", "top 10%", "672 -> 110 (-83.6%)", "1.97 -> 2.58"),
-    ("RAR-XXL", "top 5%", "75 -> 26 (-65.3%)", "1.48 -> 5.12"),
-    ("RAR-XXL", "top 10%", "75 -> 13", "7.3"),
-    ("RAR-XXL", "top 1%", "75 -> 68", "3.21"),
-]
-
-def _md_table(rows: list[list], header: list[str]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-def _csv_to_md(path: Path, max_rows: int = 30) -> str:
-    import pandas as pd
-    df = pd.read_csv(path)
-    more = f"\n\n({len(df) - max_rows} more rows in `{path.name}`)" if len(df) > max_rows else ""
-    df = df.head(max_rows)
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else v
-    return _md_table([[fmt(v) for v in r] for r in df.itertuples(index=False)], list(df.columns)) + more
-
-def _machine() -> dict:
-    import torch
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo_root())
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "nbs", "memloc"], capture_output=True, text=True, cwd=repo_root())
-    return {"commit": (git.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty.stdout.strip() else ""),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpus": __import__("os").cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
-
-def write_report(settings: Settings, state: dict, root: Path | None = None) -> Path:
-    "Write `figures/<profile>/REPORT.md` from the stages' outputs."
-    root = root or repo_root()
-    figs = settings.path("figures_dir"); figs.mkdir(parents=True, exist_ok=True)
-    m = _machine()
-    lines = [f"# memloc: the study, profile `{settings.profile}`", "",
-             "Every number and figure below was computed by the stage notebooks of this run "
-             f"(executed copies in `{settings['runs_dir']}/`).", "",
-             "## Run", "", _md_table([[k, v] for k, v in m.items()], ["", ""]), "",
-             _md_table([[s.name, f"`nbs/{s.notebook}`", f"{state[s.name]['seconds']:.1f}" if s.name in state else "not run"]
-                        for s in available_stages(root)], ["stage", "notebook", "seconds"]),
-             f"\nTotal: {sum(v['seconds'] for v in state.values()):.1f} s", ""]
-    for s in available_stages(root):
-        d = figs / s.name
-        if not d.is_dir(): continue
-        lines += [f"## {s.title}", "", f"Stage `{s.name}`, notebook `nbs/{s.notebook}`.", ""]
-        if s.name == "intervention":
-            lines += ["The paper's reported numbers (METHOD.md; from secondary notes, not measured here):", "",
-                      _md_table([list(r) for r in PAPER_INTERVENTION], ["model", "units scaled", "extractable", "FID"]),
-                      "", "What this run measured:", ""]
-        res = d / "results.json"
-        if res.is_file():
-            lines += ["```json", res.read_text().strip(), "```", ""] if len(res.read_text()) < 6000 else \
-                     [f"Headline numbers: `{res.relative_to(figs)}`.", ""]
-        for csv in sorted(d.glob("*.csv")):
-            lines += [f"**{csv.stem}**", "", _csv_to_md(csv), ""]
-        for png in sorted(d.glob("*.png")):
-            lines += [f"![{png.stem}]({png.relative_to(figs).as_posix()})", ""]
-    p = figs / "REPORT.md"
-    p.write_text("\n".join(lines).rstrip() + "\n")
-    return p
-
 # %% ../nbs/20_reproduce.ipynb #ba610c60
 CHECKPOINTS = {  # setting -> (family, preset, part) that --check compares the file with
     "var_vae_path": ("var", "d16", "tokenizer"), "var_d16_path": ("var", "d16", "generator"),
@@ -249,6 +185,7 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
         state[s.name] = {"key": key, "seconds": round(secs, 1)}
         save_state(settings, state)
         print(f"{tag}: done in {secs:.1f} s", flush=True)
+    from memloc.report import write_report   # the report's own module (nbs/21_report.ipynb)
     report = write_report(settings, state, root)
     print(f"report: {report.relative_to(root)}")
     return state

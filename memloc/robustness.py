@@ -20,7 +20,7 @@ from .var_scales import cell_maps, stats_from_values
 # %% auto #0
 __all__ = ['check_fractions', 'levels', 'nested_subsets', 'subset_stats_from_values', 'merged_stats', 'reuse_values',
            'verify_values', 'level_stats', 'spearman', 'pearson', 'jaccard', 'jaccard_chance', 'unit_map',
-           'consistency', 'compare_mitigation', 'plot_consistency', 'plot_mitigation']
+           'consistency', 'compare_mitigation']
 
 # %% ../nbs/14_subset_robustness.ipynb #eca6e898
 def check_fractions(fractions) -> list[float]:
@@ -268,35 +268,3 @@ def compare_mitigation(model, scores: dict,     # label -> unit scores [blocks, 
         from memloc.stats import empirical_p
         out["p_vs_random"] = [empirical_p(e, rand, "less") if u in sel else None for u, e in zip(out.units, out.extracted)]
     return out
-
-# %% ../nbs/14_subset_robustness.ipynb #d474a40b
-def plot_consistency(table: pd.DataFrame):
-    "Agreement with the largest subset and compute time against the subset fraction, one line per model."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 4, figsize=(15, 3.3), constrained_layout=True)
-    panels = [("spearman", "Spearman rho, all cells"), ("jaccard", "Jaccard of the top units"),
-              ("map_corr", "correlation of the maps"), ("time_s", "compute time (s)")]
-    for i, (name, d) in enumerate(table.groupby("model", sort=False)):
-        c = f"C{i}"
-        for ax, (col, lab) in zip(axs, panels):
-            ax.plot(d.fraction, d[col], "o-", color=c, label=name)
-            if col == "spearman": ax.plot(d.fraction, d.spearman_units, "s:", color=c, label=f"{name}, unit scores")
-            if col == "jaccard": ax.plot(d.fraction, d.jaccard_chance, "--", color=c, alpha=0.6, label=f"{name}, chance")
-            if col == "map_corr": ax.plot(d.fraction, d.top_map_corr, "^:", color=c, label=f"{name}, top-unit share")
-            ax.set(xlabel="subset fraction (per class)", ylabel=lab)
-    for ax in axs: ax.legend(fontsize=7)
-    return fig
-
-def plot_mitigation(table: pd.DataFrame):
-    "Extracted candidates per group: before, after each subset's top units, after random units; one panel per model."
-    import matplotlib.pyplot as plt
-    names = list(dict.fromkeys(table.model))
-    fig, axs = plt.subplots(1, len(names), figsize=(5 * len(names), 3.4), squeeze=False, constrained_layout=True)
-    cols = [c for c in ("extracted_canary", "extracted_member", "extracted_non_member") if c in table]
-    for ax, name in zip(axs[0], names):
-        d = table[table.model == name]
-        x, w = np.arange(len(d)), 0.8 / len(cols)
-        for j, c in enumerate(cols): ax.bar(x + (j - (len(cols) - 1) / 2) * w, d[c], w, label=c.replace("extracted_", ""))
-        ax.set_xticks(x, [u if u.startswith(("none", "random")) else f"top {d.p.iloc[0]:g}%\nfrom {u}" for u in d.units], fontsize=7)
-        ax.set(ylabel="extracted candidates", title=f"{name}: factor {d.factor.iloc[0]:g}"); ax.legend(fontsize=7)
-    return fig
