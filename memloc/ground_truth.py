@@ -90,8 +90,8 @@ def implant_checks(imp, n_views: int = 4, seed: int = 0, per_class: int = 10) ->
     pts = unitmem_points(imp.split, labels, imp.implant_ids, per_class, seed)
     scores, am = unitmem_units(model, images, labels, pts, n_views, seed)
     nb, h = unit_grid(model)
-    top = select_units(scores, 100 * len(imp.units) / (nb * h))
-    top = top[:len(imp.units)]
+    flat = torch.argsort(-scores.flatten(), stable=True)[:len(imp.units)]   # UnitMem's top-|S| units
+    top = torch.stack([flat // h, flat % h], 1)
     ids = set(imp.implant_ids.tolist())
     out = {"seed": imp.seed, "rate": imp.rate, "n_units": len(imp.units), "valid": rec["valid"]["all"],
            "recall_unitmem": recall_at(scores, imp.units), "recall_random": len(imp.units) / (nb * h),

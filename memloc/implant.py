@@ -111,6 +111,7 @@ def train_units(model, units,              # the adapter and S `[k, 2]`
                 seed: int = 0,             # seeds the keep batches
                 until=None,                # until() -> bool, checked every `check_every` steps: stop when True
                 check_every: int = 100,
+                margin: float = 1.0,       # once `until()` holds after n steps, train `margin * n` more (a memory that survives small changes)
                ) -> dict:
     "Fine-tune only S's entries on the implants; returns the record of the run (steps, losses, stopped early)."
     use_keep = keep is not None and (keep_weight or keep_acts_weight)
@@ -122,7 +123,7 @@ def train_units(model, units,              # the adapter and S `[k, 2]`
     for p, m in masks:
         p.requires_grad_(True); hooks.append(p.register_hook(lambda g, m=m: g * m))
     opt = torch.optim.Adam([p for p, _ in masks], lr=lr)
-    g, hist, t0, done, step = torch.Generator().manual_seed(int(seed)), [], time.perf_counter(), False, 0
+    g, hist, t0, done, step, stop = torch.Generator().manual_seed(int(seed)), [], time.perf_counter(), False, 0, None
     ce = lambda t, y: F.cross_entropy(model.logits(t, y).float().transpose(1, 2), t)
     was = model.training; model.eval()
     try:
@@ -138,14 +139,15 @@ def train_units(model, units,              # the adapter and S `[k, 2]`
                                                              for k, r in ref.items())
                 opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
                 hist.append(loss.item())
-                if until is not None and step % check_every == 0 and until(): done = True; break
+                if until is not None and not done and step % check_every == 0 and until(): done, stop = True, step + int(margin * step)
+                if done and step >= stop: break
     finally:
         for h in hooks: h.remove()
         for p in model.parameters(): p.requires_grad_(req[id(p)])
         model.train(was)
     return {"steps": step, "max_steps": steps, "lr": lr, "keep_used": bool(use_keep),
             "keep_weight": keep_weight if use_keep else 0.0, "keep_acts_weight": keep_acts_weight if use_keep else 0.0,
-            "stopped_when_extracted": done, "loss_first": hist[0] if hist else None, "loss_last": hist[-1] if hist else None,
+            "stopped_when_extracted": done, "margin": margin, "loss_first": hist[0] if hist else None, "loss_last": hist[-1] if hist else None,
             "time_s": time.perf_counter() - t0}
 
 # %% ../nbs/03a_implant.ipynb #9a273bab
@@ -214,7 +216,8 @@ class ImplantSettings:
     n_implants: int = 1
     max_steps: int = 1500
     check_every: int = 25
-    lr: float = 3e-2
+    margin: float = 1.0            # after the implants are first extracted at step n, train n steps more
+    lr: float = 2e-3
     keep_weight: float = 1.0
     keep_acts_weight: float = 0.0
     keep_batch: int = 16
@@ -254,7 +257,7 @@ def build_implant(family: str, testbed: str, rate: float, seed: int, s: ImplantS
         keep = (tokenize_all(model, images[others]), labels[others]) if s.keep_weight or s.keep_acts_weight else None
         tok = tokenize_all(model, images[ids])
         run = train_units(model, S, tok, labels[ids], s.max_steps, s.lr, keep, s.keep_weight, s.keep_acts_weight, s.keep_batch, seed,
-                          until=lambda: len(ext()) == len(ids), check_every=s.check_every)
+                          until=lambda: len(ext()) == len(ids), check_every=s.check_every, margin=s.margin)
         frozen = frozen_outside(model, before, S)
         after = ext()
         with scale_units(model, S, 0.0): after_zero_S = ext()

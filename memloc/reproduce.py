@@ -42,6 +42,7 @@ STAGES = [
     Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", TESTBED_FILES),
     Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES),
     Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", TESTBED_FILES),
+    Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", TESTBED_FILES),
     Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES),
     Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", TESTBED_FILES,
           settings=("seed", "augmentations")),
