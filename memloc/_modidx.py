@@ -400,6 +400,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'memloc.unitmem.load_stats': ('adaptation.html#load_stats', 'memloc/unitmem.py'),
                                 'memloc.unitmem.measure': ('adaptation.html#measure', 'memloc/unitmem.py'),
                                 'memloc.unitmem.point_hashes': ('adaptation.html#point_hashes', 'memloc/unitmem.py'),
+                                'memloc.unitmem.stale_content': ('adaptation.html#stale_content', 'memloc/unitmem.py'),
+                                'memloc.unitmem.stale_meta': ('adaptation.html#stale_meta', 'memloc/unitmem.py'),
                                 'memloc.unitmem.unitmem': ('adaptation.html#unitmem', 'memloc/unitmem.py'),
                                 'memloc.unitmem.unitmem_from_values': ('adaptation.html#unitmem_from_values', 'memloc/unitmem.py'),
                                 'memloc.unitmem.weights_fingerprint': ('adaptation.html#weights_fingerprint', 'memloc/unitmem.py')},

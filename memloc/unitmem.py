@@ -17,7 +17,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'StaleStats',
-           'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'load_stats', 'measure', 'canary_share']
+           'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content', 'stale_meta', 'load_stats',
+           'measure', 'canary_share']
 
 # %% ../nbs/10_adaptation.ipynb #7df162c3
 def _check_points(n: int, what: str = "UnitMem"):
@@ -288,6 +289,22 @@ def point_hashes(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
            for i in range(len(x))]
     return torch.tensor(out, dtype=torch.int64)
 
+def stale_content(dataset, ids: list[int], hashes: list[int], batch_size: int = 64, verify: int | None = None) -> str | None:
+    "Why the saved `hashes` (`point_hashes`) of dataset positions `ids` no longer match the dataset (None if they do); `verify` rereads that many, evenly spaced (None: all)."
+    if len(hashes) != len(ids): return f"the file records {len(hashes)} content hashes for {len(ids)} points"
+    saved = dict(zip(ids, hashes))
+    check = ids if verify is None else ids[::max(1, len(ids) // max(1, verify))][:verify]
+    for s in range(0, len(check), batch_size):
+        part = check[s:s + batch_size]
+        img, lab, _ = _batch(dataset, torch.tensor(part))
+        differ = [i for i, h in zip(part, point_hashes(img, lab).tolist()) if saved[i] != h]
+        if differ: return f"data: the images or labels of points {differ[:5]} differ from those measured"
+    return None
+
+def stale_meta(saved: dict, meta: dict) -> list[str]:
+    "Every setting or fingerprint of `meta` that the `saved` one differs in, with both sides."
+    return [f"{k}: saved {saved.get(k)!r}, this run {v!r}" for k, v in meta.items() if saved.get(k) != v]
+
 def _save(path, stats, done, meta, content):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -351,20 +368,12 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
     path = None if stats_path is None else _rank_path(stats_path, rank, world)
     if path is not None and path.exists():
         ck = _load_run(path)
-        stale = [f"{k}: saved {ck['meta'].get(k)!r}, this run {v!r}" for k, v in meta.items() if ck["meta"].get(k) != v]
+        stale = stale_meta(ck["meta"], meta)
         if not set(ck["done"]) <= set(pts): stale.append(f"points: the file holds {len(set(ck['done']) - set(pts))} points outside this run's")
         if not stale:
-            if "content" not in ck or len(ck["content"]) != len(ck["done"]): stale.append("data: the file records no content hashes of its points")
-            else:
-                saved_hash = dict(zip(ck["done"], ck["content"].tolist()))
-                tensors = isinstance(dataset, (tuple, list))
-                check = ck["done"] if tensors else ck["done"][::max(1, len(ck["done"]) // verify_points)][:verify_points]
-                for s in range(0, len(check), batch_size):
-                    ids = check[s:s + batch_size]
-                    img, lab, _ = _batch(dataset, torch.tensor(ids))
-                    now = point_hashes(img, lab).tolist()
-                    differ = [i for i, h in zip(ids, now) if saved_hash[i] != h]
-                    if differ: stale.append(f"data: the images or labels of points {differ[:5]} differ from those measured"); break
+            why = stale_content(dataset, ck["done"], ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                                None if isinstance(dataset, (tuple, list)) else verify_points)
+            if why: stale.append(why)
         if stale and not recompute:
             raise StaleStats(f"{path} holds statistics of another run ({'; '.join(stale)}); "
                              "pass recompute=True to measure anew, or another stats_path")

@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from .unitmem import UnitCapture, UnitMemStats, measure
+from .unitmem import (StaleStats, UnitCapture, UnitMemStats, augment_fingerprint, measure, point_hashes, stale_content,
+                            stale_meta, weights_fingerprint)
 
 # %% auto #0
 __all__ = ['point_values', 'stats_from_values', 'model_fingerprint', 'unit_stats', 'top_mask', 'cell_maps', 'depth_index',
@@ -44,31 +45,46 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
                  path=None,             # file to save to and resume from
                  save_every: int = 5,   # save after this many batches
                  dtype: str = "float32",  # autocast dtype of the forward pass
+                 recompute: bool = False, # a `path` of another run (weights, data, augmentation, settings): measure anew, not stop
                 ) -> torch.Tensor:
     "View-averaged per-point values `[N, groups, blocks, hidden]` (float32, CPU), the quantity UnitMem is made of."
+    from memloc.data import check_images
     pts = [int(p) for p in points]
     if len(pts) < 2: raise ValueError(f"point_values needs at least 2 points, got {len(pts)}")
     if len(set(pts)) != len(pts): raise ValueError("point_values: points contain duplicates")
     if augment is None and n_views != 1: raise ValueError(f"n_views={n_views} identical views without an augment; pass augment or n_views=1")
     cap = UnitCapture(model)
     dev = next(iter(model.parameters())).device
-    meta = {"shape": list(cap.shape), "n_views": n_views, "seed": seed, "points": pts, "dtype": dtype}
-    out, done = torch.zeros(len(pts), *cap.shape), 0
+    meta = {"shape": list(cap.shape), "n_views": n_views, "seed": seed, "points": pts, "dtype": dtype,
+            "weights": weights_fingerprint(model), "augment": augment_fingerprint(augment)}
+    out, done, content = torch.zeros(len(pts), *cap.shape), 0, []
     path = None if path is None else Path(path)
     if path is not None and path.exists():
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["meta"] != meta: raise ValueError(f"{path} holds values of another run (points, views, seed, shape or dtype differ); delete it or change the output folder")
-        done = int(ck["done"]); out[:done] = ck["values"]
+        from memloc.checkpoints import CheckpointError, load_torch_file
+        try: ck = load_torch_file(path, "per-point values file")
+        except CheckpointError as e: raise StaleStats(str(e)) from None
+        if not isinstance(ck, dict) or not {"values", "done", "meta"} <= set(ck):
+            raise StaleStats(f"{path} is not a per-point values file written by point_values (it holds {sorted(ck) if isinstance(ck, dict) else type(ck).__name__})")
+        n = int(ck["done"])
+        stale = stale_meta(ck["meta"], meta) or [w for w in [stale_content(dataset, pts[:n], ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                                                                       None if isinstance(dataset, (tuple, list)) else 256)] if w]
+        if stale and not recompute:
+            raise StaleStats(f"{path} holds values of another run ({'; '.join(s if len(s) < 300 else s[:300] + '...' for s in stale)}); "
+                             "pass recompute=True to measure anew, or another folder")
+        if not stale: done = n; out[:done] = ck["values"]; content = ck["content"].tolist()
     def save(n):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"values": out[:n].clone(), "done": n, "meta": meta}, tmp); os.replace(tmp, path)
+        torch.save({"values": out[:n].clone(), "done": n, "meta": meta, "content": torch.tensor(content[:n], dtype=torch.int64)}, tmp)
+        os.replace(tmp, path)
     was_training = model.training; model.eval()
     try:
         starts = list(range(done, len(pts), batch_size))
         for k, s in enumerate(starts):
             ids = torch.tensor(pts[s:s + batch_size])
             img, lab = _load(dataset, ids)
+            check_images(img, f"point_values: images of points {pts[s]}..{pts[s + len(ids) - 1]}")
+            content[s:s + len(ids)] = point_hashes(img, lab).tolist()
             img, lab, idx = img.to(dev), lab.to(dev), ids.to(dev)
             acc = None
             for view in range(n_views):
@@ -92,14 +108,8 @@ def stats_from_values(values: torch.Tensor, points, batch_size: int = 64) -> Uni
     return st
 
 def model_fingerprint(model) -> str:
-    "A short hash of the model's parameter names, shapes and up to 4096 evenly spaced values of each: saved results name the model they came from."
-    import hashlib
-    h = hashlib.sha256()
-    for k, p in model.state_dict().items():
-        f = p.detach().flatten()
-        h.update(f"{k}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(f[::max(1, f.numel() // 4096)][:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
+    "A short hash of the model's weights (the first 12 hex digits of `weights_fingerprint`): saved results name the model they came from."
+    return weights_fingerprint(model)[:12]
 
 def unit_stats(model, dataset, points, augment=None, n_views: int = 10, batch_size: int = 64, seed: int = 0,
                folder=None,               # where the run's values / statistics file goes (resumable); None: nowhere

@@ -154,7 +154,9 @@ def test_point_values_resume_and_match_measure(tmp_path, digits):
     st = stats_from_values(whole, pts, batch_size=3)
     assert all(torch.equal(getattr(st, k), getattr(ref, k)) for k in ("sum", "max", "argmax"))
 
-    class Dies:
+    from memloc.unitmem import augment_fingerprint
+    class Dies:                                           # aug's views, until it dies
+        fingerprint = augment_fingerprint(aug)
         def __init__(self): self.n = 0
         def view(self, img, ids, v, seed=0):
             self.n += 1
@@ -168,6 +170,15 @@ def test_point_values_resume_and_match_measure(tmp_path, digits):
     assert torch.equal(resumed, whole)
     with pytest.raises(ValueError, match="another run"):
         point_values(model, digits, pts, aug, n_views=1, batch_size=3, seed=0, path=path)
+    other = rar.build_model("mini").eval()                # other (random) weights: never the saved values
+    with pytest.raises(ValueError, match="weights: saved"):
+        point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0, path=path)
+    imgs, labels = digits
+    changed = (imgs.flip(-1), labels)
+    with pytest.raises(ValueError, match="images or labels of points"):
+        point_values(model, changed, pts, aug, n_views=2, batch_size=3, seed=0, path=path)
+    fresh = point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0, path=path, recompute=True)
+    assert torch.equal(fresh, point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0))
 
 
 def test_full_pass_on_random_weight_models(tmp_path, digits):
