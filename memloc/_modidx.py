@@ -32,6 +32,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'memloc.config.check_settings': ('config.html#check_settings', 'memloc/config.py'),
                                'memloc.config.load_settings': ('config.html#load_settings', 'memloc/config.py'),
                                'memloc.config.out_dir': ('config.html#out_dir', 'memloc/config.py'),
+                               'memloc.config.read_json': ('config.html#read_json', 'memloc/config.py'),
                                'memloc.config.repo_root': ('config.html#repo_root', 'memloc/config.py'),
                                'memloc.config.resolve': ('config.html#resolve', 'memloc/config.py'),
                                'memloc.config.save_fig': ('config.html#save_fig', 'memloc/config.py'),

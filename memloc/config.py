@@ -13,7 +13,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['PATH_SUFFIXES', 'OUTPUT_KEYS', 'RULES', 'NotARepository', 'repo_root', 'resolve', 'SettingsError', 'Settings',
            'load_settings', 'check_paths', 'check_settings', 'check_outputs', 'out_dir', 'save_fig', 'save_table',
-           'save_json']
+           'read_json', 'save_json']
 
 # %% ../nbs/00_config.ipynb #90e0a6eb
 class NotARepository(FileNotFoundError):
@@ -201,6 +201,13 @@ def _jsonable(o):
     if hasattr(o, "tolist") and hasattr(o, "dim"): return _jsonable(o.tolist())  # torch.Tensor
     if isinstance(o, float) and o != o: return None  # NaN -> null
     return o
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    "The JSON in `path`; a `SettingsError` names the file when it is missing, truncated or not JSON."
+    p = resolve(path)
+    if not p.is_file(): raise SettingsError(f"{what} not found: {p}")
+    try: return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise SettingsError(f"{p} is not valid JSON (truncated or corrupt?): {e}") from None
 
 def save_json(obj, name: str, folder: str | os.PathLike) -> Path:
     "Save `obj` (dicts, lists, numbers, numpy and torch values) as `folder/name.json`, keys sorted."

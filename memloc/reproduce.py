@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_paths, check_settings, load_settings,
-                     repo_root)
+                     read_json, repo_root)
 
 # %% auto #0
 __all__ = ['STAGES', 'CACHE_PATTERNS', 'PAPER_INTERVENTION', 'CHECKPOINTS', 'Stage', 'UsageError', 'available_stages',
@@ -350,8 +350,8 @@ CHECKPOINTS = {  # setting -> (family, preset, part) that --check compares the f
 def check_manifest(path: Path) -> tuple[list[str], list[str]]:
     "(what was checked, problems) of a testbed manifest: valid JSON, and each entry's file present, of its family and of its sha256."
     from memloc.testbed import sha256_file
-    try: manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e: return [], [f"{path} is not valid JSON (truncated?): {e}"]
+    try: manifest = read_json(path, "testbed manifest")
+    except SettingsError as e: return [], [str(e)]
     if not isinstance(manifest, dict): return [], [f"{path} does not hold a mapping of families"]
     checked, problems = [], []
     for fam, e in manifest.items():
