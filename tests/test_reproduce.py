@@ -225,10 +225,15 @@ def _wait_for(path, proc, timeout=60):
         time.sleep(0.05)
 
 
-def _kill_kernel(marker):
-    "The stage's kernel, if the killed driver left it running (its parent poller ends it within a second or so)."
-    try: os.kill(int(marker.read_text()), signal.SIGKILL)
-    except (ProcessLookupError, ValueError): pass
+def _kernel_ends(marker, timeout=15):
+    "The stage's kernel ends with the driver (shut down on Ctrl-C; on SIGKILL its parent poller ends it within a second or so)."
+    pid, t0 = int(marker.read_text()), time.time()
+    while time.time() - t0 < timeout:
+        try: os.kill(pid, 0)
+        except ProcessLookupError: return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)                                   # the test's own orphan: do not leave it running
+    return False
 
 
 def _outputs(repo):
@@ -262,7 +267,7 @@ def test_interrupted_stage_is_redone(run_repo, sig):
     out, err = p.communicate(timeout=60)
     if sig == signal.SIGINT: assert p.returncode == 130 and "interrupted" in err, (p.returncode, err)
     else: assert p.returncode == -signal.SIGKILL
-    _kill_kernel(run_repo / "a.started")
+    assert _kernel_ends(run_repo / "a.started"), "the stage's kernel outlived the driver"
     assert _outputs(run_repo) == good                             # the last good outputs, untouched
     assert (run_repo / "runs" / "a.ipynb").read_text() == good_nb
     (run_repo / "a.wait").unlink()
