@@ -229,17 +229,25 @@ def prepare_stage(stage: Stage, settings: Settings, key: str) -> tuple[Path, Pat
     new.mkdir(parents=True, exist_ok=True)
     return part, staging
 
-def promote(stage: Stage, settings: Settings):
-    "Move a succeeded stage's outputs and executed notebook from its staging folders into place."
+def promote(stage: Stage, settings: Settings, root: Path | None = None):
+    "Move a succeeded stage's outputs and executed notebook from its staging folders into place (the notebook then names where its outputs are)."
+    root = root or repo_root()
     part, staging = _partial(settings, stage)
     live, new = settings.path("figures_dir") / stage.name, staging / stage.name
+    executed = part / stage.notebook
+    text = executed.read_text()
+    for a, b in ((str(new), str(live)), (_rel(new, root), _rel(live, root))): text = text.replace(a, b)
+    executed.write_text(text)
     if new.is_dir() and any(new.iterdir()):
         old = staging / f"{stage.name}.replaced"
         if live.exists(): os.replace(live, old)
         os.replace(new, live)
         shutil.rmtree(old, ignore_errors=True)
-    os.replace(part / stage.notebook, settings.path("runs_dir") / stage.notebook)
+    os.replace(executed, settings.path("runs_dir") / stage.notebook)
     shutil.rmtree(part, ignore_errors=True); shutil.rmtree(new, ignore_errors=True)
+    for d in (part.parent, staging):                      # the staging roots, once no stage is left in them
+        try: d.rmdir()
+        except OSError: pass
 
 def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None = None, progress: bool = True,
               key: str = "") -> float:
@@ -265,7 +273,7 @@ def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None 
             else: os.environ[k] = v
         if out.is_file(): relativize(out, root)
     secs = time.perf_counter() - t0
-    promote(stage, settings)
+    promote(stage, settings, root)
     return secs
 
 def _rel(p: Path, root: Path) -> str:

@@ -202,7 +202,7 @@ def run_repo(fake_repo):
 
 def _cmd(repo, *args):
     code = ("import sys; from memloc.reproduce import main, Stage; "
-            "main(sys.argv[1:], stages=[Stage('a', 'a.ipynb', 't', ('{inp_path}',)), Stage('b', 'b.ipynb', 't')])")
+            "main(sys.argv[1:], stages=[Stage('a', 'a.ipynb', 't', ('{inp_path}',)), Stage('b', 'b.ipynb', 't', folders=(('fig_dir', 'figures'),))])")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MEMLOC_ROOT": str(repo)}
     return [sys.executable, "-c", code, "reproduce", "--no-progress", *args], env
 
@@ -245,7 +245,9 @@ def test_run_then_kept(run_repo):
     assert r.returncode == 0, r.stderr
     assert _outputs(run_repo) == {"figs/a/done.txt": "ok\n", "figs/a/result.txt": "scale=2.5\n",
                                   "figs/b/done.txt": "ok\n", "figs/b/result.txt": "scale=2.5\n"}
-    assert not any((run_repo / "figs" / ".partial").iterdir()) and not (run_repo / "runs" / ".partial" / "a").exists()
+    assert not (run_repo / "figs" / ".partial").exists() and not (run_repo / "runs" / ".partial").exists()
+    src = "".join("".join(c["source"]) for c in json.loads((run_repo / "runs" / "b.ipynb").read_text())["cells"])
+    assert 'fig_dir = "figs/b"' in src and ".partial" not in src   # a folder parameter names where the outputs are
     r = _run(run_repo)
     assert r.returncode == 0 and r.stdout.count("unchanged, kept") == 2, r.stdout
     (run_repo / "input.txt").write_text("changed")            # a's input: a reruns, and b after it
