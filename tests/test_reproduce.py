@@ -240,6 +240,7 @@ def _outputs(repo):
     return {p.relative_to(repo).as_posix(): p.read_text() for p in sorted((repo / "figs").rglob("*.txt")) if ".partial" not in p.parts}
 
 
+@pytest.mark.timeout(240)
 def test_run_then_kept(run_repo):
     r = _run(run_repo)
     assert r.returncode == 0, r.stderr
@@ -255,9 +256,10 @@ def test_run_then_kept(run_repo):
     assert "unchanged" not in r.stdout and r.stdout.count("done in") == 2, r.stdout
 
 
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_stage_is_redone(run_repo, sig):
-    assert _run(run_repo).returncode == 0
+    assert _run(run_repo, "--only", "a").returncode == 0          # one stage keeps the test short
     good = _outputs(run_repo)
     good_nb = (run_repo / "runs" / "a.ipynb").read_text()
     (run_repo / "settings.ini").write_text((run_repo / "settings.ini").read_text().replace("scale = 2.5", "scale = 4.0"))
@@ -273,9 +275,9 @@ def test_interrupted_stage_is_redone(run_repo, sig):
     assert _outputs(run_repo) == good                             # the last good outputs, untouched
     assert (run_repo / "runs" / "a.ipynb").read_text() == good_nb
     (run_repo / "a.wait").unlink()
-    r = _run(run_repo)
+    r = _run(run_repo, "--only", "a")
     assert r.returncode == 0, r.stderr
-    assert "a: resuming" in r.stdout and "unchanged" not in r.stdout.split("a: resuming")[0], r.stdout
+    assert "a: resuming" in r.stdout and "unchanged" not in r.stdout, r.stdout
     if sig == signal.SIGKILL: assert "stale" in r.stdout
     assert _outputs(run_repo) == {k: v.replace("2.5", "4.0") for k, v in good.items()}
     # equal to an uninterrupted run of the same settings
@@ -284,24 +286,26 @@ def test_interrupted_stage_is_redone(run_repo, sig):
     for f in ("nbs/a.ipynb", "nbs/b.ipynb", "input.txt", "pyproject.toml"):
         (ref / f).parent.mkdir(exist_ok=True); (ref / f).write_text((run_repo / f).read_text())
     (ref / "settings.ini").write_text((run_repo / "settings.ini").read_text().replace(str(run_repo), str(ref)))
-    assert _run(ref).returncode == 0
+    assert _run(ref, "--only", "a").returncode == 0
     assert _outputs(ref) == _outputs(run_repo)
 
 
+@pytest.mark.timeout(240)
 def test_failed_stage_keeps_good_outputs_and_is_rerun_when_fixed(run_repo):
-    assert _run(run_repo).returncode == 0
+    assert _run(run_repo, "--only", "a").returncode == 0
     good = _outputs(run_repo)
     nb = run_repo / "nbs" / "a.ipynb"
     ok = nb.read_text()
     _write_nb(nb, "from memloc.config import out_dir\n(out_dir(profile, 'a') / 'result.txt').write_text('half')\nraise RuntimeError('bad input')")
-    r = _run(run_repo)
+    r = _run(run_repo, "--only", "a")
     assert r.returncode == 1 and "bad input" in r.stderr and ".partial" in r.stderr
     assert _outputs(run_repo) == good
     nb.write_text(ok)                                              # the input restored: the good run is still the record
-    r = _run(run_repo)
-    assert r.returncode == 0 and r.stdout.count("unchanged, kept") == 2, r.stdout
+    r = _run(run_repo, "--only", "a")
+    assert r.returncode == 0 and r.stdout.count("unchanged, kept") == 1, r.stdout
 
 
+@pytest.mark.timeout(240)
 def test_two_runs_at_once(run_repo):
     (run_repo / "a.wait").write_text("")
     p = _start(run_repo)
