@@ -18,7 +18,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'StaleStats',
            'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content', 'stale_meta', 'load_stats',
-           'measure', 'canary_share']
+           'matching_stats', 'measure', 'canary_share']
 
 # %% ../nbs/10_adaptation.ipynb #7df162c3
 def _check_points(n: int, what: str = "UnitMem"):
@@ -332,6 +332,29 @@ def load_stats(path: str | os.PathLike) -> tuple[UnitMemStats, list[int], dict]:
     ck = _load_run(path)
     return ck["stats"], ck["done"], ck["meta"]
 
+def _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp) -> dict:
+    "What a `measure` run is: its settings and the fingerprints of its weights and augmentation."
+    return {"shape": list(cap.shape), "n_views": n_views, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
+            "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp}
+
+def matching_stats(path,                  # a statistics file saved by `measure` (e.g. by another stage)
+                   model: nn.Module, dataset, points, augment=None, n_views: int = 10, seed: int = 0, abs: bool = True,
+                   batch_size: int = 64, verify_points: int = 256,
+                  ) -> tuple[UnitMemStats | None, str]:
+    "(the statistics at `path`, 'ok') if they are a complete run of exactly these weights, points, data, augmentation and settings; else (None, why not). Reads only."
+    p = Path(path)
+    if not p.is_file(): return None, f"{p} does not exist"
+    try: ck = _load_run(p)
+    except StaleStats as e: return None, str(e)
+    pts = [int(i) for i in points]
+    stale = stale_meta(ck["meta"], _run_meta(model, UnitCapture(model, abs=abs), n_views, abs, seed, 0, 1, augment_fingerprint(augment)))
+    if sorted(ck["done"]) != sorted(pts): stale.append(f"points: the file holds {len(ck['done'])} points, not this run's {len(pts)}")
+    if not stale:
+        why = stale_content(dataset, ck["done"], ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                            None if isinstance(dataset, (tuple, list)) else verify_points)
+        if why: stale.append(why)
+    return (None, "; ".join(stale)) if stale else (ck["stats"], "ok")
+
 def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_blocks, unit_groups
             dataset,                   # (images [N,3,H,W] in [0,1], labels [N]) or a Dataset of (image, label)
             augment=None,              # `memloc.data.Augment`, or augment(images_B3HW, point_ids_B, view) -> images; None: none
@@ -361,8 +384,7 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
     pts = pts[rank::world]
     cap = UnitCapture(model, abs=abs)
     device = device or next(iter(model.parameters())).device
-    meta = {"shape": list(cap.shape), "n_views": n_views, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
-            "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp}
+    meta = _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp)
     stats_device = torch.device(stats_device or device)
     stats, done, content = UnitMemStats(cap.shape, device=stats_device, signed=not abs), [], []
     path = None if stats_path is None else _rank_path(stats_path, rank, world)

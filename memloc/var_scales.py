@@ -18,9 +18,9 @@ from .unitmem import (StaleStats, UnitCapture, UnitMemStats, augment_fingerprint
                             stale_meta, weights_fingerprint)
 
 # %% auto #0
-__all__ = ['point_values', 'stats_from_values', 'model_fingerprint', 'unit_stats', 'top_mask', 'cell_maps', 'depth_index',
-           'top_depth', 'trend', 'unitmem_from_counts', 'bootstrap_points', 'bootstrap_units', 'interval',
-           'scale_depth_test', 'argmax_cells', 'class_shares', 'class_test', 'plot_maps', 'plot_depth']
+__all__ = ['point_values', 'matching_values', 'stats_from_values', 'model_fingerprint', 'unit_stats', 'top_mask', 'cell_maps',
+           'depth_index', 'top_depth', 'trend', 'unitmem_from_counts', 'bootstrap_points', 'bootstrap_units',
+           'interval', 'scale_depth_test', 'argmax_cells', 'class_shares', 'class_test', 'plot_maps', 'plot_depth']
 
 # %% ../nbs/11_var_scales.ipynb #82d1df55
 def _autocast(device, dtype: str):
@@ -34,6 +34,20 @@ def _load(dataset, ids):
     if isinstance(dataset, (tuple, list)): return dataset[0][ids], dataset[1][ids]
     items = [dataset[int(i)] for i in ids]
     return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.as_tensor([int(it[1]) for it in items])
+
+def _values_meta(model, cap, pts, augment, n_views, seed, dtype) -> dict:
+    "What a `point_values` run is: its points and settings, and the fingerprints of its weights and augmentation."
+    return {"shape": list(cap.shape), "n_views": n_views, "seed": seed, "points": pts, "dtype": dtype,
+            "weights": weights_fingerprint(model), "augment": augment_fingerprint(augment)}
+
+def _load_values(path) -> dict:
+    "A file `point_values` saved; an error names an unreadable, truncated, pickled-code or unrelated file."
+    from memloc.checkpoints import CheckpointError, load_torch_file
+    try: ck = load_torch_file(path, "per-point values file")
+    except CheckpointError as e: raise StaleStats(str(e)) from None
+    if not isinstance(ck, dict) or not {"values", "done", "meta"} <= set(ck):
+        raise StaleStats(f"{path} is not a per-point values file written by point_values (it holds {sorted(ck) if isinstance(ck, dict) else type(ck).__name__})")
+    return ck
 
 def point_values(model,                 # family adapter (tokenize, logits, mlp_blocks, unit_groups)
                  dataset,               # (images [N,3,H,W], labels [N]) or a Dataset of (image, label)
@@ -55,16 +69,11 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
     if augment is None and n_views != 1: raise ValueError(f"n_views={n_views} identical views without an augment; pass augment or n_views=1")
     cap = UnitCapture(model)
     dev = next(iter(model.parameters())).device
-    meta = {"shape": list(cap.shape), "n_views": n_views, "seed": seed, "points": pts, "dtype": dtype,
-            "weights": weights_fingerprint(model), "augment": augment_fingerprint(augment)}
+    meta = _values_meta(model, cap, pts, augment, n_views, seed, dtype)
     out, done, content = torch.zeros(len(pts), *cap.shape), 0, []
     path = None if path is None else Path(path)
     if path is not None and path.exists():
-        from memloc.checkpoints import CheckpointError, load_torch_file
-        try: ck = load_torch_file(path, "per-point values file")
-        except CheckpointError as e: raise StaleStats(str(e)) from None
-        if not isinstance(ck, dict) or not {"values", "done", "meta"} <= set(ck):
-            raise StaleStats(f"{path} is not a per-point values file written by point_values (it holds {sorted(ck) if isinstance(ck, dict) else type(ck).__name__})")
+        ck = _load_values(path)
         n = int(ck["done"])
         stale = stale_meta(ck["meta"], meta) or [w for w in [stale_content(dataset, pts[:n], ck.get("content", torch.zeros(0)).tolist(), batch_size,
                                                                        None if isinstance(dataset, (tuple, list)) else 256)] if w]
@@ -99,6 +108,22 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
     finally: model.train(was_training)
     if path is not None and done == len(pts): save(done)
     return out
+
+def matching_values(path, model, dataset, points, augment=None, n_views: int = 10, seed: int = 0, dtype: str = "float32",
+                    batch_size: int = 64, verify_points: int = 256) -> tuple[torch.Tensor | None, str]:
+    "(the per-point values at `path`, 'ok') if they are a complete run of exactly these weights, points, data, augmentation and settings; else (None, why not). Reads only."
+    p = Path(path)
+    if not p.is_file(): return None, f"{p} does not exist"
+    try: ck = _load_values(p)
+    except StaleStats as e: return None, str(e)
+    pts = [int(i) for i in points]
+    stale = stale_meta(ck["meta"], _values_meta(model, UnitCapture(model), pts, augment, n_views, seed, dtype))
+    if int(ck["done"]) != len(pts): stale.append(f"done: {int(ck['done'])} of {len(pts)} points")
+    if not stale:
+        why = stale_content(dataset, pts, ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                            None if isinstance(dataset, (tuple, list)) else verify_points)
+        if why: stale.append(why)
+    return (None, "; ".join(s if len(s) < 300 else s[:300] + "..." for s in stale)) if stale else (ck["values"], "ok")
 
 def stats_from_values(values: torch.Tensor, points, batch_size: int = 64) -> UnitMemStats:
     "`UnitMemStats` of per-point `values` `[N, *shape]`, folded batch by batch as `measure` folds them."

@@ -234,3 +234,18 @@ def test_bfloat16_autocast_keeps_tokens_exact(digits):
     st, _ = unit_stats(m, digits, pts, None, 1, 3, keep_values=False, dtype="bfloat16")
     assert st.count == 6 and st.sum.device.type == "cpu"
     with pytest.raises(ValueError, match="dtype"): point_values(m, digits, pts, None, 1, 3, dtype="int8")
+
+
+def test_matching_values_for_reuse_by_another_stage(tmp_path, digits):
+    from memloc import rar
+    from memloc.data import Augment
+    from memloc.var_scales import matching_values
+    torch.manual_seed(0)
+    model = rar.build_model("mini").eval()
+    aug, pts = Augment(model.image_size, hflip=False), list(range(0, 24, 4))
+    vals = point_values(model, digits, pts, aug, n_views=2, batch_size=3, path=tmp_path / "v.pt")
+    got, why = matching_values(tmp_path / "v.pt", model, digits, pts, aug, n_views=2)
+    assert why == "ok" and torch.equal(got, vals)
+    assert "augment" in matching_values(tmp_path / "v.pt", model, digits, pts, Augment(model.image_size, hflip=True), n_views=2)[1]
+    assert "weights" in matching_values(tmp_path / "v.pt", rar.build_model("mini").eval(), digits, pts, aug, n_views=2)[1]
+    assert "images or labels" in matching_values(tmp_path / "v.pt", model, (digits[0].flip(-1), digits[1]), pts, aug, n_views=2)[1]

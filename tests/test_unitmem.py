@@ -326,3 +326,20 @@ def test_measure_refuses_bad_images(bad, text):
     else: imgs = imgs * 255
     with pytest.raises(ValueError, match=text):
         measure(model, (imgs, labels), n_views=1, batch_size=3, progress=False)
+
+
+def test_matching_stats_for_reuse_by_another_stage(tmp_path):
+    from memloc.data import Augment
+    from memloc.unitmem import matching_stats
+    model, data, run, st = _saved_run(tmp_path)
+    kw = dict(augment=run["augment"], n_views=2, batch_size=4)
+    got, why = matching_stats(tmp_path / "s.pt", model, data, range(12), **kw)
+    assert why == "ok" and torch.equal(got.sum, st.sum)
+    for args, text in [((ToyAdapter(seed=1).eval(), data, range(12)), "weights: saved"),
+                       ((model, data, range(10)), "points"),
+                       ((model, (data[0].flip(-1), data[1]), range(12)), "images or labels")]:
+        got, why = matching_stats(tmp_path / "s.pt", *args, **kw)
+        assert got is None and text in why, why
+    got, why = matching_stats(tmp_path / "s.pt", model, data, range(12), **{**kw, "augment": Augment(8, hflip=True)})
+    assert got is None and "augment" in why
+    assert matching_stats(tmp_path / "none.pt", model, data, range(12), **kw)[0] is None
