@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['FAMILIES', 'CheckpointError', 'CheckpointNotFound', 'read_state_dict', 'checkpoint_family', 'load_strict']
+__all__ = ['FAMILIES', 'CheckpointError', 'CheckpointNotFound', 'load_torch_file', 'read_state_dict', 'checkpoint_family',
+           'load_strict']
 
 # %% ../nbs/00_checkpoints.ipynb #3e1725bb
 class CheckpointError(ValueError):
@@ -21,6 +22,26 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFound(CheckpointError, FileNotFoundError):
     "The checkpoint file does not exist."
+
+def load_torch_file(path: str | os.PathLike, # a torch file (`.pth`, `.pt`, `.bin`)
+                    what: str = "checkpoint", # how to name the file in errors
+                   ):
+    "What a torch file holds, read with `weights_only=True`: an error names an empty, truncated, pickled-code or foreign file."
+    path = Path(path)
+    if not path.is_file(): raise CheckpointNotFound(f"{what} not found: {path}")
+    if path.stat().st_size == 0: raise CheckpointError(f"{path} is empty (0 bytes)")
+    with open(path, "rb") as fh: head = fh.read(4)
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is truncated: the zip archive of this torch file is incomplete")
+    try: return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path} is not weights-only: it holds pickled Python objects (code that would run when "
+                                  "loaded), which memloc refuses to unpickle; save the tensors alone (a state dict, or "
+                                  "safetensors) to use it") from None
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        kind = "truncated or corrupt" if head[:2] == b"PK" else "not a torch file"
+        raise CheckpointError(f"{path} could not be loaded as a {what} ({kind}): {msg}") from None
 
 def read_state_dict(path: str | os.PathLike,   # a `.safetensors` file or a torch file (`.pth`, `.pt`, `.bin`)
                     prefix: str | None = None, # keep only the keys under `prefix`, with the prefix stripped
@@ -34,14 +55,10 @@ def read_state_dict(path: str | os.PathLike,   # a `.safetensors` file or a torc
         try: sd = load_file(str(path))
         except Exception as e: raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     else:
-        with open(path, "rb") as fh: head = fh.read(4)
-        if head[:2] == b"PK" and not zipfile.is_zipfile(path):
-            raise CheckpointError(f"{path} is truncated: the zip archive of this torch checkpoint is incomplete")
-        try: sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            kind = "truncated or corrupt" if head[:2] == b"PK" else "not a checkpoint: neither a torch file nor safetensors"
-            raise CheckpointError(f"{path} could not be loaded ({kind}): {msg}") from None
+        try: sd = load_torch_file(path)
+        except CheckpointError as e:
+            if "not a torch file" in str(e): raise CheckpointError(f"{path} is not a checkpoint: neither a torch file nor safetensors") from None
+            raise
     if isinstance(sd, dict) and len(sd) == 1 and next(iter(sd)) in ("state_dict", "model", "module", "trainer") \
             and isinstance(next(iter(sd.values())), dict):
         sd = next(iter(sd.values()))

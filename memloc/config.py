@@ -11,20 +11,25 @@ import os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PATH_SUFFIXES', 'repo_root', 'resolve', 'SettingsError', 'Settings', 'load_settings', 'check_paths', 'out_dir',
-           'save_fig', 'save_table', 'save_json']
+__all__ = ['PATH_SUFFIXES', 'OUTPUT_KEYS', 'RULES', 'NotARepository', 'repo_root', 'resolve', 'SettingsError', 'Settings',
+           'load_settings', 'check_paths', 'check_settings', 'check_outputs', 'out_dir', 'save_fig', 'save_table',
+           'read_json', 'save_json']
 
 # %% ../nbs/00_config.ipynb #90e0a6eb
+class NotARepository(FileNotFoundError):
+    "The current folder is not inside a memloc repository, and a relative path needs one."
+
 def repo_root(start: str | os.PathLike | None = None) -> Path:
-    "The memloc repository root: `$MEMLOC_ROOT`, else the nearest parent holding `settings.ini` and `pyproject.toml`."
-    if os.environ.get("MEMLOC_ROOT"): return Path(os.environ["MEMLOC_ROOT"]).resolve()
+    "The memloc repository root: `$MEMLOC_ROOT`, else the nearest parent of `start` (default: the current folder) holding `settings.ini` and `pyproject.toml`."
+    if os.environ.get("MEMLOC_ROOT"):
+        p = Path(os.environ["MEMLOC_ROOT"]).expanduser().resolve()
+        if not (p / "settings.ini").is_file(): raise NotARepository(f"MEMLOC_ROOT={p} holds no settings.ini: not a memloc repository")
+        return p
     here = Path(start or Path.cwd()).resolve()
     for p in [here, *here.parents]:
         if (p / "settings.ini").is_file() and (p / "pyproject.toml").is_file(): return p
-    import memloc  # an editable install: the package sits in the repository
-    pkg = Path(memloc.__file__).resolve().parent.parent
-    if (pkg / "settings.ini").is_file(): return pkg
-    raise FileNotFoundError(f"no memloc repository (settings.ini + pyproject.toml) above {here}; set MEMLOC_ROOT")
+    raise NotARepository(f"{here} is not inside a memloc repository (no settings.ini beside a pyproject.toml in it or its "
+                         "parents): run from the repository, set MEMLOC_ROOT, or give absolute paths")
 
 def resolve(path: str | os.PathLike) -> Path:
     "An absolute path: `path` itself if absolute, else relative to the repository root."
@@ -36,57 +41,133 @@ class SettingsError(ValueError):
     "A profile or one of its settings is missing or invalid."
 
 PATH_SUFFIXES = ("_path", "_dir", "_root")
+OUTPUT_KEYS = ("figures_dir", "runs_dir")  # path settings a run creates and writes; every other path is an input
+
+def _finite(x: float) -> bool: return x == x and x not in (float("inf"), float("-inf"))
 
 class Settings(dict):
-    "One profile of `settings.ini`: a `str -> str` mapping with typed getters."
-    def __init__(self, profile: str, values: dict):
-        super().__init__(values); self.profile = profile
+    "One profile of `settings.ini`: a `str -> str` mapping with typed getters whose errors name file, section, key and value."
+    def __init__(self, profile: str, values: dict, source: str | os.PathLike = "settings.ini", others: set | None = None):
+        super().__init__(values); self.profile, self.source = profile, Path(source)
+        self.others = set(others or ())  # keys that other sections of the file set: a missing one here is an error, not a default
+    def where(self, key: str) -> str: return f"{self.source.name} [{self.profile}] {key}"
     def _raw(self, key):
-        if key not in self: raise SettingsError(f"setting {key!r} is not in profile [{self.profile}] of settings.ini")
+        if key not in self: raise SettingsError(f"{self.where(key)}: missing (setting {key!r} is not in profile [{self.profile}] of {self.source})")
         return self[key]
+    def _bad(self, key, what): return SettingsError(f"{self.where(key)} = {self[key]!r}: {what}")
     def str(self, key: str) -> str: return self._raw(key)
     def int(self, key: str) -> int:
-        try: return int(self._raw(key))
-        except ValueError: raise SettingsError(f"[{self.profile}] {key} = {self[key]!r} is not an integer") from None
+        v = self._raw(key)
+        try: return int(v)
+        except ValueError: raise self._bad(key, "not an integer") from None
     def float(self, key: str) -> float:
-        try: return float(self._raw(key))
-        except ValueError: raise SettingsError(f"[{self.profile}] {key} = {self[key]!r} is not a number") from None
+        v = self._raw(key)
+        try: x = float(v)
+        except ValueError: raise self._bad(key, "not a number") from None
+        if not _finite(x): raise self._bad(key, "not a finite number")
+        return x
     def bool(self, key: str) -> bool:
         v = self._raw(key).strip().lower()
         if v in ("1", "true", "yes", "on"): return True
         if v in ("0", "false", "no", "off"): return False
-        raise SettingsError(f"[{self.profile}] {key} = {self[key]!r} is not a boolean")
+        raise self._bad(key, "not a boolean (true/false, yes/no, on/off, 1/0)")
+    def items_of(self, key: str) -> list[str]: return self._raw(key).replace(",", " ").split()
     def floats(self, key: str) -> list[float]:
-        try: return [float(v) for v in self._raw(key).replace(",", " ").split()]
-        except ValueError: raise SettingsError(f"[{self.profile}] {key} = {self[key]!r} is not a list of numbers") from None
-    def ints(self, key: str) -> list[int]: return [int(v) for v in self.floats(key)]
+        out = []
+        for i, v in enumerate(self.items_of(key)):
+            try: x = float(v)
+            except ValueError: raise self._bad(key, f"item {i + 1}, {v!r}, is not a number") from None
+            if not _finite(x): raise self._bad(key, f"item {i + 1}, {v!r}, is not a finite number")
+            out.append(x)
+        return out
+    def ints(self, key: str) -> list[int]:
+        out = []
+        for i, v in enumerate(self.items_of(key)):
+            try: out.append(int(v))
+            except ValueError: raise self._bad(key, f"item {i + 1}, {v!r}, is not an integer") from None
+        return out
     def path(self, key: str) -> Path: return resolve(self._raw(key))
     def paths(self) -> dict[str, Path]:
         "Every path-valued setting (non-empty, key ending in `_path`, `_dir` or `_root`), resolved."
         return {k: resolve(v) for k, v in self.items() if k.endswith(PATH_SUFFIXES) and v.strip()}
+
+def _unrepr(s: str) -> str:
+    "configparser quotes the bad lines it reports: the line itself."
+    import ast
+    try: return str(ast.literal_eval(s)).strip()
+    except (ValueError, SyntaxError): return s.strip()
 
 def load_settings(profile: str = "mini", path: str | os.PathLike | None = None) -> Settings:
     "Read profile `profile` of `settings.ini` (the repository's, unless `path` names another)."
     path = Path(path) if path else repo_root() / "settings.ini"
     if not path.is_file(): raise SettingsError(f"settings file not found: {path}")
     cp = configparser.ConfigParser(interpolation=None)
-    cp.read(path)
+    try: cp.read(path)
+    except configparser.ParsingError as e:
+        bad = "; ".join(f"line {n}: {_unrepr(line)!r} is not `key = value`" for n, line in e.errors)
+        raise SettingsError(f"{path}: {bad}") from None
+    except configparser.Error as e:
+        raise SettingsError(f"{path}: {e.message.splitlines()[0] if hasattr(e, 'message') else e}") from None
     if profile not in cp.sections():
-        raise SettingsError(f"profile [{profile}] is not in {path.name}; profiles: {', '.join(cp.sections())}")
-    return Settings(profile, dict(cp[profile]))
+        raise SettingsError(f"profile [{profile}] is not in {path}; profiles: {', '.join(cp.sections())}")
+    others = set(cp.defaults()) | {k for s in cp.sections() for k in cp[s]}
+    return Settings(profile, dict(cp[profile]), path, others)
 
 def check_paths(settings: Settings, keys: list[str] | None = None) -> dict[str, Path]:
-    "Resolve the path settings `keys` (default: all of them); raise one `SettingsError` naming every missing one."
-    if keys is None: items = settings.paths()
+    "Resolve the path settings `keys` (default: every input path, not `OUTPUT_KEYS`); raise one `SettingsError` naming every missing one."
+    if keys is None: items = {k: p for k, p in settings.paths().items() if k not in OUTPUT_KEYS}
     else: items = {k: settings.path(k) for k in keys}
-    missing = [f"  [{settings.profile}] {k} = {settings[k]} -> {p} does not exist" for k, p in items.items() if not p.exists()]
-    if missing: raise SettingsError("missing paths in settings.ini:\n" + "\n".join(missing))
+    missing = [f"  {settings.where(k)} = {settings[k]} -> {p} does not exist" for k, p in items.items() if not p.exists()]
+    if missing: raise SettingsError(f"missing paths in {settings.source}:\n" + "\n".join(missing))
     return items
+
+# %% ../nbs/00_config.ipynb #1e1c6ac2
+RULES = {  # setting -> (getter, test of a value, what a valid value is): what `check_settings` holds every profile to
+    "seed": ("int", lambda v: v >= 0, "an integer >= 0"),
+    "augmentations": ("int", lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": ("int", lambda v: v >= 1, "an integer >= 1"),
+    "image_size": ("int", lambda v: v >= 1, "an integer >= 1"),
+    "fid_samples": ("int", lambda v: v >= 2, "an integer >= 2"),
+    "subset_fraction": ("float", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "subset_fractions": ("floats", lambda v: 0 < v <= 1, "fractions in (0, 1]"),
+    "top_p": ("float", lambda v: 0 < v <= 100, "a percentage in (0, 100]"),
+    "scale_factor": ("float", lambda v: v >= 0, "a factor >= 0"),
+    "device": ("str", lambda v: v.split(":")[0] in ("cpu", "cuda", "mps"), "cpu, cuda, cuda:N or mps"),
+    "dtype": ("str", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+}
+
+def check_settings(settings: Settings) -> list[str]:
+    "Every problem with the values of `settings` that `RULES` knows of (type and range), one line each."
+    problems = []
+    for key, (getter, ok, what) in RULES.items():
+        if key not in settings: continue
+        try: v = getattr(settings, getter)(key)
+        except SettingsError as e: problems.append(str(e)); continue
+        vals = v if isinstance(v, list) else [v]
+        if isinstance(v, list) and not v: problems.append(f"{settings.where(key)} is empty: expected {what}")
+        bad = [x for x in vals if not ok(x)]
+        if bad: problems.append(f"{settings.where(key)} = {settings[key]!r}: {', '.join(map(repr, bad))} is not {what}")
+    return problems
+
+def check_outputs(settings: Settings) -> list[str]:
+    "Every output folder of `settings` (`OUTPUT_KEYS`) that cannot be created or written, one line each (creates nothing)."
+    problems = []
+    for key in OUTPUT_KEYS:
+        if not settings.get(key, "").strip(): problems.append(f"{settings.where(key)}: missing (an output folder)"); continue
+        p = settings.path(key)
+        q = p
+        while not q.exists(): q = q.parent                      # the nearest folder that exists
+        if not q.is_dir(): problems.append(f"{settings.where(key)} = {settings[key]} -> {q} is a file, not a folder")
+        elif not os.access(q, os.W_OK | os.X_OK):
+            problems.append(f"{settings.where(key)} = {settings[key]} -> {q} is not writable" + (" (the folder would be created there)" if q != p else ""))
+    return problems
 
 # %% ../nbs/00_config.ipynb #551adee6
 def out_dir(profile: str, stage: str, root: str | os.PathLike | None = None) -> Path:
-    "`figures/<profile>/<stage>/` under the repository root (or under `root`), created if missing."
-    d = (resolve(root) if root else repo_root() / "figures" / profile) / stage
+    "Where `stage` writes: `<figures_dir of profile>/<stage>/` (or `root/<stage>/`), created if missing; the stage `memloc reproduce` is running (`$MEMLOC_STAGE` = profile:stage) writes to its staging folder."
+    if root is None and os.environ.get("MEMLOC_STAGE") == f"{profile}:{stage}" and os.environ.get("MEMLOC_STAGING"):
+        d = Path(os.environ["MEMLOC_STAGING"]) / stage
+    else: d = (resolve(root) if root else load_settings(profile).path("figures_dir")) / stage
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -120,6 +201,13 @@ def _jsonable(o):
     if hasattr(o, "tolist") and hasattr(o, "dim"): return _jsonable(o.tolist())  # torch.Tensor
     if isinstance(o, float) and o != o: return None  # NaN -> null
     return o
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    "The JSON in `path`; a `SettingsError` names the file when it is missing, truncated or not JSON."
+    p = resolve(path)
+    if not p.is_file(): raise SettingsError(f"{what} not found: {p}")
+    try: return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise SettingsError(f"{p} is not valid JSON (truncated or corrupt?): {e}") from None
 
 def save_json(obj, name: str, folder: str | os.PathLike) -> Path:
     "Save `obj` (dicts, lists, numbers, numpy and torch values) as `folder/name.json`, keys sorted."

@@ -18,7 +18,7 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['GROUPS', 'IMG_EXTENSIONS', 'load_digits', 'MiniSplit', 'make_split', 'CorruptImageError', 'to_rgb', 'pil_load',
-           'pil_to_tensor', 'ImageFolder', 'class_subset', 'Augment', 'augment_views', 'PointDataset']
+           'pil_to_tensor', 'ImageFolder', 'class_subset', 'Augment', 'augment_views', 'check_images', 'PointDataset']
 
 # %% ../nbs/00_data.ipynb #a14c0b04
 def load_digits(size: int = 16,  # side of the returned square images
@@ -350,6 +350,23 @@ def augment_views(images,                 # [B, 3, H, W] in [0, 1]
                  ) -> torch.Tensor:
     "`[B, n_views, 3, size, size]` seeded augmented views (see `Augment`)."
     return Augment(size or images.shape[-1], scale, hflip).views(images, point_ids, n_views, seed)
+
+# %% ../nbs/00_data.ipynb #4991ee80
+def check_images(x: torch.Tensor,         # a batch of images, [B, 3, H, W]
+                 what: str = "images",    # how to name them in errors
+                 tol: float = 1e-3,       # slack for resampling overshoot
+                ) -> torch.Tensor:
+    "`x` itself if it is a float batch of finite values in [0, 1]; else a `ValueError` that names the problem."
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise ValueError(f"{what} must be a float tensor with values in [0, 1], got {x.dtype if torch.is_tensor(x) else type(x).__name__}")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        raise ValueError(f"{what}: {int(bad.sum())} non-finite values (NaN or inf), the first in image {bad.nonzero()[0, 0].item()}")
+    if x.numel():
+        lo, hi = x.min().item(), x.max().item()
+        if lo < -tol or hi > 1 + tol:
+            raise ValueError(f"{what} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]" + (": 0..255 pixels? divide by 255" if hi > 2 else ""))
+    return x
 
 # %% ../nbs/00_data.ipynb #7f363060
 class PointDataset(torch.utils.data.Dataset):

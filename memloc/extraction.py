@@ -373,11 +373,11 @@ def plot_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], 
 def mini_models(families=("var", "rar"), seed: int = 0, testbed: str | None = None) -> dict:
     "`{family: (adapter, MiniSplit, source)}`: the trained testbed where its manifest lists the family, else seeded random weights."
     import importlib, json
-    from memloc.config import load_settings
+    from memloc.config import load_settings, read_json
     from memloc.data import load_digits, make_split
     from memloc.study import mini_manifest
     mp = mini_manifest(testbed)
-    manifest = json.loads(mp.read_text()) if mp.is_file() else {}
+    manifest = read_json(mp, "testbed manifest") if mp.is_file() else {}
     out = {}
     for fam in families:
         if fam in manifest:
@@ -408,7 +408,8 @@ def load_attack(name: str, profile: str = "mini") -> dict:
     folder = out_dir(profile, "extraction")
     p = folder / "results.json"
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run nbs/04_extraction.ipynb for profile {profile!r} first")
-    res = json.loads(p.read_text())
+    from memloc.config import read_json
+    res = read_json(p, "extraction results")
     if name not in res: raise KeyError(f"model {name!r} is not in {p}; it holds {sorted(res)}")
     e = res[name]
     df = pd.read_csv(folder / f"candidates_{name}.csv")

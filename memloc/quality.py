@@ -161,7 +161,9 @@ def _checked_weights(path, key: str) -> str:
                                              f"set `{key}` in settings.ini instead (memloc never downloads weights)")
     p = resolve(path)
     if not p.is_file(): raise FileNotFoundError(f"{key}: {p} does not exist. Put the file there or point `{key}` in settings.ini at it.")
-    if p.suffix != ".safetensors": torch.load(p, map_location="cpu", weights_only=True)  # refuses pickled code
+    if p.suffix != ".safetensors":                     # refuses pickled code, naming it as such
+        from memloc.checkpoints import load_torch_file
+        load_torch_file(p, f"`{key}` weight file")
     return str(p)
 
 def feature_settings(profile: str = "mini") -> dict:

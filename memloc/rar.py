@@ -379,6 +379,8 @@ class RARModel(nn.Module):
         "Raster codes (B, L) of images in [0, 1]."
         if img_B3HW.dim() != 4 or img_B3HW.shape[1] != 3 or img_B3HW.shape[-1] != self.image_size:
             raise ValueError(f"expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(img_B3HW.shape)}")
+        from memloc.data import check_images
+        check_images(img_B3HW, "tokenize: images")
         return self.tokenizer.encode(img_B3HW.to(self.device).float())
 
     @torch.no_grad()

@@ -7,33 +7,47 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fcntl
 import hashlib
 import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import SettingsError, Settings, check_paths, load_settings, repo_root
+from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_paths, check_settings, load_settings,
+                     read_json, repo_root)
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'STAGES', 'CHECKPOINTS', 'Stage', 'available_stages', 'select_stages', 'stage_parameters',
-           'stage_key', 'load_state', 'save_state', 'StageFailed', 'run_stage', 'relativize', 'check_profile',
+__all__ = ['TESTBED_FILES', 'STAGES', 'CACHE_PATTERNS', 'CHECKPOINTS', 'Stage', 'UsageError', 'available_stages', 'select_stages',
+           'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed', 'RunLocked',
+           'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'check_manifest', 'check_profile',
            'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
 class Stage:
-    name: str          # the folder under figures/<profile>/
+    name: str          # the folder under the profile's figures_dir
     notebook: str      # under nbs/
     title: str         # what the stage answers
     inputs: tuple = () # extra files or {setting} whose content makes the stage stale
     settings: tuple | None = None  # the settings it takes (None: every one its parameters name)
+    folders: tuple = ()  # (parameter, what) pairs the driver fills with a folder: "figures" (where the stage writes),
+                         # "state" (its resumable state, <runs_dir>/tmp/<stage>) or "manifest" (the folder of manifest_path)
 
 TESTBED_FILES = tuple(f"data/mini/{t}/{f}" for t in ("long", "canary") for f in ("manifest.json", "implants.json"))  # the miniature's ground truth
 
 STAGES = [
-    Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=()),
+    Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
+          folders=(("fig_dir", "figures"),)),
     Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", TESTBED_FILES, settings=()),
     Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES),
     Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES),
@@ -48,46 +62,54 @@ STAGES = [
           settings=("seed", "augmentations")),
 ]
 
-def available_stages(root: Path | None = None) -> list[Stage]:
-    "The stages whose notebook exists, in order."
+class UsageError(ValueError):
+    "The command line names something that does not exist (a stage)."
+
+def available_stages(root: Path | None = None, stages: list[Stage] | None = None) -> list[Stage]:
+    "The stages (default: `STAGES`) whose notebook exists, in order."
     root = root or repo_root()
-    return [s for s in STAGES if (root / "nbs" / s.notebook).is_file()]
+    return [s for s in (STAGES if stages is None else stages) if (root / "nbs" / s.notebook).is_file()]
 
 def select_stages(stages: list[Stage], only: list[str] | None = None, start: str | None = None) -> list[Stage]:
     "The stages named by `--only` (any order given) or from `--from` on; all by default."
     names = [s.name for s in stages]
-    for n in (only or []) + ([start] if start else []):
-        if n not in names: raise SystemExit(f"unknown stage {n!r}; stages: {', '.join(names)}")
+    unknown = [n for n in (only or []) + ([start] if start else []) if n not in names]
+    if unknown: raise UsageError(f"unknown stage {', '.join(map(repr, unknown))}; stages: {', '.join(names)}")
     if only: return [s for s in stages if s.name in only]
     if start: return stages[names.index(start):]
     return stages
 
 # %% ../nbs/20_reproduce.ipynb #4b3069c7
 def _convert(value: str, default: str, key: str, settings: Settings):
-    "Turn the setting `value` into the type of the notebook's `default` (a Python literal, as text)."
+    "The setting `key` (text `value`) as the type of the notebook's `default` (a Python literal, as text); errors name the setting."
     try: d = ast.literal_eval(default)
     except (ValueError, SyntaxError): d = None
     if isinstance(d, bool): return settings.bool(key)
     if isinstance(d, int): return settings.int(key)
     if isinstance(d, float): return settings.float(key)
     if isinstance(d, (list, tuple)):
-        items = [v for v in value.replace(",", " ").split()]
-        if d and isinstance(d[0], int) and not isinstance(d[0], bool): return [int(float(v)) for v in items]
-        if d and isinstance(d[0], float): return [float(v) for v in items]
-        return items
+        if d and isinstance(d[0], int) and not isinstance(d[0], bool): return settings.ints(key)
+        if d and isinstance(d[0], float): return settings.floats(key)
+        return settings.items_of(key)
     return value
 
 def stage_parameters(stage: Stage, settings: Settings, root: Path | None = None) -> dict:
-    "The papermill parameters of `stage` under `settings`."
+    "The papermill parameters of `stage` under `settings`; one `SettingsError` lists every setting that is missing or does not parse."
     import papermill as pm
     root = root or repo_root()
     declared = pm.inspect_notebook(str(root / "nbs" / stage.notebook))
     if "profile" not in declared:
         raise SettingsError(f"{stage.notebook} has no `profile` parameter (a cell tagged 'parameters')")
-    params = {"profile": settings.profile}
+    params, problems = {"profile": settings.profile}, []
     for name, info in declared.items():
-        if name != "profile" and name in settings and (stage.settings is None or name in stage.settings):
-            params[name] = _convert(settings[name], info["default"], name, settings)
+        if name == "profile" or (stage.settings is not None and name not in stage.settings): continue
+        if name not in settings:   # a setting another profile gives is required here too: no silent notebook default
+            if name in settings.others or (stage.settings is not None and name in stage.settings):
+                problems.append(f"{settings.where(name)}: missing (stage {stage.name!r} takes it; other profiles set it)")
+            continue
+        try: params[name] = _convert(settings[name], info["default"], name, settings)
+        except SettingsError as e: problems.append(f"{e} (stage {stage.name!r}; its notebook's default is {info['default']})")
+    if problems: raise SettingsError("\n".join(problems))
     return params
 
 # %% ../nbs/20_reproduce.ipynb #5512850b
@@ -96,47 +118,173 @@ def _sha(*chunks: bytes) -> str:
     for c in chunks: h.update(hashlib.sha256(c).digest())
     return h.hexdigest()
 
-def stage_key(stage: Stage, params: dict, settings: Settings, root: Path | None = None) -> str:
-    "A hash of everything a stage's results depend on."
+def _module_names(source: str, every: set[str]) -> set[str]:
+    "Names of the `memloc` modules that Python or notebook source names (`memloc.x`, `from memloc import x`, `from .x import`); a dynamic `memloc.{...}` names `every` one."
+    out = set(re.findall(r"\bmemloc\.(\w+)", source)) | set(re.findall(r"from\s+\.(\w+)\s+import", source))
+    for grp in re.findall(r"from\s+(?:memloc|\.)\s+import\s+\(?([\w\s,]+)\)?", source): out |= {n.strip() for n in grp.split(",") if n.strip()}
+    if re.search(r"memloc\.\{", source): out |= every
+    return out
+
+def stage_modules(stage: Stage, root: Path | None = None) -> list[Path]:
+    "The `memloc/*.py` files `stage`'s notebook imports, directly or through each other."
+    root = root or repo_root()
+    nb = json.loads((root / "nbs" / stage.notebook).read_text())
+    every = {p.stem for p in (root / "memloc").glob("*.py") if not p.stem.startswith("_") and p.stem != "reproduce"}
+    todo = _module_names("\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"), every)
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        f = root / "memloc" / f"{m}.py"
+        if m in seen or m.startswith("_") or not f.is_file(): continue
+        seen.add(m); todo |= _module_names(f.read_text(), every) - seen
+    return [root / "memloc" / f"{m}.py" for m in sorted(seen)]
+
+def stage_key(stage: Stage, params: dict, settings: Settings, root: Path | None = None, upstream: list[str] = ()) -> str:
+    "A hash of everything a stage's results depend on: its notebook, parameters, input files, the modules it imports and the keys of the stages before it (`upstream`)."
     root = root or repo_root()
     chunks = [(root / "nbs" / stage.notebook).read_bytes(), json.dumps(params, sort_keys=True).encode()]
     for inp in stage.inputs:
         p = settings.path(inp[1:-1]) if inp.startswith("{") else root / inp
         chunks.append(p.read_bytes() if p.is_file() else b"<missing>")
-    for py in sorted((root / "memloc").glob("*.py")): chunks.append(py.read_bytes())
+    for py in stage_modules(stage, root): chunks += [py.name.encode(), py.read_bytes()]
+    chunks += [str(k).encode() for k in upstream]
     return _sha(*chunks)
 
 def _state_path(settings: Settings) -> Path:
     return settings.path("runs_dir") / "state.json"
 
 def load_state(settings: Settings) -> dict:
+    "The recorded stages of the last runs (`{stage: {key, seconds}}`); `{}` if none, an error naming the file if it is unreadable."
     p = _state_path(settings)
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file(): return {}
+    try: state = json.loads(p.read_text())
+    except json.JSONDecodeError as e: raise SettingsError(f"{p} is not valid JSON ({e}); delete it to rerun every stage") from None
+    if not isinstance(state, dict): raise SettingsError(f"{p} does not hold a mapping of stages; delete it to rerun every stage")
+    return state
 
 def save_state(settings: Settings, state: dict):
+    "Write the state atomically (a killed run leaves the old file or the new one, never half of one)."
     p = _state_path(settings); p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, p)
 
 # %% ../nbs/20_reproduce.ipynb #f1c6d26d
 class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the notebook and the failing cell."
 
-def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None = None, progress: bool = True) -> float:
-    "Execute one stage notebook with papermill into `runs/<profile>/`; returns the seconds it took."
+class RunLocked(RuntimeError):
+    "Another `memloc reproduce` is running on the same output folders."
+
+CACHE_PATTERNS = ("*.pt", "*.seconds.json")  # resumable intermediate files a stage keeps in its folder (fingerprinted)
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+@contextmanager
+def run_lock(settings: Settings):
+    "Hold `<runs_dir>/.lock` for one run: a second run on the same outputs stops with `RunLocked`; a lock left by a killed run is taken over."
+    runs = settings.path("runs_dir"); runs.mkdir(parents=True, exist_ok=True)
+    p = runs / ".lock"
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released by the OS when the holder dies, however it dies
+    except BlockingIOError:
+        held = p.read_text().strip() or "a process"
+        os.close(fd)
+        raise RunLocked(f"another `memloc reproduce` is running on {runs} ({held}); wait for it to finish, "
+                        f"or give this run other figures_dir and runs_dir") from None
+    prev = os.read(fd, 4096).decode(errors="replace").strip()
+    m = re.match(r"pid (\d+)", prev)
+    if m and not _alive(int(m.group(1))):
+        print(f"note: {p} was left by a run that ended without releasing it ({prev}; that process is gone): stale, taken over")
+    os.ftruncate(fd, 0); os.lseek(fd, 0, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+    try: yield p
+    finally:
+        os.ftruncate(fd, 0); fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
+
+def _partial(settings: Settings, stage: Stage) -> tuple[Path, Path]:
+    "The staging folders of `stage`: `<runs_dir>/.partial/<stage>/` (executed notebook, key) and `<figures_dir>/.partial/` (its outputs)."
+    return settings.path("runs_dir") / ".partial" / stage.name, settings.path("figures_dir") / ".partial"
+
+def _folders(stage: Stage, settings: Settings, staging: Path) -> dict:
+    "The folder parameters of `stage` (`Stage.folders`)."
+    where = {"figures": lambda: staging / stage.name, "state": lambda: settings.path("runs_dir") / "tmp" / stage.name,
+             "manifest": lambda: settings.path("manifest_path").parent}
+    return {param: str(where[what]()) for param, what in stage.folders}
+
+def prepare_stage(stage: Stage, settings: Settings, key: str) -> tuple[Path, Path]:
+    "Staging folders for a run of `stage` under `key`: an interrupted run of the same key is resumed, any other is discarded; the live folder's caches are copied in."
+    part, staging = _partial(settings, stage)
+    live, new = settings.path("figures_dir") / stage.name, staging / stage.name
+    old = staging / f"{stage.name}.replaced"
+    if old.is_dir() and not live.exists(): os.replace(old, live)   # killed between the two renames of `promote`
+    shutil.rmtree(old, ignore_errors=True)
+    if not ((part / "key").is_file() and (part / "key").read_text() == key):
+        shutil.rmtree(part, ignore_errors=True); shutil.rmtree(new, ignore_errors=True)
+        new.mkdir(parents=True); part.mkdir(parents=True)
+        if live.is_dir():
+            for pat in CACHE_PATTERNS:
+                for f in live.rglob(pat):
+                    (new / f.relative_to(live)).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, new / f.relative_to(live))
+        (part / "key").write_text(key)
+    new.mkdir(parents=True, exist_ok=True)
+    return part, staging
+
+def promote(stage: Stage, settings: Settings, root: Path | None = None):
+    "Move a succeeded stage's outputs and executed notebook from its staging folders into place (the notebook then names where its outputs are)."
+    root = root or repo_root()
+    part, staging = _partial(settings, stage)
+    live, new = settings.path("figures_dir") / stage.name, staging / stage.name
+    executed = part / stage.notebook
+    text = executed.read_text()
+    for a, b in ((str(new), str(live)), (_rel(new, root), _rel(live, root))): text = text.replace(a, b)
+    executed.write_text(text)
+    if new.is_dir() and any(new.iterdir()):
+        old = staging / f"{stage.name}.replaced"
+        if live.exists(): os.replace(live, old)
+        os.replace(new, live)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(executed, settings.path("runs_dir") / stage.notebook)
+    shutil.rmtree(part, ignore_errors=True); shutil.rmtree(new, ignore_errors=True)
+    for d in (part.parent, staging):                      # the staging roots, once no stage is left in them
+        try: d.rmdir()
+        except OSError: pass
+
+def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None = None, progress: bool = True,
+              key: str = "") -> float:
+    "Execute one stage notebook with papermill into its staging folders, then move its outputs into place; returns the seconds it took."
     import papermill as pm
     root = root or repo_root()
-    runs = settings.path("runs_dir"); runs.mkdir(parents=True, exist_ok=True)
-    out = runs / stage.notebook
+    part, staging = prepare_stage(stage, settings, key)
+    out = part / stage.notebook
+    params = {**params, **_folders(stage, settings, staging)}
+    env = {"MEMLOC_ROOT": str(root), "MEMLOC_STAGING": str(staging), "MEMLOC_STAGE": f"{settings.profile}:{stage.name}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)               # the kernel inherits them: `out_dir(profile, stage)` is the staging folder
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(root / "nbs" / stage.notebook), str(out), parameters=params,
-                            cwd=str(runs), kernel_name="python3", progress_bar=progress)
+                            cwd=str(settings.path("runs_dir")), kernel_name="python3", progress_bar=progress)
     except pm.PapermillExecutionError as e:
-        raise StageFailed(f"stage {stage.name!r} failed in {out.relative_to(root)}, cell {e.exec_count}: "
-                          f"{e.ename}: {e.evalue}") from None
+        raise StageFailed(f"stage {stage.name!r} failed in {_rel(out, root)}, cell {e.exec_count}: {e.ename}: {e.evalue} "
+                          f"(the last good outputs are kept)") from None
     finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
         if out.is_file(): relativize(out, root)
-    return time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    promote(stage, settings, root)
+    return secs
+
+def _rel(p: Path, root: Path) -> str:
+    try: return str(p.relative_to(root))
+    except ValueError: return str(p)
 
 def relativize(path: Path, root: Path):
     "Write the repository's location in an executed notebook as `.`-relative paths, so that it reads the same on any machine."
@@ -151,48 +299,99 @@ CHECKPOINTS = {  # setting -> (family, preset, part) that --check compares the f
     "rar_b_path": ("rar", "rar_b", "generator"), "rar_xxl_path": ("rar", "rar_xxl", "generator"),
 }
 
-def check_profile(settings: Settings) -> list[str]:
-    "Validate a profile's paths, then every checkpoint's keys and shapes; returns what was checked."
-    from memloc.study import check_checkpoint
-    checked = [f"{k}: {p}" for k, p in check_paths(settings).items()]
-    problems = []
+def check_manifest(path: Path) -> tuple[list[str], list[str]]:
+    "(what was checked, problems) of a testbed manifest: valid JSON, and each entry's file present, of its family and of its sha256."
+    from memloc.testbed import sha256_file
+    try: manifest = read_json(path, "testbed manifest")
+    except SettingsError as e: return [], [str(e)]
+    if not isinstance(manifest, dict): return [], [f"{path} does not hold a mapping of families"]
+    checked, problems = [], []
+    for fam, e in manifest.items():
+        if not isinstance(e, dict) or not {"file", "sha256"} <= set(e):
+            problems.append(f"{path}: entry {fam!r} lacks 'file' or 'sha256'"); continue
+        f = path.parent / e["file"]
+        if not f.is_file(): problems.append(f"{path}: entry {fam!r} names {f}, which does not exist"); continue
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+            try:
+                with safe_open(str(f), "pt") as fh: got = (fh.metadata() or {}).get("family")
+            except Exception as err: problems.append(f"{f} (entry {fam!r} of {path}) is not a readable safetensors file: {err}"); continue
+            if got is not None and got != fam:
+                problems.append(f"{path}: entry {fam!r} names {f.name}, which holds a {got!r} model"); continue
+        digest = sha256_file(f)
+        if digest != e["sha256"]: problems.append(f"{f}: sha256 {digest[:12]}... but {path.name} says {e['sha256'][:12]}... (entry {fam!r})")
+        else: checked.append(f"{fam}: {f.name} sha256 matches {path.name}")
+    return checked, problems
+
+def check_profile(settings: Settings, stages: list[Stage] | None = None, root: Path | None = None) -> list[str]:
+    "Validate everything a run of `stages` can know before it starts; returns what was checked, or raises one `SettingsError` listing every problem."
+    root = root or repo_root()
+    stages = available_stages(root) if stages is None else stages
+    problems = list(check_settings(settings))
+    checked = [f"settings: {len(settings)} values of [{settings.profile}] parse and are in range"] if not problems else []
+    for s in stages:
+        try: stage_parameters(s, settings, root); checked.append(f"{s.name}: parameters")
+        except SettingsError as e: problems += [l for l in str(e).splitlines() if l not in problems]
+    try: checked += [f"{k}: {p} exists" for k, p in check_paths(settings).items()]
+    except SettingsError as e: problems += [l.strip() for l in str(e).splitlines()[1:]]
+    out = check_outputs(settings)
+    problems += out
+    if not out: checked += [f"{k}: {settings.path(k)} can be written" for k in OUTPUT_KEYS]
+    if settings.get("testbed", "").strip():                    # the miniature: every testbed's manifest and files
+        from memloc.testbed import REGIMES, testbed_manifest
+        if settings["testbed"] not in REGIMES:
+            problems.append(f"{settings.where('testbed')} = {settings['testbed']}: not a testbed; testbeds: {', '.join(REGIMES)}")
+        for tb in REGIMES:
+            mp = testbed_manifest(tb)
+            if mp.is_file(): ok, bad = check_manifest(mp); checked += ok; problems += bad
+            elif tb == settings["testbed"]: problems.append(f"{settings.where('testbed')} = {tb}: its manifest {mp} does not exist")
     for key, (family, preset, part) in CHECKPOINTS.items():
-        if not settings.get(key, "").strip(): continue
+        if not settings.get(key, "").strip() or not settings.path(key).is_file(): continue   # a missing file is named above
+        from memloc.study import check_checkpoint
         try: checked.append(f"{key}: {check_checkpoint(settings.path(key), family, preset, part)}")
-        except Exception as e: problems.append(f"{key} = {settings[key]}: {e}")
-    if problems: raise SettingsError("checkpoint check failed:\n  " + "\n  ".join(problems))
+        except Exception as e: problems.append(f"{settings.where(key)} = {settings[key]}: {e}")
+    if problems:
+        raise SettingsError(f"{len(problems)} problem(s) with profile [{settings.profile}] of {settings.source}:\n  - " + "\n  - ".join(problems))
     return checked
 
 # %% ../nbs/20_reproduce.ipynb #78ffa861
 def reproduce(profile: str = "mini", only: list[str] | None = None, start: str | None = None,
-              force: bool = False, check: bool = False, progress: bool = True) -> dict:
-    "Run the study's stages for `profile`; returns the state (key and seconds per stage)."
-    settings = load_settings(profile)
-    root = repo_root()
-    if check or profile != "mini":
-        for line in check_profile(settings): print("ok", line)
-        if check: return {}
-    stages = select_stages(available_stages(root), only, start)
-    state = load_state(settings)
-    print(f"memloc reproduce [{profile}]: {len(stages)} stage(s)")
-    for i, s in enumerate(stages, 1):
-        params = stage_parameters(s, settings, root)
-        key = stage_key(s, params, settings, root)
-        tag = f"[{i}/{len(stages)}] {s.name}"
-        if not force and state.get(s.name, {}).get("key") == key and (settings.path("runs_dir") / s.notebook).is_file():
-            print(f"{tag}: unchanged, kept ({state[s.name]['seconds']:.1f} s last run)"); continue
-        print(f"{tag}: running nbs/{s.notebook} {params}", flush=True)
-        secs = run_stage(s, params, settings, root, progress)
-        state[s.name] = {"key": key, "seconds": round(secs, 1)}
-        save_state(settings, state)
-        print(f"{tag}: done in {secs:.1f} s", flush=True)
-    from memloc.report import write_report   # the report's own module (nbs/21_report.ipynb)
-    report = write_report(settings, state, root)
-    print(f"report: {report.relative_to(root)}")
+              force: bool = False, check: bool = False, progress: bool = True,
+              root: Path | None = None, stages: list[Stage] | None = None) -> dict:
+    "Run the study's stages (default: `STAGES`) for `profile`; returns the state (key and seconds per stage)."
+    root = root or repo_root()
+    settings = load_settings(profile, root / "settings.ini")
+    available = available_stages(root, stages)
+    chosen = select_stages(available, only, start)
+    checked = check_profile(settings, chosen, root)           # everything a run can know, before any stage starts
+    if check:
+        for line in checked: print("ok", line)
+        return {}
+    with run_lock(settings):
+        state = load_state(settings)
+        print(f"memloc reproduce [{profile}]: {len(chosen)} stage(s)")
+        for i, s in enumerate(chosen, 1):
+            params = stage_parameters(s, settings, root)
+            upstream = [state.get(a.name, {}).get("key", "<not run>") for a in available[:available.index(s)]]
+            key = stage_key(s, params, settings, root, upstream)
+            tag = f"[{i}/{len(chosen)}] {s.name}"
+            if not force and state.get(s.name, {}).get("key") == key and (settings.path("runs_dir") / s.notebook).is_file():
+                print(f"{tag}: unchanged, kept ({state[s.name]['seconds']:.1f} s last run)"); continue
+            resumed = (_partial(settings, s)[0] / "key").is_file() and (_partial(settings, s)[0] / "key").read_text() == key
+            print(f"{tag}: {'resuming' if resumed else 'running'} nbs/{s.notebook} {params}", flush=True)
+            secs = run_stage(s, params, settings, root, progress, key)
+            state[s.name] = {"key": key, "seconds": round(secs, 1)}   # done only once its outputs are in place
+            save_state(settings, state)
+            print(f"{tag}: done in {secs:.1f} s", flush=True)
+        from memloc.report import write_report   # the report's own module (nbs/21_report.ipynb)
+        report = write_report(settings, state, root)
+    print(f"report: {_rel(report, root)}")
     return state
 
-def main(argv: list[str] | None = None):
-    "The `memloc` command."
+def _interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
+
+def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
+    "The `memloc` command (exit 0: done; 1: a stage failed or another run holds the lock; 2: bad settings or arguments; 130: interrupted)."
     ap = argparse.ArgumentParser(prog="memloc", description="Run the memloc study.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("reproduce", help="run the stage notebooks of a profile and write its report")
@@ -200,10 +399,16 @@ def main(argv: list[str] | None = None):
     r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
     r.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
     r.add_argument("--force", action="store_true", help="run stages even if their inputs did not change")
-    r.add_argument("--check", action="store_true", help="validate paths and checkpoints, run nothing")
+    r.add_argument("--check", action="store_true", help="validate settings, paths, output folders, checksums and checkpoints; run nothing")
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops a run as Ctrl-C does: the last good outputs stay
     try:
-        reproduce(a.profile, a.only, a.start, a.force, a.check, not a.no_progress)
-    except (StageFailed, SettingsError) as e:
+        reproduce(a.profile, a.only, a.start, a.force, a.check, not a.no_progress, stages=stages)
+    except (SettingsError, UsageError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr); raise SystemExit(2)
+    except (StageFailed, RunLocked) as e:
         print(f"error: {e}", file=sys.stderr); raise SystemExit(1)
+    except KeyboardInterrupt:
+        print("interrupted: the stage that was running is not marked done and the last good outputs are kept; "
+              "rerun the same command to redo it", file=sys.stderr); raise SystemExit(130)

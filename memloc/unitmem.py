@@ -5,6 +5,8 @@
 # %% ../nbs/10_adaptation.ipynb #8d550477
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from functools import partial
 from pathlib import Path
@@ -14,8 +16,9 @@ import torch.distributed as dist
 from torch import nn
 
 # %% auto #0
-__all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'load_stats', 'measure',
-           'canary_share']
+__all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'StaleStats',
+           'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content', 'stale_meta', 'load_stats',
+           'matching_stats', 'measure', 'canary_share']
 
 # %% ../nbs/10_adaptation.ipynb #7df162c3
 def _check_points(n: int, what: str = "UnitMem"):
@@ -57,12 +60,16 @@ def unitmem(acts: torch.Tensor, # raw activations [N points, A augmentations, *u
 class UnitMemStats:
     "Running sum, max, argmax (lowest point index on ties) and count per unit: UnitMem in O(units) memory."
     def __init__(self, shape: tuple | torch.Size, # the unit grid, e.g. (groups, blocks, hidden)
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu",
+                 signed: bool = False):  # accept negative values (signed activations, for comparison only)
         self.shape = tuple(int(s) for s in shape)
+        if not self.shape or any(s < 1 for s in self.shape): raise ValueError(f"UnitMemStats: shape must be positive sizes, got {self.shape}")
+        self.signed = bool(signed)
         self.sum = torch.zeros(self.shape, dtype=torch.float64, device=device)
         self.max = torch.full(self.shape, float("-inf"), dtype=torch.float64, device=device)
         self.argmax = torch.full(self.shape, -1, dtype=torch.int64, device=device)
         self.count = 0
+        self.ids: set[int] = set()   # the points counted: a point is counted once, whichever shard or batch brings it
 
     def _fold(self, mx, am):
         "Fold a candidate (max, argmax) into ours: larger max wins, equal maxima keep the lower index."
@@ -71,10 +78,17 @@ class UnitMemStats:
         self.argmax = torch.where(better, am, torch.where(tie & ((self.argmax < 0) | (am < self.argmax)), am, self.argmax))
         self.max = torch.maximum(self.max, mx)
 
-    def update(self, values: torch.Tensor, # per-point values [B, *shape]
+    def _add_ids(self, ids: list[int], what: str):
+        new = set(ids)
+        if len(new) != len(ids): raise ValueError(f"{what}: the same point id twice in one batch: {sorted(i for i in new if ids.count(i) > 1)[:10]}")
+        again = new & self.ids
+        if again: raise ValueError(f"{what}: points already counted: {sorted(again)[:10]}{' ...' if len(again) > 10 else ''}")
+        self.ids |= new
+
+    def update(self, values: torch.Tensor, # per-point values [B, *shape] (magnitudes: >= 0 unless `signed`)
                index: torch.Tensor | None = None, # the B points' ids (default: count, count+1, ...: one unsharded stream only)
               ) -> "UnitMemStats":
-        "Add a batch of per-point values."
+        "Add a batch of per-point values; a point already counted, a negative value (unless `signed`) or a non-finite one is refused."
         if tuple(values.shape[1:]) != self.shape:
             raise ValueError(f"update: values have unit shape {tuple(values.shape[1:])}, the statistics {self.shape}")
         B = values.shape[0]
@@ -82,8 +96,13 @@ class UnitMemStats:
         v = values.to(self.sum.device, torch.float64)
         bad = ~torch.isfinite(v)
         if bad.any(): raise ValueError(f"update: non-finite value at (row, *unit) {tuple(bad.nonzero()[0].tolist())}")
+        if not self.signed and (v < 0).any():
+            raise ValueError(f"update: negative value {v.min().item():.4g} at (row, *unit) {tuple((v < 0).nonzero()[0].tolist())}: "
+                             "UnitMem is defined on magnitudes (measure with abs=True), or make the statistics signed=True")
         idx = torch.arange(self.count, self.count + B) if index is None else torch.as_tensor(index, dtype=torch.int64)
         if idx.shape != (B,): raise ValueError(f"update: index has shape {tuple(idx.shape)}, expected ({B},)")
+        if (idx < 0).any(): raise ValueError(f"update: point ids must be >= 0, got {idx.min().item()}")
+        self._add_ids(idx.tolist(), "update")
         idx = idx.to(self.sum.device).view(B, *[1] * len(self.shape))
         mx = v.max(0).values
         am = torch.where(v == mx, idx, torch.iinfo(torch.int64).max).min(0).values  # lowest id among ties
@@ -93,9 +112,11 @@ class UnitMemStats:
         return self
 
     def merge(self, other: "UnitMemStats") -> "UnitMemStats":
-        "Add another shard's statistics (exact: sums add, maxima fold with the tie rule)."
+        "Add another shard's statistics (exact: sums add, maxima fold with the tie rule); shards must hold different points."
         if not isinstance(other, UnitMemStats): raise TypeError(f"merge: expected UnitMemStats, got {type(other).__name__}")
         if other.shape != self.shape: raise ValueError(f"merge: shapes differ, {self.shape} vs {other.shape}")
+        if other.signed and not self.signed: raise ValueError("merge: signed statistics into unsigned ones")
+        self._add_ids(sorted(other.ids), "merge")
         self.sum += other.sum.to(self.sum.device)
         self._fold(other.max.to(self.sum.device), other.argmax.to(self.sum.device))
         self.count += other.count
@@ -104,6 +125,10 @@ class UnitMemStats:
     def all_reduce(self, group=None) -> "UnitMemStats":
         "Merge the statistics of every process of `torch.distributed` in place (gloo on CPU, nccl on GPU)."
         if not (dist.is_available() and dist.is_initialized()): return self
+        every = [None] * dist.get_world_size(group)
+        dist.all_gather_object(every, sorted(self.ids), group=group)
+        ids = [i for part in every for i in part]
+        if len(set(ids)) != len(ids): raise ValueError("all_reduce: processes counted the same points (shards overlap)")
         dist.all_reduce(self.sum, op=dist.ReduceOp.SUM, group=group)
         local_max = self.max.clone()
         dist.all_reduce(self.max, op=dist.ReduceOp.MAX, group=group)
@@ -113,7 +138,7 @@ class UnitMemStats:
         self.argmax[self.argmax == big] = -1
         n = torch.tensor([self.count], dtype=torch.int64, device=self.sum.device)
         dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
-        self.count = int(n.item())
+        self.count, self.ids = int(n.item()), set(ids)
         return self
 
     def mu_rest(self) -> torch.Tensor:
@@ -127,17 +152,37 @@ class UnitMemStats:
         return _ratio(self.max, self.mu_rest())
 
     def state_dict(self) -> dict:
-        return {"shape": list(self.shape), "sum": self.sum.cpu(), "max": self.max.cpu(), "argmax": self.argmax.cpu(), "count": self.count}
+        return {"shape": list(self.shape), "sum": self.sum.cpu(), "max": self.max.cpu(), "argmax": self.argmax.cpu(),
+                "count": self.count, "ids": torch.tensor(sorted(self.ids), dtype=torch.int64), "signed": self.signed}
 
     def load_state_dict(self, sd: dict) -> "UnitMemStats":
+        "Adopt saved statistics, after checking that they are UnitMem statistics of our shape and consistent in themselves."
+        if not isinstance(sd, dict): raise ValueError(f"load_state_dict: expected a dict of statistics, got {type(sd).__name__}")
+        lack = [k for k in ("shape", "sum", "max", "argmax", "count") if k not in sd]
+        if lack: raise ValueError(f"load_state_dict: not UnitMem statistics (no {', '.join(lack)}; keys: {sorted(sd)})")
         if tuple(sd["shape"]) != self.shape: raise ValueError(f"load_state_dict: saved shape {tuple(sd['shape'])}, ours {self.shape}")
+        for k in ("sum", "max", "argmax"):
+            if not torch.is_tensor(sd[k]) or tuple(sd[k].shape) != self.shape:
+                got = tuple(sd[k].shape) if torch.is_tensor(sd[k]) else type(sd[k]).__name__
+                raise ValueError(f"load_state_dict: {k} has shape {got}, but the statistics say {self.shape}")
+        count, ids = int(sd["count"]), sd.get("ids")
+        if count < 0: raise ValueError(f"load_state_dict: count {count} < 0")
+        if ids is not None and (len(ids) != count or len(set(ids.tolist())) != len(ids)):
+            raise ValueError(f"load_state_dict: {len(ids)} point ids ({len(set(ids.tolist()))} different) for a count of {count}")
+        signed = bool(sd.get("signed", False))
+        if not signed and count and (sd["max"] < 0).any(): raise ValueError("load_state_dict: negative maxima in unsigned statistics")
+        if count and ((sd["argmax"] < 0).any() or not torch.isfinite(sd["sum"]).all()):
+            raise ValueError("load_state_dict: statistics of counted points with a missing argmax or a non-finite sum")
         dev = self.sum.device
         self.sum, self.max = sd["sum"].to(dev, torch.float64).clone(), sd["max"].to(dev, torch.float64).clone()
-        self.argmax, self.count = sd["argmax"].to(dev, torch.int64).clone(), int(sd["count"])
+        self.argmax, self.count, self.signed = sd["argmax"].to(dev, torch.int64).clone(), count, signed
+        self.ids = set() if ids is None else set(ids.tolist())
         return self
 
     @classmethod
-    def from_state_dict(cls, sd: dict) -> "UnitMemStats": return cls(sd["shape"]).load_state_dict(sd)
+    def from_state_dict(cls, sd: dict) -> "UnitMemStats":
+        if not isinstance(sd, dict) or "shape" not in sd: raise ValueError("from_state_dict: not UnitMem statistics (no 'shape')")
+        return cls(sd["shape"], signed=bool(sd.get("signed", False))).load_state_dict(sd)
 
     def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in (self.sum, self.max, self.argmax))
 
@@ -216,16 +261,99 @@ def _rank_path(path, rank, world):
     p = Path(path)
     return p if world == 1 else p.with_name(f"{p.stem}.rank{rank}-of-{world}{p.suffix}")
 
-def _save(path, stats, done, meta):
+class StaleStats(ValueError):
+    "A saved statistics file was computed from other weights, data, augmentation or settings than this run's."
+
+def weights_fingerprint(model: nn.Module) -> str:
+    "sha256 of every tensor of `model.state_dict()` (names, shapes, dtypes and bytes): which weights a result came from."
+    h = hashlib.sha256()
+    for k, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+        if t.device.type != "meta": h.update(t.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+def augment_fingerprint(augment) -> str | None:
+    "What defines an augmentation's views: its `fingerprint` attribute if it has one, else an object's settings (`memloc.data.Augment`: size, scale, hflip), a function's name."
+    if augment is None: return None
+    fp = getattr(augment, "fingerprint", None)
+    if fp is not None: return str(fp() if callable(fp) else fp)
+    if callable(getattr(augment, "view", None)) and hasattr(augment, "__dict__"):
+        return json.dumps({k: v for k, v in sorted(vars(augment).items()) if isinstance(v, (int, float, str, bool, type(None)))})
+    return f"{getattr(augment, '__module__', '?')}.{getattr(augment, '__qualname__', type(augment).__qualname__)}"
+
+def point_hashes(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    "One int64 per point: the first 8 bytes of the sha256 of its image (as float32) and label, to tell its content apart."
+    x, y = images.detach().float().cpu().contiguous(), labels.detach().cpu().tolist()
+    out = [int.from_bytes(hashlib.sha256(x[i].numpy().tobytes() + str(int(y[i])).encode()).digest()[:8], "little", signed=True)
+           for i in range(len(x))]
+    return torch.tensor(out, dtype=torch.int64)
+
+def stale_content(dataset, ids: list[int], hashes: list[int], batch_size: int = 64, verify: int | None = None) -> str | None:
+    "Why the saved `hashes` (`point_hashes`) of dataset positions `ids` no longer match the dataset (None if they do); `verify` rereads that many, evenly spaced (None: all)."
+    if len(hashes) != len(ids): return f"the file records {len(hashes)} content hashes for {len(ids)} points"
+    saved = dict(zip(ids, hashes))
+    check = ids if verify is None else ids[::max(1, len(ids) // max(1, verify))][:verify]
+    for s in range(0, len(check), batch_size):
+        part = check[s:s + batch_size]
+        img, lab, _ = _batch(dataset, torch.tensor(part))
+        differ = [i for i, h in zip(part, point_hashes(img, lab).tolist()) if saved[i] != h]
+        if differ: return f"data: the images or labels of points {differ[:5]} differ from those measured"
+    return None
+
+def stale_meta(saved: dict, meta: dict) -> list[str]:
+    "Every setting or fingerprint of `meta` that the `saved` one differs in, with both sides."
+    return [f"{k}: saved {saved.get(k)!r}, this run {v!r}" for k, v in meta.items() if saved.get(k) != v]
+
+def _save(path, stats, done, meta, content):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"stats": stats.state_dict(), "done": torch.tensor(done, dtype=torch.int64), "meta": meta}, tmp)
+    torch.save({"stats": stats.state_dict(), "done": torch.tensor(done, dtype=torch.int64), "meta": meta,
+                "content": torch.as_tensor(content, dtype=torch.int64)}, tmp)
     os.replace(tmp, path)
 
+def _load_run(path) -> dict:
+    "The file `measure` saved, checked: an error names an unreadable, truncated, pickled-code or unrelated file."
+    from memloc.checkpoints import CheckpointError, load_torch_file
+    path = Path(path)
+    try: ck = load_torch_file(path, "UnitMem statistics file")
+    except CheckpointError as e: raise StaleStats(str(e)) from None
+    if not isinstance(ck, dict) or not {"stats", "done", "meta"} <= set(ck):
+        got = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
+        raise StaleStats(f"{path} is not a UnitMem statistics file written by measure (it holds {got})")
+    try: ck["stats"] = UnitMemStats.from_state_dict(ck["stats"])
+    except ValueError as e: raise StaleStats(f"{path}: {e}") from None
+    ck["done"] = ck["done"].tolist()
+    if ck["stats"].ids and len(ck["done"]) != len(ck["stats"].ids): raise StaleStats(f"{path}: {len(ck['done'])} points done, {len(ck['stats'].ids)} counted")
+    return ck
+
 def load_stats(path: str | os.PathLike) -> tuple[UnitMemStats, list[int], dict]:
-    "Statistics, points done and run settings saved by `measure`."
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    return UnitMemStats.from_state_dict(ck["stats"]), ck["done"].tolist(), ck["meta"]
+    "Statistics, points done and run settings (with the fingerprints of weights, data and augmentation) saved by `measure`."
+    ck = _load_run(path)
+    return ck["stats"], ck["done"], ck["meta"]
+
+def _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp) -> dict:
+    "What a `measure` run is: its settings and the fingerprints of its weights and augmentation."
+    return {"shape": list(cap.shape), "n_views": n_views, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
+            "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp}
+
+def matching_stats(path,                  # a statistics file saved by `measure` (e.g. by another stage)
+                   model: nn.Module, dataset, points, augment=None, n_views: int = 10, seed: int = 0, abs: bool = True,
+                   batch_size: int = 64, verify_points: int = 256,
+                  ) -> tuple[UnitMemStats | None, str]:
+    "(the statistics at `path`, 'ok') if they are a complete run of exactly these weights, points, data, augmentation and settings; else (None, why not). Reads only."
+    p = Path(path)
+    if not p.is_file(): return None, f"{p} does not exist"
+    try: ck = _load_run(p)
+    except StaleStats as e: return None, str(e)
+    pts = [int(i) for i in points]
+    stale = stale_meta(ck["meta"], _run_meta(model, UnitCapture(model, abs=abs), n_views, abs, seed, 0, 1, augment_fingerprint(augment)))
+    if sorted(ck["done"]) != sorted(pts): stale.append(f"points: the file holds {len(ck['done'])} points, not this run's {len(pts)}")
+    if not stale:
+        why = stale_content(dataset, ck["done"], ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                            None if isinstance(dataset, (tuple, list)) else verify_points)
+        if why: stale.append(why)
+    return (None, "; ".join(stale)) if stale else (ck["stats"], "ok")
 
 def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_blocks, unit_groups
             dataset,                   # (images [N,3,H,W] in [0,1], labels [N]) or a Dataset of (image, label)
@@ -240,36 +368,51 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
             device=None,               # where the images go (default: the model's device)
             stats_device=None,         # where the statistics live (default: `device`; O(units) memory)
             seed: int = 0,             # seed of the augmentation (passed to an `Augment`'s `view`)
+            recompute: bool = False,   # a `stats_path` of another run (weights, data, augmentation, settings): measure anew, not stop
+            verify_points: int = 256,  # on resuming from a Dataset, reread this many done points to check their content (tensors: all)
            ) -> UnitMemStats:
-    "Teacher-forced UnitMem statistics of `model` over `points` of `dataset`, A views each, saved and resumable."
+    "Teacher-forced UnitMem statistics of `model` over `points` of `dataset`, A views each, saved and resumable (never from another run's file)."
     pts = list(range(len(dataset[0]) if isinstance(dataset, (tuple, list)) else len(dataset))) if points is None else [int(p) for p in points]
     _check_points(len(pts), "measure")
     if len(set(pts)) != len(pts): raise ValueError("measure: points contain duplicates")
     if n_views < 1 or batch_size < 1 or save_every < 1: raise ValueError(f"n_views, batch_size and save_every must be >= 1, got {n_views}, {batch_size}, {save_every}")
     if augment is None and n_views != 1: raise ValueError(f"n_views={n_views} identical views without an augment function; pass augment or n_views=1")
+    aug_fp = augment_fingerprint(augment)
     if augment is not None and callable(getattr(augment, "view", None)):
         aug = augment; augment = lambda img, ids, v: aug.view(img, ids.cpu(), v, seed=seed)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     pts = pts[rank::world]
     cap = UnitCapture(model, abs=abs)
     device = device or next(iter(model.parameters())).device
-    meta = {"shape": list(cap.shape), "n_views": n_views, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups], "rank": rank, "world": world}
+    meta = _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp)
     stats_device = torch.device(stats_device or device)
-    stats, done = UnitMemStats(cap.shape, device=stats_device), []
+    stats, done, content = UnitMemStats(cap.shape, device=stats_device, signed=not abs), [], []
     path = None if stats_path is None else _rank_path(stats_path, rank, world)
     if path is not None and path.exists():
-        saved_stats, done, saved = load_stats(path)
-        stats.load_state_dict(saved_stats.state_dict())
-        if saved != meta: raise ValueError(f"{path} holds a run with other settings: {saved} vs {meta}")
-        if not set(done) <= set(pts): raise ValueError(f"{path} holds points outside this run's points")
+        ck = _load_run(path)
+        stale = stale_meta(ck["meta"], meta)
+        if not set(ck["done"]) <= set(pts): stale.append(f"points: the file holds {len(set(ck['done']) - set(pts))} points outside this run's")
+        if not stale:
+            why = stale_content(dataset, ck["done"], ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                                None if isinstance(dataset, (tuple, list)) else verify_points)
+            if why: stale.append(why)
+        if stale and not recompute:
+            raise StaleStats(f"{path} holds statistics of another run ({'; '.join(stale)}); "
+                             "pass recompute=True to measure anew, or another stats_path")
+        if not stale:
+            stats.load_state_dict(ck["stats"].state_dict())
+            done, content = ck["done"], ck["content"].tolist()
     done_set = set(done)
     todo = [p for p in pts if p not in done_set]
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     from tqdm import tqdm
+    from memloc.data import check_images
     was_training = model.training; model.eval()
     try:
         for k, ids in enumerate(tqdm(batches, desc="UnitMem", disable=not progress or rank != 0)):
             img, lab, pid = _batch(dataset, torch.tensor(ids))
+            check_images(img, f"measure: images of points {ids[0]}..{ids[-1]}")
+            hashes = point_hashes(img, lab).tolist()
             img, lab, idx = img.to(device), lab.to(device), pid.to(device)
             acc = None
             for view in range(n_views):
@@ -279,10 +422,10 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
                 v = cap.values()
                 acc = v if acc is None else acc + v
             stats.update(acc / n_views, pid)
-            done.extend(ids)
-            if path is not None and ((k + 1) % save_every == 0 or k + 1 == len(batches)): _save(path, stats, done, meta)
+            done.extend(ids); content.extend(hashes)
+            if path is not None and ((k + 1) % save_every == 0 or k + 1 == len(batches)): _save(path, stats, done, meta, content)
     finally: model.train(was_training)
-    if path is not None and not batches: _save(path, stats, done, meta)
+    if path is not None and not batches: _save(path, stats, done, meta, content)
     if world > 1: stats.all_reduce()
     return stats
 

@@ -502,8 +502,8 @@ class VARModel(nn.Module):
         "Images in [0,1] -> tokens [B, L]."
         if img_B3HW.shape[-1] != self.image_size or img_B3HW.shape[-2] != self.image_size:
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(img_B3HW.shape)}")
-        lo, hi = img_B3HW.min().item(), img_B3HW.max().item()
-        if lo < -0.5 or hi > 2.0: raise ValueError(f"tokenize expects images in [0,1]; got values in [{lo:.2f}, {hi:.2f}]")
+        from memloc.data import check_images
+        check_images(img_B3HW, "tokenize: images")
         with self._fp32(): return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self._dev()).float() * 2 - 1), 1)
 
     def _fp32(self): return torch.autocast(self._dev().type, enabled=False)  # the VQ-VAE always runs in float32: exact codes

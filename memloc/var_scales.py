@@ -14,12 +14,13 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from .unitmem import UnitCapture, UnitMemStats, measure
+from .unitmem import (StaleStats, UnitCapture, UnitMemStats, augment_fingerprint, measure, point_hashes, stale_content,
+                            stale_meta, weights_fingerprint)
 
 # %% auto #0
-__all__ = ['point_values', 'stats_from_values', 'model_fingerprint', 'unit_stats', 'top_mask', 'cell_maps', 'depth_index',
-           'top_depth', 'trend', 'unitmem_from_counts', 'bootstrap_points', 'bootstrap_units', 'interval',
-           'scale_depth_test', 'argmax_cells', 'class_shares', 'class_test', 'plot_maps', 'plot_depth']
+__all__ = ['point_values', 'matching_values', 'stats_from_values', 'model_fingerprint', 'unit_stats', 'top_mask', 'cell_maps',
+           'depth_index', 'top_depth', 'trend', 'unitmem_from_counts', 'bootstrap_points', 'bootstrap_units',
+           'interval', 'scale_depth_test', 'argmax_cells', 'class_shares', 'class_test', 'plot_maps', 'plot_depth']
 
 # %% ../nbs/11_var_scales.ipynb #82d1df55
 def _autocast(device, dtype: str):
@@ -34,6 +35,20 @@ def _load(dataset, ids):
     items = [dataset[int(i)] for i in ids]
     return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.as_tensor([int(it[1]) for it in items])
 
+def _values_meta(model, cap, pts, augment, n_views, seed, dtype) -> dict:
+    "What a `point_values` run is: its points and settings, and the fingerprints of its weights and augmentation."
+    return {"shape": list(cap.shape), "n_views": n_views, "seed": seed, "points": pts, "dtype": dtype,
+            "weights": weights_fingerprint(model), "augment": augment_fingerprint(augment)}
+
+def _load_values(path) -> dict:
+    "A file `point_values` saved; an error names an unreadable, truncated, pickled-code or unrelated file."
+    from memloc.checkpoints import CheckpointError, load_torch_file
+    try: ck = load_torch_file(path, "per-point values file")
+    except CheckpointError as e: raise StaleStats(str(e)) from None
+    if not isinstance(ck, dict) or not {"values", "done", "meta"} <= set(ck):
+        raise StaleStats(f"{path} is not a per-point values file written by point_values (it holds {sorted(ck) if isinstance(ck, dict) else type(ck).__name__})")
+    return ck
+
 def point_values(model,                 # family adapter (tokenize, logits, mlp_blocks, unit_groups)
                  dataset,               # (images [N,3,H,W], labels [N]) or a Dataset of (image, label)
                  points,                # dataset indices to measure, in order
@@ -44,31 +59,41 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
                  path=None,             # file to save to and resume from
                  save_every: int = 5,   # save after this many batches
                  dtype: str = "float32",  # autocast dtype of the forward pass
+                 recompute: bool = False, # a `path` of another run (weights, data, augmentation, settings): measure anew, not stop
                 ) -> torch.Tensor:
     "View-averaged per-point values `[N, groups, blocks, hidden]` (float32, CPU), the quantity UnitMem is made of."
+    from memloc.data import check_images
     pts = [int(p) for p in points]
     if len(pts) < 2: raise ValueError(f"point_values needs at least 2 points, got {len(pts)}")
     if len(set(pts)) != len(pts): raise ValueError("point_values: points contain duplicates")
     if augment is None and n_views != 1: raise ValueError(f"n_views={n_views} identical views without an augment; pass augment or n_views=1")
     cap = UnitCapture(model)
     dev = next(iter(model.parameters())).device
-    meta = {"shape": list(cap.shape), "n_views": n_views, "seed": seed, "points": pts, "dtype": dtype}
-    out, done = torch.zeros(len(pts), *cap.shape), 0
+    meta = _values_meta(model, cap, pts, augment, n_views, seed, dtype)
+    out, done, content = torch.zeros(len(pts), *cap.shape), 0, []
     path = None if path is None else Path(path)
     if path is not None and path.exists():
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["meta"] != meta: raise ValueError(f"{path} holds values of another run (points, views, seed, shape or dtype differ); delete it or change the output folder")
-        done = int(ck["done"]); out[:done] = ck["values"]
+        ck = _load_values(path)
+        n = int(ck["done"])
+        stale = stale_meta(ck["meta"], meta) or [w for w in [stale_content(dataset, pts[:n], ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                                                                       None if isinstance(dataset, (tuple, list)) else 256)] if w]
+        if stale and not recompute:
+            raise StaleStats(f"{path} holds values of another run ({'; '.join(s if len(s) < 300 else s[:300] + '...' for s in stale)}); "
+                             "pass recompute=True to measure anew, or another folder")
+        if not stale: done = n; out[:done] = ck["values"]; content = ck["content"].tolist()
     def save(n):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"values": out[:n].clone(), "done": n, "meta": meta}, tmp); os.replace(tmp, path)
+        torch.save({"values": out[:n].clone(), "done": n, "meta": meta, "content": torch.tensor(content[:n], dtype=torch.int64)}, tmp)
+        os.replace(tmp, path)
     was_training = model.training; model.eval()
     try:
         starts = list(range(done, len(pts), batch_size))
         for k, s in enumerate(starts):
             ids = torch.tensor(pts[s:s + batch_size])
             img, lab = _load(dataset, ids)
+            check_images(img, f"point_values: images of points {pts[s]}..{pts[s + len(ids) - 1]}")
+            content[s:s + len(ids)] = point_hashes(img, lab).tolist()
             img, lab, idx = img.to(dev), lab.to(dev), ids.to(dev)
             acc = None
             for view in range(n_views):
@@ -84,6 +109,22 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
     if path is not None and done == len(pts): save(done)
     return out
 
+def matching_values(path, model, dataset, points, augment=None, n_views: int = 10, seed: int = 0, dtype: str = "float32",
+                    batch_size: int = 64, verify_points: int = 256) -> tuple[torch.Tensor | None, str]:
+    "(the per-point values at `path`, 'ok') if they are a complete run of exactly these weights, points, data, augmentation and settings; else (None, why not). Reads only."
+    p = Path(path)
+    if not p.is_file(): return None, f"{p} does not exist"
+    try: ck = _load_values(p)
+    except StaleStats as e: return None, str(e)
+    pts = [int(i) for i in points]
+    stale = stale_meta(ck["meta"], _values_meta(model, UnitCapture(model), pts, augment, n_views, seed, dtype))
+    if int(ck["done"]) != len(pts): stale.append(f"done: {int(ck['done'])} of {len(pts)} points")
+    if not stale:
+        why = stale_content(dataset, pts, ck.get("content", torch.zeros(0)).tolist(), batch_size,
+                            None if isinstance(dataset, (tuple, list)) else verify_points)
+        if why: stale.append(why)
+    return (None, "; ".join(s if len(s) < 300 else s[:300] + "..." for s in stale)) if stale else (ck["values"], "ok")
+
 def stats_from_values(values: torch.Tensor, points, batch_size: int = 64) -> UnitMemStats:
     "`UnitMemStats` of per-point `values` `[N, *shape]`, folded batch by batch as `measure` folds them."
     ids = torch.as_tensor([int(p) for p in points])
@@ -92,14 +133,8 @@ def stats_from_values(values: torch.Tensor, points, batch_size: int = 64) -> Uni
     return st
 
 def model_fingerprint(model) -> str:
-    "A short hash of the model's parameter names, shapes and up to 4096 evenly spaced values of each: saved results name the model they came from."
-    import hashlib
-    h = hashlib.sha256()
-    for k, p in model.state_dict().items():
-        f = p.detach().flatten()
-        h.update(f"{k}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(f[::max(1, f.numel() // 4096)][:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
+    "A short hash of the model's weights (the first 12 hex digits of `weights_fingerprint`): saved results name the model they came from."
+    return weights_fingerprint(model)[:12]
 
 def unit_stats(model, dataset, points, augment=None, n_views: int = 10, batch_size: int = 64, seed: int = 0,
                folder=None,               # where the run's values / statistics file goes (resumable); None: nowhere

@@ -79,3 +79,69 @@ def test_outputs_are_byte_stable(tmp_path):
     assert digests[0] == digests[1]
     assert b"CreationDate" not in (tmp_path / "0" / "f.pdf").read_bytes()
     assert (tmp_path / "0" / "r.json").read_text() == '{\n  "a": null,\n  "z": 1\n}\n'
+
+
+def test_settings_file_errors_name_file_section_key_value(tmp_path):
+    ini = tmp_path / "settings.ini"
+    ini.write_text("[mini]\nbatch_size = 8\nthis line has no equals sign\n")
+    with pytest.raises(SettingsError, match=r"settings.ini: line 3: 'this line has no equals sign' is not `key = value`"):
+        load_settings("mini", ini)
+    ini.write_text("[mini]\nfracs = 0.5, half\nn = 3\n[full]\nseed = 1\n")
+    s = load_settings("mini", ini)
+    with pytest.raises(SettingsError, match=r"settings.ini \[mini\] fracs = '0.5, half': item 2, 'half', is not a number"):
+        s.floats("fracs")
+    for getter in ("int", "float", "floats", "bool", "str"):      # a missing key: named, never a bare KeyError
+        with pytest.raises(SettingsError, match=r"\[mini\] seed: missing"):
+            getattr(s, getter)("seed")
+    assert "seed" in s.others and "seed" not in s
+
+
+def test_check_settings_and_outputs(tmp_path):
+    from memloc.config import check_outputs, check_settings
+    ini = tmp_path / "settings.ini"
+    ini.write_text(f"[mini]\nbatch_size = abc\nsubset_fractions = 0, 1.5, nan\ntop_p = 0.5\naugmentations = 0\n"
+                   f"figures_dir = {tmp_path}/new/figs\nruns_dir = {ini}/runs\n")
+    s = load_settings("mini", ini)
+    problems = check_settings(s)
+    assert len(problems) == 3 and any("batch_size" in p for p in problems) and any("augmentations" in p for p in problems)
+    assert any("'nan'" in p for p in problems)
+    s["subset_fractions"] = "0, 1.5"
+    assert any("0.0, 1.5 is not fractions in (0, 1]" in p for p in check_settings(s))
+    out = check_outputs(s)
+    assert len(out) == 1 and "runs_dir" in out[0] and "is a file" in out[0]
+    assert not (tmp_path / "new").exists()                        # checking creates nothing
+
+
+def test_out_dir_follows_the_profile_and_the_staging(tmp_path, monkeypatch):
+    from memloc.config import out_dir
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "settings.ini").write_text("[mini]\nfigures_dir = out/figs\n")
+    monkeypatch.setenv("MEMLOC_ROOT", str(tmp_path))
+    assert out_dir("mini", "s") == tmp_path / "out" / "figs" / "s"
+    monkeypatch.setenv("MEMLOC_STAGING", str(tmp_path / "stage"))
+    monkeypatch.setenv("MEMLOC_STAGE", "mini:s")
+    assert out_dir("mini", "s") == tmp_path / "stage" / "s"          # the running stage writes to its staging folder
+    assert out_dir("mini", "other") == tmp_path / "out" / "figs" / "other"   # and reads the others where they are
+
+
+def test_outside_a_repository_only_absolute_paths(tmp_path, monkeypatch):
+    from memloc.config import NotARepository
+    monkeypatch.delenv("MEMLOC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotARepository, match="not inside a memloc repository"):
+        resolve("data/mini")
+    assert resolve(tmp_path / "x") == tmp_path / "x"
+
+
+def test_truncated_manifest_is_named(tmp_path, monkeypatch):
+    from memloc.config import read_json
+    from memloc.extraction import mini_models
+    mp = tmp_path / "manifest.json"
+    mp.write_text('{"var": {"file": "var.safet')
+    with pytest.raises(SettingsError, match=r"manifest.json is not valid JSON"):
+        read_json(mp)
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "settings.ini").write_text(f"[mini]\nmanifest_path = {mp}\n")
+    monkeypatch.setenv("MEMLOC_ROOT", str(tmp_path))
+    with pytest.raises(SettingsError, match=str(mp)):
+        mini_models(("var",))

@@ -154,7 +154,9 @@ def test_point_values_resume_and_match_measure(tmp_path, digits):
     st = stats_from_values(whole, pts, batch_size=3)
     assert all(torch.equal(getattr(st, k), getattr(ref, k)) for k in ("sum", "max", "argmax"))
 
-    class Dies:
+    from memloc.unitmem import augment_fingerprint
+    class Dies:                                           # aug's views, until it dies
+        fingerprint = augment_fingerprint(aug)
         def __init__(self): self.n = 0
         def view(self, img, ids, v, seed=0):
             self.n += 1
@@ -168,6 +170,15 @@ def test_point_values_resume_and_match_measure(tmp_path, digits):
     assert torch.equal(resumed, whole)
     with pytest.raises(ValueError, match="another run"):
         point_values(model, digits, pts, aug, n_views=1, batch_size=3, seed=0, path=path)
+    other = rar.build_model("mini").eval()                # other (random) weights: never the saved values
+    with pytest.raises(ValueError, match="weights: saved"):
+        point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0, path=path)
+    imgs, labels = digits
+    changed = (imgs.flip(-1), labels)
+    with pytest.raises(ValueError, match="images or labels of points"):
+        point_values(model, changed, pts, aug, n_views=2, batch_size=3, seed=0, path=path)
+    fresh = point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0, path=path, recompute=True)
+    assert torch.equal(fresh, point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0))
 
 
 def test_full_pass_on_random_weight_models(tmp_path, digits):
@@ -223,3 +234,18 @@ def test_bfloat16_autocast_keeps_tokens_exact(digits):
     st, _ = unit_stats(m, digits, pts, None, 1, 3, keep_values=False, dtype="bfloat16")
     assert st.count == 6 and st.sum.device.type == "cpu"
     with pytest.raises(ValueError, match="dtype"): point_values(m, digits, pts, None, 1, 3, dtype="int8")
+
+
+def test_matching_values_for_reuse_by_another_stage(tmp_path, digits):
+    from memloc import rar
+    from memloc.data import Augment
+    from memloc.var_scales import matching_values
+    torch.manual_seed(0)
+    model = rar.build_model("mini").eval()
+    aug, pts = Augment(model.image_size, hflip=False), list(range(0, 24, 4))
+    vals = point_values(model, digits, pts, aug, n_views=2, batch_size=3, path=tmp_path / "v.pt")
+    got, why = matching_values(tmp_path / "v.pt", model, digits, pts, aug, n_views=2)
+    assert why == "ok" and torch.equal(got, vals)
+    assert "augment" in matching_values(tmp_path / "v.pt", model, digits, pts, Augment(model.image_size, hflip=True), n_views=2)[1]
+    assert "weights" in matching_values(tmp_path / "v.pt", rar.build_model("mini").eval(), digits, pts, aug, n_views=2)[1]
+    assert "images or labels" in matching_values(tmp_path / "v.pt", model, (digits[0].flip(-1), digits[1]), pts, aug, n_views=2)[1]

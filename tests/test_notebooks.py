@@ -50,7 +50,8 @@ def test_parameters_tag_survives_nbdev_clean(tmp_path):
     assert cell["metadata"] == {"tags": ["parameters"]}
 
 
-def test_papermill_parameter_reaches_notebook(tmp_path):
+def test_papermill_parameter_reaches_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMLOC_ROOT", str(ROOT))   # run from outside the repository: the kernel is told where it is
     out = tmp_path / "out.ipynb"
     pm.execute_notebook(str(ROOT / "nbs" / "00_config.ipynb"), str(out), parameters={"profile": "full"},
                         cwd=str(tmp_path), kernel_name="python3", progress_bar=False)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from memloc.unitmem import (NonFiniteActivation, UnitCapture, UnitMemStats, load_stats, measure, unitmem,
-                            unitmem_from_values)
+from memloc.unitmem import (NonFiniteActivation, StaleStats, UnitCapture, UnitMemStats, augment_fingerprint, load_stats,
+                            measure, unitmem, unitmem_from_values)
 from toy_adapter import ToyAdapter, shift_aug, toy_data
 
 torch.set_num_threads(1)
@@ -170,6 +170,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
         calls["n"] += 1
         if calls["n"] == 3 * 3 + 2: raise Kill                 # mid fourth batch, after a save at batch 2
         return shift_aug(img, ids, view)
+    dies.fingerprint = augment_fingerprint(shift_aug)         # the same views as shift_aug, until it dies
 
     with pytest.raises(Kill): measure(model, data, **{**run, "augment": dies}, stats_path=tmp_path / "s.pt")
     saved, done, meta = load_stats(tmp_path / "s.pt")
@@ -179,7 +180,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     for k in ("sum", "max", "argmax"): assert torch.equal(getattr(resumed, k), getattr(whole, k)), k
     again = measure(model, data, **run, stats_path=tmp_path / "s.pt")  # finished run: nothing added
     assert again.count == 20 and torch.equal(again.sum, whole.sum)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(StaleStats, match="n_views: saved 3, this run 2"):
         measure(model, data, **{**run, "n_views": 2}, stats_path=tmp_path / "s.pt")
 
 
@@ -240,3 +241,105 @@ def test_canary_share_of_top_cells():
     arg = torch.tensor([[5, 1], [2, 5], [7, 0]])
     assert canary_share(um, arg, {5, 7}, top=0.5) == (2 / 3, 3)     # top 3 cells: 0.9 -> 5, 0.8 -> 2, 0.7 -> 7
     assert canary_share(um, arg, lambda i: i == 2, top=0.01) == (0.0, 1)
+
+
+# --- no stale reuse, clear errors ------------------------------------------------------------------------
+
+def _saved_run(tmp_path, **kw):
+    from memloc.data import Augment
+    model, data = ToyAdapter().eval(), toy_data(12)
+    run = dict(augment=Augment(8, hflip=False), n_views=2, batch_size=4, progress=False, **kw)
+    st = measure(model, data, **run, stats_path=tmp_path / "s.pt")
+    return model, data, run, st
+
+
+def test_resume_refuses_other_weights_augment_or_images(tmp_path):
+    from memloc.data import Augment
+    model, data, run, st = _saved_run(tmp_path)
+    other_model = ToyAdapter(seed=1).eval()                        # the same architecture, other weights
+    with pytest.raises(StaleStats, match="weights: saved '[0-9a-f]{64}', this run '[0-9a-f]{64}'"):
+        measure(other_model, data, **run, stats_path=tmp_path / "s.pt")
+    with pytest.raises(StaleStats, match="augment: saved .*1.125.*this run .*1.25"):
+        measure(model, data, **{**run, "augment": Augment(8, scale=1.25, hflip=False)}, stats_path=tmp_path / "s.pt")
+    imgs, labels = data
+    changed = (imgs.clone(), labels); changed[0][3] = 1 - changed[0][3]
+    with pytest.raises(StaleStats, match=r"images or labels of points \[3\]"):
+        measure(model, changed, **run, stats_path=tmp_path / "s.pt")
+    again = measure(other_model, data, **run, stats_path=tmp_path / "s.pt", recompute=True)   # asked to: measured anew
+    fresh = measure(other_model, data, **run)
+    assert torch.equal(again.sum, fresh.sum) and not torch.equal(again.sum, st.sum)
+
+
+def test_resume_checks_a_dataset_by_rereading_points(tmp_path):
+    from memloc.data import PointDataset
+    model, (imgs, labels), run, st = _saved_run(tmp_path)
+    assert torch.equal(measure(model, PointDataset(imgs, labels), **run, stats_path=tmp_path / "s.pt").sum, st.sum)
+    other = imgs.clone(); other[7] = other[7].flip(-1)
+    with pytest.raises(StaleStats, match=r"points \[7\]"):
+        measure(model, PointDataset(other, labels), **run, stats_path=tmp_path / "s.pt", verify_points=12)
+
+
+def test_unreadable_stats_files_are_named(tmp_path):
+    p = tmp_path / "s.pt"
+    _saved_run(tmp_path)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StaleStats, match=r"s.pt is truncated"): load_stats(p)
+    torch.save({"weights": torch.zeros(2)}, p)
+    with pytest.raises(StaleStats, match=r"not a UnitMem statistics file written by measure"): load_stats(p)
+    p.write_bytes(b"")
+    with pytest.raises(StaleStats, match="empty"): load_stats(p)
+
+    class Code:
+        def __reduce__(self): return (print, ("ran",))
+    torch.save({"stats": {}, "done": torch.zeros(1), "meta": Code()}, p)
+    with pytest.raises(StaleStats, match="not weights-only: it holds pickled Python objects") as e: load_stats(p)
+    assert "truncated" not in str(e.value)
+
+
+def test_stats_refuse_impossible_values():
+    with pytest.raises(ValueError, match="negative value"):
+        UnitMemStats((2,)).update(torch.tensor([[1.0, -0.5], [0.2, 0.3]]))
+    assert UnitMemStats((2,), signed=True).update(torch.tensor([[1.0, -0.5], [0.2, 0.3]])).count == 2
+    s = UnitMemStats((2,)).update(torch.rand(3, 2), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"already counted: \[2\]"):
+        s.update(torch.rand(2, 2), torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match="twice in one batch"):
+        UnitMemStats((2,)).update(torch.rand(2, 2), torch.tensor([5, 5]))
+    other = UnitMemStats((2,)).update(torch.rand(2, 2), torch.tensor([1, 7]))
+    with pytest.raises(ValueError, match=r"merge: points already counted: \[1\]"):
+        UnitMemStats((2,)).merge(s).merge(other)
+    sd = s.state_dict()
+    with pytest.raises(ValueError, match=r"sum has shape \(3,\), but the statistics say \(2,\)"):
+        UnitMemStats((2,)).load_state_dict({**sd, "sum": torch.zeros(3)})
+    with pytest.raises(ValueError, match="not UnitMem statistics"):
+        UnitMemStats((2,)).load_state_dict({"shape": [2]})
+    with pytest.raises(ValueError, match="point ids"):
+        UnitMemStats((2,)).load_state_dict({**sd, "count": 5})
+
+
+@pytest.mark.parametrize("bad, text", [("nan", "non-finite"), ("255", "divide by 255")])
+def test_measure_refuses_bad_images(bad, text):
+    model, (imgs, labels) = ToyAdapter().eval(), toy_data(6)
+    imgs = imgs.clone()
+    if bad == "nan": imgs[2, 0, 0, 0] = float("nan")
+    else: imgs = imgs * 255
+    with pytest.raises(ValueError, match=text):
+        measure(model, (imgs, labels), n_views=1, batch_size=3, progress=False)
+
+
+def test_matching_stats_for_reuse_by_another_stage(tmp_path):
+    from memloc.data import Augment
+    from memloc.unitmem import matching_stats
+    model, data, run, st = _saved_run(tmp_path)
+    kw = dict(augment=run["augment"], n_views=2, batch_size=4)
+    got, why = matching_stats(tmp_path / "s.pt", model, data, range(12), **kw)
+    assert why == "ok" and torch.equal(got.sum, st.sum)
+    for args, text in [((ToyAdapter(seed=1).eval(), data, range(12)), "weights: saved"),
+                       ((model, data, range(10)), "points"),
+                       ((model, (data[0].flip(-1), data[1]), range(12)), "images or labels")]:
+        got, why = matching_stats(tmp_path / "s.pt", *args, **kw)
+        assert got is None and text in why, why
+    got, why = matching_stats(tmp_path / "s.pt", model, data, range(12), **{**kw, "augment": Augment(8, hflip=True)})
+    assert got is None and "augment" in why
+    assert matching_stats(tmp_path / "none.pt", model, data, range(12), **kw)[0] is None

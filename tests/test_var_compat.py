@@ -242,7 +242,7 @@ def test_load_pretrained_meta_build(tiny, tmp_path):
 @needs_fixtures
 def test_bad_inputs_are_named(tiny):
     model, fx, _ = tiny
-    with pytest.raises(ValueError, match=r"\[0,1\]"): model.tokenize(fx["input.img_B3HW"] * 255)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"): model.tokenize(fx["input.img_B3HW"] * 255)
     with pytest.raises(ValueError, match="tokens must be"): model.logits(fx["enc.idx_BL"][:, :10], fx["input.label_B"])
     with pytest.raises(ValueError, match="token ids"): model.logits(fx["enc.idx_BL"] + 1000, fx["input.label_B"])
     with pytest.raises(ValueError, match="labels must be in"): model.generate(torch.tensor([0, 99]))
