@@ -338,11 +338,11 @@ def check_profile(settings: Settings, stages: list[Stage] | None = None, root: P
     problems += out
     if not out: checked += [f"{k}: {settings.path(k)} can be written" for k in OUTPUT_KEYS]
     if settings.get("testbed", "").strip():                    # the miniature: every testbed's manifest and files
-        from memloc.testbed import REGIMES, testbed_manifest
+        from memloc.testbed import REGIMES
         if settings["testbed"] not in REGIMES:
             problems.append(f"{settings.where('testbed')} = {settings['testbed']}: not a testbed; testbeds: {', '.join(REGIMES)}")
         for tb in REGIMES:
-            mp = testbed_manifest(tb)
+            mp = root / REGIMES[tb]["out_dir"] / "manifest.json"
             if mp.is_file(): ok, bad = check_manifest(mp); checked += ok; problems += bad
             elif tb == settings["testbed"]: problems.append(f"{settings.where('testbed')} = {tb}: its manifest {mp} does not exist")
     for key, (family, preset, part) in CHECKPOINTS.items():

@@ -286,7 +286,7 @@ class TrainingViews:
     def __init__(self, images, ts):
         self.n = ts.train_views
         aug = (Augment(images.shape[-1], hflip=False).views(images, torch.arange(len(images)), self.n - 1, ts.seed)
-               if self.n > 1 else images[:, :0])
+               if self.n > 1 else images.new_zeros((len(images), 0, *images.shape[1:])))   # no augmented views
         self.views = torch.cat([images[:, None], aug], 1)     # [N, V, 3, H, W]: view 0 is the image itself
     def pick(self, x_NV, b, gen):
         "Row `b` of `x_NV`, each at a random view (no random draw when there is one view)."

@@ -136,12 +136,13 @@ def test_outside_a_repository_only_absolute_paths(tmp_path, monkeypatch):
 def test_truncated_manifest_is_named(tmp_path, monkeypatch):
     from memloc.config import read_json
     from memloc.extraction import mini_models
-    mp = tmp_path / "manifest.json"
+    mp = tmp_path / "data" / "mini" / "long" / "manifest.json"   # the long testbed's manifest under the repository
+    mp.parent.mkdir(parents=True)
     mp.write_text('{"var": {"file": "var.safet')
     with pytest.raises(SettingsError, match=r"manifest.json is not valid JSON"):
         read_json(mp)
     (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "settings.ini").write_text(f"[mini]\nmanifest_path = {mp}\n")
+    (tmp_path / "settings.ini").write_text("[mini]\ntestbed = long\n")
     monkeypatch.setenv("MEMLOC_ROOT", str(tmp_path))
     with pytest.raises(SettingsError, match=str(mp)):
         mini_models(("var",))

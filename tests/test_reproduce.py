@@ -150,13 +150,13 @@ def test_check_catches_testbed_checksum_and_family(fake_repo):
     from safetensors.torch import save_file
     import torch
     from memloc.testbed import sha256_file
-    d = fake_repo / "data"; d.mkdir()
+    d = fake_repo / "data" / "mini" / "long"; d.mkdir(parents=True)
     save_file({"w": torch.zeros(3)}, str(d / "var.safetensors"), metadata={"family": "var"})
     save_file({"w": torch.zeros(3)}, str(d / "rar.safetensors"), metadata={"family": "rar"})
     mp = d / "manifest.json"
     mp.write_text(json.dumps({"var": {"file": "var.safetensors", "sha256": "0" * 64},
                               "rar": {"file": "var.safetensors", "sha256": sha256_file(d / "var.safetensors")}}))
-    with open(fake_repo / "settings.ini", "a") as f: f.write(f"manifest_path = {mp}\n")
+    with open(fake_repo / "settings.ini", "a") as f: f.write("testbed = long\n")
     s = load_settings("mini", fake_repo / "settings.ini")
     with pytest.raises(SettingsError) as e:
         check_profile(s, [], fake_repo)
