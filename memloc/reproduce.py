@@ -27,10 +27,10 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
                      read_json, repo_root)
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'STAGES', 'CACHE_PATTERNS', 'CHECKPOINTS', 'Stage', 'UsageError', 'available_stages', 'select_stages',
-           'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed', 'RunLocked',
-           'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'check_manifest', 'check_profile',
-           'reproduce', 'main']
+__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'CHECKPOINTS', 'Stage', 'UsageError', 'available_stages',
+           'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
+           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'check_manifest',
+           'check_profile', 'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -43,12 +43,12 @@ class Stage:
     folders: tuple = ()  # (parameter, what) pairs the driver fills with a folder: "figures" (where the stage writes),
                          # "state" (its resumable state, <runs_dir>/tmp/<stage>) or "manifest" (the folder of manifest_path)
 
-TESTBED_FILES = tuple(f"data/mini/{t}/{f}" for t in ("long", "canary") for f in ("manifest.json", "implants.json"))  # the miniature's ground truth
+TESTBED_FILES = tuple(f"data/mini/{t}/manifest.json" for t in ("long", "canary"))   # the miniature's testbeds
+IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("long", "canary"))   # and their implants
 
 STAGES = [
     Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
           folders=(("fig_dir", "figures"),)),
-    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", TESTBED_FILES, settings=()),
     Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES),
     Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES),
     Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", TESTBED_FILES,
@@ -56,9 +56,10 @@ STAGES = [
     Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", TESTBED_FILES),
     Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES),
     Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", TESTBED_FILES),
-    Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", TESTBED_FILES),
     Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES),
-    Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", TESTBED_FILES,
+    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", IMPLANT_FILES, settings=()),
+    Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", IMPLANT_FILES),
+    Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", IMPLANT_FILES,
           settings=("seed", "augmentations")),
 ]
 
