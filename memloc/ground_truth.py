@@ -16,7 +16,7 @@ from .intervention import random_like, scale_units, select_units, unit_grid, uni
 from .unitmem import measure
 
 # %% auto #0
-__all__ = ['unitmem_points', 'unitmem_units', 'recall_at', 'testbed_checks', 'implant_checks']
+__all__ = ['unitmem_points', 'unitmem_units', 'recall_at', 'regime_of', 'testbed_checks', 'implant_checks']
 
 # %% ../nbs/16_ground_truth.ipynb #c0d0f4d8
 def unitmem_points(split: MiniSplit, labels, extra, per_class: int, seed: int = 0) -> list[int]:
@@ -40,6 +40,18 @@ def recall_at(scores: torch.Tensor, units) -> float:
     units = torch.as_tensor(units, dtype=torch.long)
     top = torch.argsort(-scores.double().flatten(), stable=True)[:len(units)]
     return len(set(top.tolist()) & set((units[:, 0] * scores.shape[1] + units[:, 1]).tolist())) / len(units)
+
+# %% ../nbs/16_ground_truth.ipynb #7be42b75
+def regime_of(model, images, labels, split: MiniSplit, entry: dict, seed: int = 0) -> tuple[dict, float]:
+    "The training stream's record and the membership AUC of a testbed: from its manifest, or measured now where it predates them."
+    from memloc.testbed import TrainSettings, memorization_table, membership_auc, stream_record
+    st = entry.get("stream") or stream_record(split, TrainSettings(**{k: v for k, v in entry["train"]["settings"].items()
+                                                                   if k in TrainSettings.__dataclass_fields__}))
+    auc = entry.get("membership_auc")
+    if auc is None:
+        _, pts = memorization_table(model, images, labels, split, max_members=400, seed=seed)
+        auc = membership_auc(pts[pts.group == "member"].loss, pts[pts.group == "non_member"].loss)
+    return st, auc
 
 # %% ../nbs/16_ground_truth.ipynb #afb851e6
 @torch.no_grad()
@@ -65,9 +77,9 @@ def testbed_checks(family: str, testbed: str, n_views: int = 4, seed: int = 0, p
     after_rand = []
     for d in range(random_draws):
         with scale_units(model, random_like(top, unit_grid(model), seed * 1000 + d), factor): after_rand.append(len(ext(can)))
-    st = entry.get("stream", {})
+    st, auc = regime_of(model, images, labels, split, entry, seed)
     return {"regime": entry.get("regime", testbed), "epochs": st.get("epochs"), "canary_stream_share": st.get("canary_stream_share"),
-            "membership_auc": entry.get("membership_auc"), "prefix": prefix, "threshold": sim.threshold,
+            "membership_auc": auc, "prefix": prefix, "threshold": sim.threshold,
             "canaries_extracted_share": len(can_hit) / len(can), "non_members_extracted_share": len(non_hit) / len(non),
             "canaries_extracted": bootstrap_share([int(i) in can_hit for i in can], n_boot, seed),
             "non_members_extracted": bootstrap_share([int(i) in non_hit for i in non], n_boot, seed),

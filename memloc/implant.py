@@ -23,7 +23,7 @@ from .testbed import TestbedError, load_testbed, sha256_file, testbed_manifest
 # %% auto #0
 __all__ = ['implant_units', 'implant_pool', 'choose_implants', 'unit_masks', 'frozen_outside', 'unit_outputs', 's_outputs',
            'train_units', 'save_implant', 'apply_implant', 'calibrated_similarity', 'extracted_ids', 'ImplantSettings',
-           'implant_dir', 'build_implant', 'implant_valid', 'Implant', 'implants_path', 'read_implants',
+           'implant_dir', 'build_implant', 'implant_valid', 'Implant', 'implants_path', 'add_implant', 'read_implants',
            'load_implants']
 
 # %% ../nbs/03a_implant.ipynb #ca343b0b
@@ -305,6 +305,17 @@ class Implant:
     record: dict = field(default_factory=dict)
 
 def implants_path(testbed: str) -> Path: return testbed_manifest(testbed).parent / "implants.json"
+
+def add_implant(testbed: str, rec: dict) -> Path:
+    "Write one implant's record into the testbed's `implants.json` (replacing the same family, rate and seed), under a lock."
+    import fcntl
+    p = implants_path(testbed); p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p.parent / ".implants.lock", "w") as lock:     # families may be implanted by parallel processes
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        recs = read_implants(testbed)
+        fam = [r for r in recs.get(rec["family"], []) if (r["rate"], r["seed"]) != (rec["rate"], rec["seed"])] + [rec]
+        recs[rec["family"]] = sorted(fam, key=lambda r: (-r["rate"], r["seed"]))
+        return save_json(dict(sorted(recs.items())), p.name, p.parent)
 
 def read_implants(testbed: str) -> dict:
     "`{family: [record, ...]}` of a testbed (empty when none were made)."
