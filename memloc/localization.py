@@ -281,18 +281,21 @@ def learned_mask(model, evidence: Evidence,
                  l1: float = 1e-4,          # weight of sum(1 - m): the sparsity of the dropped units
                  ref_weight: float = 1.0,   # weight of the references' change of loss
                  target_term: str = "prob", # "prob": the targets' mean true-token probability; "loss": minus their loss
+                 init: float = 3.0,         # initial logit of the mask (sigmoid(3) = 0.95)
+                 batch_size: int | None = None,  # targets and references per step, each (default: the evidence's)
                  seed: int = 0,             # seeds the batches
                  dtype: str = "float32"):   # autocast dtype (bfloat16 on a GPU at full scale)
     "1 - m for a per-unit mask m trained to raise the targets' loss and keep the references', model frozen."
     if steps < 1 or lr <= 0 or l1 < 0: raise ValueError(f"need steps >= 1, lr > 0, l1 >= 0; got {steps}, {lr}, {l1}")
     if target_term not in ("prob", "loss"): raise ValueError(f"target_term must be 'prob' or 'loss', got {target_term!r}")
     ev, dev = evidence, _device(model)
-    m = torch.ones(unit_grid(model), device=dev, requires_grad=True)
-    opt, g = torch.optim.Adam([m], lr=lr), torch.Generator().manual_seed(int(seed))
+    theta = torch.full(unit_grid(model), float(init), device=dev, requires_grad=True)
+    opt, g = torch.optim.Adam([theta], lr=lr), torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         tok_t = torch.cat([model.tokenize(ev.targets[i:i + ev.batch_size].to(dev)).cpu() for i in range(0, len(ev.targets), ev.batch_size)])
         tok_r = torch.cat([model.tokenize(ev.references[i:i + ev.batch_size].to(dev)).cpu() for i in range(0, len(ev.references), ev.batch_size)])
-    pick = lambda n: torch.randperm(n, generator=g)[:ev.batch_size] if n > ev.batch_size else torch.arange(n)
+    bs = batch_size or ev.batch_size
+    pick = lambda n: torch.randperm(n, generator=g)[:bs] if n > bs else torch.arange(n)
     loss = lambda tok, y, i: tf_loss(model, tok[i].to(dev), y[i].to(dev))
     was = model.training; model.eval()
     try:
@@ -301,15 +304,15 @@ def learned_mask(model, evidence: Evidence,
                                 for i in range(0, len(tok_r), ev.batch_size)])
         with requires_grad(model, False), act_hooks(model, lambda b, a: a * m[b].to(a.dtype)):
             for _ in range(steps):
+                m = theta.sigmoid()
                 it, ir = pick(len(tok_t)), pick(len(tok_r))
                 with _autocast(dev, dtype):
                     t = tf_prob(model, tok_t[it].to(dev), ev.target_labels[it].to(dev)).mean() if target_term == "prob"                         else -loss(tok_t, ev.target_labels, it).mean()
                     obj = t + ref_weight * (loss(tok_r, ev.reference_labels, ir) - base_r[ir.to(base_r.device)]).abs().mean()
                 obj = obj + l1 * (1 - m).sum()
                 opt.zero_grad(); obj.backward(); opt.step()
-                with torch.no_grad(): m.clamp_(0, 1)
     finally: model.train(was)
-    return (1 - m.detach()).cpu()
+    return (1 - theta.detach().double().sigmoid()).cpu()
 
 # %% ../nbs/15_localization.ipynb #187966a6
 @register_method("random", uses_targets=False, knows="nothing (a seeded draw)")
@@ -454,13 +457,20 @@ def unitmem_stats(model, dataset, points, augment, n_views: int, seed: int, batc
                   path=None,         # where to save (and resume) a new measurement
                   reuse=(),          # saved statistics of other stages to reuse if they are of the same run
                   dtype: str = "float32"):
-    "Stage 1's statistics of `model` over `points`: a saved run with the same points, views and seed if any, else measured."
+    "Stage 1's statistics of `model` over `points`: a saved run (`.stats.pt`, or stage 2/3's `.values.pt`) with the same points, views and seed if any, else measured."
     from memloc.unitmem import load_stats
+    from memloc.var_scales import stats_from_values
     for f in [*reuse, path]:
         if f is None or not Path(f).is_file(): continue
+        if str(f).endswith(".values.pt"):
+            ck = torch.load(f, map_location="cpu", weights_only=True)
+            m = ck["meta"]
+            if m.get("points") == list(points) and m.get("n_views") == n_views and m.get("seed") == seed and int(ck["done"]) == len(points)                and m.get("dtype", "float32") == "float32":
+                return stats_from_values(ck["values"], points, batch_size), f"reused {Path(f).parent.name}/{Path(f).name}"
+            continue
         st, done, meta = load_stats(f)
         if sorted(done) == sorted(points) and meta.get("n_views") == n_views and meta.get("seed") == seed and meta.get("abs", True) and meta.get("world") == 1:
-            return st, f"reused {Path(f).name}"
+            return st, f"reused {Path(f).parent.name}/{Path(f).name}"
     with _autocast(_device(model), dtype):
         st = measure(model, dataset, augment=augment, n_views=n_views, batch_size=batch_size, stats_path=path, points=points, seed=seed, progress=False)
     return st, "measured"
