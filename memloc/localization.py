@@ -408,23 +408,24 @@ def mitigation(model, scores: torch.Tensor, probe,
                top_ps=(0.5, 1, 2, 5, 10),     # budgets (percent of all units)
                factors=(0.5, 0.0),            # scale of the selected fc1 rows
                n_samples: int = 0,            # samples per FID (0: none)
+               fid_ps=None,                   # budgets that get an FID (None: every one)
                cache: ResultCache | None = None,
                model_key: str | None = None,  # the model's fingerprint (default: computed)
               ) -> list[dict]:
     "Targets and held-out memorized images extracted, and FID, with each top-p% selection of `scores` scaled by each factor."
     cache = cache or ResultCache()
     mk, pk = model_key or model_fingerprint(model), probe_fingerprint(probe)
-    def run(units, f):
-        key = fingerprint("evaluate", mk, pk, units, float(f), int(n_samples))
+    def run(units, f, n):
+        key = fingerprint("evaluate", mk, pk, units, float(f), int(n))
         def compute():
-            with scale_units(model, units, f): ev = evaluate(model, probe, n_samples, ("fid",))
+            with scale_units(model, units, f): ev = evaluate(model, probe, n, ("fid",))
             return dict(extracted_indices=ev["extracted_indices"], fid=(ev.get("quality") or {}).get("fid"))
         ev = cache.get(key, compute)
         return dict(targets_extracted=count_in(ev, targets), others_extracted=count_in(ev, others), fid=ev["fid"])
-    rows = [dict(p=0.0, factor=1.0, n_units=0, **run(torch.zeros(0, 2, dtype=torch.long), 1.0))]
+    rows = [dict(p=0.0, factor=1.0, n_units=0, **run(torch.zeros(0, 2, dtype=torch.long), 1.0, n_samples))]
     for p in top_ps:
-        units = select_units(scores, p)
-        rows += [dict(p=float(p), factor=float(f), n_units=len(units), **run(units, f)) for f in factors]
+        units, n = select_units(scores, p), n_samples if fid_ps is None or p in fid_ps else 0
+        rows += [dict(p=float(p), factor=float(f), n_units=len(units), **run(units, f, n)) for f in factors]
     return rows
 
 def empirical_p(value: float, draws, lower_is_better: bool = True) -> float:
@@ -513,12 +514,12 @@ def method_scores(name: str, model, evidence: Evidence, options: dict, folder=No
 def benchmark(model, evidence: Evidence, probe, sets: dict,
               methods: dict,                 # {name: options} (random excluded: it is the floor)
               top_ps=(0.5, 1, 2, 5, 10), factors=(0.5, 0.0),
-              random_draws: int = 10, random_fid_draws: int = 3, n_samples: int = 100,
+              random_draws: int = 10, random_fid_draws: int = 2, n_samples: int = 100, fid_ps=None,
               cache: ResultCache | None = None, folder=None) -> dict:
     "Scores, their seconds and the mitigation rows of every method on one model, and of the random draws."
     mk, cache = model_fingerprint(model), cache or ResultCache()
     out = dict(scores={}, seconds={}, mitigation={}, random=[])
-    mit = lambda s, n: mitigation(model, s, probe, sets["targets"], sets["others"], top_ps, factors, n, cache, mk)
+    mit = lambda s, n: mitigation(model, s, probe, sets["targets"], sets["others"], top_ps, factors, n, fid_ps, cache, mk)
     for name, opts in methods.items():
         out["scores"][name], out["seconds"][name] = method_scores(name, model, evidence, opts, folder, mk)
         out["mitigation"][name] = mit(out["scores"][name], n_samples)
