@@ -640,6 +640,7 @@ def plot_pareto(bench_by_model: dict):
         r0 = _at(next(iter(b["mitigation"].values())), 0.0, 1.0)
         if r0["fid"] is not None: ax.scatter([r0["fid"]], [r0["targets_extracted"]], marker="*", s=140, color="k", zorder=4, label="unmodified")
         ax.set(title=m, xlabel="FID", ylabel=f"targets extracted (of {r0['targets_extracted']})")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
