@@ -402,7 +402,7 @@ def attack_set(split, n_members: int | None = None, seed: int = 0):
 
 # %% ../nbs/04_extraction.ipynb #818e9428
 def load_attack(name: str, profile: str = "mini") -> dict:
-    "The attack of model `name` as written by this stage: backend (with its threshold), prefix, indices and groups."
+    "The attack of model `name` as written by this stage: backend (with its threshold), prefix, indices, groups and extracted flags."
     import json
     from memloc.config import out_dir
     folder = out_dir(profile, "extraction")
@@ -415,7 +415,8 @@ def load_attack(name: str, profile: str = "mini") -> dict:
     df = pd.read_csv(folder / f"candidates_{name}.csv")
     df = df[df.prefix == e["prefix"]]
     return dict(backend=make_backend(e["backend"]).with_threshold(e["threshold"], "from results.json"), prefix=int(e["prefix"]),
-                indices=torch.tensor(df["index"].to_numpy().copy()), groups=list(df.group), entry=e)
+                indices=torch.tensor(df["index"].to_numpy().copy()), groups=list(df.group),
+                extracted=torch.tensor(df["extracted"].to_numpy().copy()), entry=e)
 
 # %% ../nbs/04_extraction.ipynb #5be9a11e
 @torch.no_grad()

@@ -1,0 +1,138 @@
+"The localization benchmark: every method on a known answer, recall on (stand-in) implants, the mitigation bookkeeping."
+import sys
+import types
+
+import pytest
+import torch
+
+import memloc.localization as L
+from memloc.intervention import scale_units
+
+TARGETED = ["unitmem", "activation_contrast", "gradient", "learned_mask"]
+
+
+def rank(scores, bu):
+    flat = torch.argsort(-scores.flatten(), stable=True)
+    return int((flat == bu[0] * scores.shape[1] + bu[1]).nonzero()[0, 0]) + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("method", TARGETED)
+def test_planted_unit_ranks_first(method, seed):
+    toy = L.PlantedToy(seed=seed)
+    assert rank(L.localize(method, toy, L.planted_evidence(toy)), toy.planted) == 1
+
+
+def test_planted_unit_is_the_memory():
+    toy = L.PlantedToy()
+    ev = L.planted_evidence(toy)
+    tok = toy.tokenize(ev.targets)
+    with torch.no_grad():
+        before = L.tf_loss(toy, tok, ev.target_labels)
+        with scale_units(toy, [list(toy.planted)], 0.0): after = L.tf_loss(toy, tok, ev.target_labels)
+    assert after[0] > before[0] + 0.5 and torch.allclose(after[1:], before[1:])
+
+
+def test_methods_leave_the_model_as_it_was():
+    toy = L.PlantedToy()
+    flags = [p.requires_grad for p in toy.parameters()]
+    sd = {k: v.clone() for k, v in toy.state_dict().items()}
+    ev = L.planted_evidence(toy)
+    for m in TARGETED: L.localize(m, toy, ev)
+    assert all(torch.equal(v, sd[k]) for k, v in toy.state_dict().items())
+    assert [p.requires_grad for p in toy.parameters()] == flags and all(p.grad is None for p in toy.parameters())
+    for mod in toy.act: assert not mod._forward_hooks
+
+
+def test_interface_checks():
+    toy = L.PlantedToy()
+    with pytest.raises(KeyError, match="unknown localization method"): L.localize("nosuch", toy)
+    with pytest.raises(ValueError, match="pass evidence"): L.localize("gradient", toy)
+    with pytest.raises(ValueError, match="target_term"): L.localize("learned_mask", toy, L.planted_evidence(toy), target_term="x")
+    assert {m: L.METHODS[m].uses_targets for m in L.METHODS} == {"unitmem": False, "activation_contrast": True, "gradient": True,
+                                                                  "learned_mask": True, "random": False}
+    s = L.localize("random", toy, seed=1)
+    assert s.dtype == torch.float64 and tuple(s.shape) == (3, 16) and torch.equal(s, L.localize("random", toy, seed=1))
+
+
+def test_recall_at_k():
+    sc = torch.tensor([[0.1, 0.9, 0.2, 0.0], [0.8, 0.3, 0.7, 0.05]])
+    assert L.recall_at_k(sc, [[0, 1], [1, 2]]) == 0.5
+    assert L.recall_at_k(sc, [[0, 1], [1, 2]], k=3) == 1.0
+    assert L.recall_curve(sc, [[1, 3]], [1, 8]) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="no implanted"): L.recall_at_k(sc, torch.zeros(0, 2, dtype=torch.long))
+
+
+def test_implants_through_the_interface(monkeypatch):
+    "A stand-in `memloc.implant` with the agreed interface: every method finds the implanted unit."
+    Implant = types.SimpleNamespace
+    fake = types.ModuleType("memloc.implant")
+    fake.load_implants = lambda family, testbed: [Implant(seed=s, rate=1 / 48, model=L.PlantedToy(seed=s), units=torch.tensor([[1, 5]]),
+                                                          implant_ids=torch.tensor([0])) for s in range(2)]
+    monkeypatch.setitem(sys.modules, "memloc.implant", fake)
+    imps = L.load_implants_or_none("var", "canary")
+    rec = L.implant_recall(imps, lambda imp: L.planted_evidence(imp.model), {m: {} for m in TARGETED}, random_draws=10, ks=[1, 48])
+    assert (rec[rec.method != "random"].recall == 1.0).all()
+    r = rec[rec.method == "random"]
+    assert len(r) == 20 and r.recall.mean() < 0.5 and all(c[-1] == 1.0 for c in rec.curve)
+
+
+def test_no_implants_module():
+    if "memloc.implant" in sys.modules or L.load_implants_or_none("var", "canary") is not None:
+        pytest.skip("memloc.implant exists in this checkout")
+    assert L.load_implants_or_none("var", "canary") is None
+
+
+def test_activation_contrast_streams_exactly():
+    toy = L.PlantedToy(seed=3)
+    ev = L.planted_evidence(toy, n_references=9)
+    vals = torch.cat(list(L.unit_values(toy, ev.references, ev.reference_labels, 4)))
+    t = torch.cat(list(L.unit_values(toy, ev.targets, ev.target_labels, 2))).mean(0)
+    z = ((t - vals.mean(0)) / (vals.std(0) + 1e-6)).amax(0)
+    assert torch.allclose(L.localize("activation_contrast", toy, ev), z, rtol=1e-6)
+
+
+def test_audit_sets():
+    att = dict(indices=torch.tensor([5, 6, 7, 8, 9, 10]), groups=["canary", "member", "non_member", "member", "canary", "member"],
+               extracted=torch.tensor([True, True, True, False, True, False]))
+    members = torch.tensor([1, 2, 3, 4, 5, 6, 8, 9, 10])
+    s = L.audit_sets(att, members, target_fraction=0.5, n_references=4, seed=0)
+    assert sorted(s["targets"].tolist() + s["others"].tolist()) == [5, 6, 9]          # never the extracted non-member 7
+    assert len(s["targets"]) == 2 and not set(s["references"].tolist()) & {5, 6, 7, 9} and len(s["references"]) == 4
+    assert all(torch.equal(a, b) for a, b in zip(s.values(), L.audit_sets(att, members, 0.5, 4, 0).values()))
+    with pytest.raises(ValueError, match="nothing to localize"):
+        L.audit_sets(dict(att, extracted=torch.zeros(6, dtype=torch.bool)), members)
+
+
+def test_mitigation_counts_and_cache(monkeypatch, tmp_path):
+    "With a stand-in attack (target 1 is extracted unless the planted unit is scaled down), the counts, FID budgets and cache."
+    toy = L.PlantedToy()
+    calls = []
+    def fake_evaluate(model, probe, n_samples=0, metrics=()):
+        calls.append(n_samples)
+        w = model.fc1[1].weight[5, -1].item()           # the planted unit's fc1 weight on the flag (8 unless scaled)
+        return dict(extracted_indices=[2] + ([1] if w > 6 else []), quality={"fid": 1.0 + (8 - w)} if n_samples else None)
+    monkeypatch.setattr(L, "evaluate", fake_evaluate)
+    monkeypatch.setattr(L, "probe_fingerprint", lambda probe: "probe")
+    scores = torch.zeros(3, 16, dtype=torch.float64); scores[1, 5] = 1.0
+    cache = L.ResultCache(tmp_path / "c.json")
+    rows = L.mitigation(toy, scores, None, targets=[1], others=[2], top_ps=[2.0, 10.0], factors=[0.5, 0.0], n_samples=10,
+                        fid_ps=[10.0], cache=cache)
+    assert [(r["p"], r["factor"], r["targets_extracted"], r["others_extracted"]) for r in rows] == \
+           [(0.0, 1.0, 1, 1), (2.0, 0.5, 0, 1), (2.0, 0.0, 0, 1), (10.0, 0.5, 0, 1), (10.0, 0.0, 0, 1)]
+    assert [r["fid"] for r in rows] == [1.0, None, None, 5.0, 9.0] and calls == [10, 0, 0, 10, 10]
+    cache.save()
+    again = L.mitigation(toy, scores, None, [1], [2], [2.0, 10.0], [0.5, 0.0], 10, [10.0], L.ResultCache(tmp_path / "c.json"))
+    assert again == rows and len(calls) == 5                 # all from the file
+    entry = L.results_entry({"toy": rows}, [10.0], {"toy": [rows, rows]})["10"]
+    assert entry["targets_extracted_after"] == 0 and entry["p_value_vs_random"] == 1.0 and entry["pruned"]["fid_after"] == 9.0
+
+
+def test_empirical_p_and_pareto():
+    assert L.empirical_p(0, [1, 2, 3]) == 0.25 and L.empirical_p(3, [1, 2, 3]) == 1.0 and L.empirical_p(1, []) is None
+    assert L.pareto_front([(1, 5), (2, 3), (3, 4), (4, 1)]) == [(1, 5), (2, 3), (4, 1)]
+
+
+def test_fingerprint():
+    assert L.fingerprint(torch.ones(2)) != L.fingerprint(torch.ones(3)) != L.fingerprint(torch.ones(2, dtype=torch.float64))
+    assert L.fingerprint("a", 1) == L.fingerprint("a", 1) != L.fingerprint("a", 2)
