@@ -436,14 +436,10 @@ def empirical_p(value: float, draws, lower_is_better: bool = True) -> float:
     return float((1 + good.sum()) / (1 + len(d)))
 
 # %% ../nbs/15_localization.ipynb #06ccd389
-def testbed_model(family: str, testbed: str = "canary"):
+def testbed_model(family: str, testbed: str = "long"):
     "`(adapter, MiniSplit, manifest entry)` of the miniature `testbed` of `family`."
-    import inspect
-    from memloc.testbed import TestbedError, load_testbed
-    if testbed == "canary": return load_testbed(family)
-    if "testbed" not in inspect.signature(load_testbed).parameters:
-        raise TestbedError(f"testbed {testbed!r} is not available: memloc.testbed.load_testbed loads only the committed 'canary' testbed")
-    return load_testbed(family, testbed=testbed)
+    from memloc.testbed import load_testbed, testbed_manifest
+    return load_testbed(family, testbed_manifest(testbed))
 
 def training_points(profile: str, split=None, fraction: float = 1.0, seed: int = 0):
     "`(dataset for measure, sorted point ids)`: the profile's members (per-class `fraction`), with every canary on the miniature."
