@@ -77,12 +77,6 @@ def test_implants_through_the_interface(monkeypatch):
     assert len(r) == 20 and r.recall.mean() < 0.5 and all(c[-1] == 1.0 for c in rec.curve)
 
 
-def test_no_implants_module():
-    if "memloc.implant" in sys.modules or L.load_implants_or_none("var", "canary") is not None:
-        pytest.skip("memloc.implant exists in this checkout")
-    assert L.load_implants_or_none("var", "canary") is None
-
-
 def test_activation_contrast_streams_exactly():
     toy = L.PlantedToy(seed=3)
     ev = L.planted_evidence(toy, n_references=9)
