@@ -300,9 +300,10 @@ def implant_removal_claim(gt: dict | None) -> tuple[str, str] | None:
         p = float(sps.binomtest(wins, n, 0.5, alternative="greater").pvalue) if n else None
         cells.append(f"{fam}: implants extracted {m('implants_extracted_before'):.2f} -> {m('implants_extracted_after_unitmem_0.5'):.2f} "
                      f"(UnitMem's top |S| by 0.5), {m('implants_extracted_after_unitmem_0'):.2f} (by 0); zeroing S {m('implants_extracted_after_zero_S'):.2f}, "
-                     f"random |S| {m('implants_extracted_after_zero_random'):.2f}; {wins} of {n} implants below random, {_p(p)}")
-        ok = m("implants_extracted_after_unitmem_0") < min(m("implants_extracted_after_zero_random"), m("implants_extracted_before"))
-        verdicts.append(verdict(p, ok, ALPHA, 2 ** n - 1))   # a sign test over n implants cannot go below 0.5 ** n
+                     f"random |S| {m('implants_extracted_after_zero_random'):.2f}; " + (f"{wins} of {n} implants below random, {_p(p)}" if n else "no implant differs from random"))
+        ok = m("implants_extracted_after_unitmem_0") < m("implants_extracted_after_zero_random")
+        if m("implants_extracted_after_unitmem_0") >= m("implants_extracted_before"): verdicts.append(NOT_SUPPORTED)  # removes nothing
+        else: verdicts.append(verdict(p, ok, ALPHA, 2 ** n - 1))   # a sign test over n implants cannot go below 0.5 ** n
     return "; ".join(cells), _combine(verdicts)
 
 def regime_claim(gt: dict | None) -> tuple[str, str] | None:
@@ -574,9 +575,9 @@ def _gt_text(d):
     r = read_json(d)["testbeds"]
     parts = []
     for tb, fams in r.items():
-        got = [(what, f(fams)) for what, f in (("finds the implants", implant_recall_claim), ("its top units remove them", implant_removal_claim),
-                                              ("in the released models' regime", regime_claim))]
-        parts.append(f"on the {tb} testbed, UnitMem " + ", ".join(f"{w}: {v[1]}" for w, v in got if v))
+        got = [(what, f(fams)) for what, f in (("UnitMem finds the implants", implant_recall_claim), ("its top units remove them", implant_removal_claim),
+                                              ("the testbed is in the released models' regime", regime_claim))]
+        parts.append(f"on the {tb} testbed: " + ", ".join(f"{w} ({v[1]})" for w, v in got if v))
     auc = {tb: np.mean([e["membership_auc"] for e in fams.values() if e.get("membership_auc") is not None] or [np.nan]) for tb, fams in r.items()}
     return ("Does the instrument find what is known? Implanted memorization has known units S (valid implants only), and each testbed's "
             "canaries a known place in the data. " + _cap("; ".join(parts)) + ". Members' membership AUC, mean over the families: "
@@ -695,14 +696,16 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
     tbs = testbeds(figs, [s.name for s in stages], root_tb, runs)
     pg.h(2, "Runs")
     run_rows = []
+    homes_of = lambda s: {tb: dirs[s.name] for tb, dirs in tbs.items() if s.name in dirs} or ({root_tb: figs / s.name} if (figs / s.name).is_dir() else {})
+    shown = {s.name for s in stages if homes_of(s) or (s.notebook and (runs / s.notebook).is_file())}   # the stages with a section
     for s in stages:
         rec = run_record(runs / s.notebook) if s.notebook else None
-        run_rows.append([f"[{s.name}](#{_anchor(s.title)})", rec["start"] if rec else "", _fmt(rec["seconds"], 3) if rec else "",
+        run_rows.append([f"[{s.name}](#{_anchor(s.title)})" if s.name in shown else s.name, rec["start"] if rec else "", _fmt(rec["seconds"], 3) if rec else "",
                          f"[{rel(runs / s.notebook)}]({rel(runs / s.notebook)})" if rec else "no executed notebook"])
     pg.table(["stage", "last run", "seconds", "executed notebook"], run_rows)
     pg.p(f"Report written with {_machine(root)}. A stage that was not rerun keeps the results of the run named here.")
     for s in stages:
-        homes = {tb: dirs[s.name] for tb, dirs in tbs.items() if s.name in dirs} or ({root_tb: figs / s.name} if (figs / s.name).is_dir() else {})
+        homes = homes_of(s)
         run = runs / s.notebook if s.notebook else Path("/nonexistent")
         if not homes and not run.is_file(): continue
         sec = SECTIONS.get(s.name, GENERIC)
