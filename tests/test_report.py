@@ -140,3 +140,28 @@ def test_check_site_finds_broken_links(tmp_path):
     (tmp_path / "b.html").write_text('<h1 id="here">b</h1>')
     with pytest.raises(AssertionError, match="gone.png does not exist"):
         check_site(tmp_path)
+
+
+def test_stage_intervals_and_p_values_are_shown_and_judge(tmp_path):
+    import pandas as pd
+    from memloc.report import intervention_claim, subset_claim
+    for s in ("extraction", "intervention", "subset_robustness"): shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    r = json.loads((tmp_path / "extraction" / "results.json").read_text())
+    for e in r.values(): e["extracted_share"] = {g: {"share": 0.5, "lo": 0.25, "hi": 0.75, "n": 8} for g in e["groups"]}
+    (tmp_path / "extraction" / "results.json").write_text(json.dumps(r))
+    head, rows = report_page.__globals__["SECTIONS"]["extraction"].numbers(tmp_path / "extraction", None)
+    assert "(0.50 [0.25, 0.75])" in rows[0][2]
+    h = pd.read_csv(tmp_path / "intervention" / "headline.csv")
+    var_top = (h.model == "var") & (h.units == "top UnitMem")   # 15 -> 14 against random units' 14.7
+    for p, want in ((1 / 11, SUPPORTED), (0.5, NOT_SUPPORTED)):
+        h.assign(p_vs_random=[p if t else None for t in var_top], random_draws=[10 if t else None for t in var_top]).to_csv(tmp_path / "intervention" / "headline.csv", index=False)
+        cell, v = intervention_claim({"intervention": tmp_path / "intervention"}, "var", 10.0)
+        assert v == want and f"p {p:.2g}" in cell
+    m = pd.read_csv(tmp_path / "subset_robustness" / "mitigation.csv")
+    m.loc[m.units.astype(str) == "1", "extracted"] = 2   # the largest subset's units now cut far more than random units
+    ten = pd.concat([m] + [m[m.units.str.startswith("random")].assign(units=lambda d, k=k: d.units + f"-{k}") for k in range(4)])
+    for m, p_largest, want in ((m, 1 / 11, INCONCLUSIVE), (ten, 0.5, INCONCLUSIVE), (ten, 1 / 11, SUPPORTED)):   # 2 draws cannot decide; 10 can
+        m.assign(p_vs_random=[None if str(u).startswith(("none", "random")) else (p_largest if u == "1" else 1 / 11) for u in m.units.astype(str)]
+                 ).to_csv(tmp_path / "subset_robustness" / "mitigation.csv", index=False)
+        cell, v = subset_claim({"subset_robustness": tmp_path / "subset_robustness"})
+        assert "p 0.091" in cell and v == want
