@@ -597,7 +597,7 @@ def _loc_rows(r: dict) -> dict:
             if not by_p: continue
             p = max(by_p, key=float); x, rx = by_p[p], rnd.get(tb, {}).get(p, {})
             n = r.get("random", {}).get("draws") or len(rx.get("per_draw", [])) or None
-            ok = None if "targets_extracted_after" not in rx else x["targets_extracted_after"] < rx["targets_extracted_after"]
+            ok = None if "targets_extracted_after" not in rx or "targets_extracted_after" not in x else x["targets_extracted_after"] < rx["targets_extracted_after"]
             out.setdefault(tb, []).append((name, e.get("uses_targets"), (e.get("recall_implants") or {}).get("mean"), p, x, rx,
                                            verdict(x.get("p_value_vs_random"), ok, ALPHA, n)))
     return out
@@ -610,7 +610,7 @@ def _loc_numbers(d):
     for tb, items in _loc_rows(r).items():
         for name, ut, rec, p, x, rx, v in items:
             fid = "" if x.get("fid_after") is None else f"{_fmt(x.get('fid_before'), 3)} -> {_fmt(x['fid_after'], 3)}"
-            rows.append([tb, name, "yes" if ut else "no", _fmt(rec, 2), f"top {p}%", f"{_fmt(x['targets_extracted_before'])} -> {_fmt(x['targets_extracted_after'])}",
+            rows.append([tb, name, "yes" if ut else "no", _fmt(rec, 2), f"top {p}%", f"{_fmt(x.get('targets_extracted_before'))} -> {_fmt(x.get('targets_extracted_after'))}",
                          _fmt(rx.get("targets_extracted_after"), 3), _p(x.get("p_value_vs_random")), fid, v])
         if items: rows.append([tb, "random", "no", _fmt(rec_r, 2), "", "", "", "", "", ""])
     return (["testbed", "method", "uses targets", "Recall@|S| on implants", "units scaled by 0.5", "targets extracted", "random units (mean)",
@@ -621,7 +621,7 @@ def _loc_text(d):
     parts = []
     for tb, items in _loc_rows(r).items():
         where = f" on the {tb} testbed" if tb else ""
-        wins = sorted((x["targets_extracted_after"], name) for name, _, _, _, x, _, v in items if v == SUPPORTED)
+        wins = sorted((x.get("targets_extracted_after", 0), name) for name, _, _, _, x, _, v in items if v == SUPPORTED)
         if wins: parts.append(f"{where}, {wins[0][1]} leaves the fewest targets extractable among the methods that beat random units "
                               f"at the top {items[0][3]}% ({_fmt(wins[0][0])}; {len(wins)} of {len(items)} beat random)")
         elif all(v == NOT_SUPPORTED for *_, v in items): parts.append(f"{where}, no method beats random units at the top {items[0][3]}%")
