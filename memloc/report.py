@@ -20,14 +20,18 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from .config import Settings, load_settings, repo_root
+from .stats import verdict
 
 # %% auto #0
-__all__ = ['ROOT_TESTBED', 'SUPPORTED', 'NOT_SUPPORTED', 'INCONCLUSIVE', 'SECTIONS', 'GENERIC', 'SITE_FILES', 'Page', 'testbeds',
-           'read_json', 'read_csv', 'run_record', 'var_depth_claim', 'rar_late_claim', 'cut_verdict',
-           'intervention_claim', 'subset_claim', 'Claim', 'claims', 'summary', 'Section', 'report_stages',
-           'report_page', 'write_report', 'fix_anchors', 'site_sources', 'build_site', 'check_site', 'main']
+__all__ = ['DEFAULT_TESTBED', 'SUPPORTED', 'NOT_SUPPORTED', 'INCONCLUSIVE', 'ALPHA', 'REGIME', 'SECTIONS', 'GENERIC',
+           'SITE_FILES', 'Page', 'root_testbed', 'stage_testbed', 'testbeds', 'read_json', 'read_csv', 'run_record',
+           'var_depth_claim', 'rar_late_claim', 'cut_verdict', 'intervention_claim', 'gt_intervention_claim',
+           'subset_claim', 'recall_p', 'implant_recall_claim', 'implant_removal_claim', 'regime_claim', 'Claim',
+           'claims', 'ground_truth', 'summary', 'Section', 'report_stages', 'report_page', 'write_report',
+           'fix_anchors', 'site_sources', 'build_site', 'check_site', 'main']
 
 # %% ../nbs/21_report.ipynb #badc0f19
 def _fmt(v, digits: int = 3) -> str:
@@ -71,8 +75,9 @@ class Page:
             elif b[0] == "p": out.append(self._resolve(b[1], link))
             elif b[0] == "img": out.append(f"![{b[1]}]({link(b[2])})")
             else:
-                out.append("\n".join(["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])] +
-                                     ["| " + " | ".join(self._resolve(str(c), link) for c in r) + " |" for r in b[2]]))
+                esc = lambda c: str(c).replace("|", "\\|")
+                out.append("\n".join(["| " + " | ".join(esc(c) for c in b[1]) + " |", "|" + "---|" * len(b[1])] +
+                                     ["| " + " | ".join(esc(self._resolve(str(c), link)) for c in r) + " |" for r in b[2]]))
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str, link=lambda p: p) -> str:
@@ -93,24 +98,38 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;
         "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:0 .2rem}")
 
 # %% ../nbs/21_report.ipynb #7ccda8a4
-ROOT_TESTBED = "canary"  # the testbed whose stage folders sit directly in figures/<profile>/
+DEFAULT_TESTBED = "long"  # the testbed of the folders in figures/<profile>/ when neither the settings nor the stage name one
 
-def testbeds(figs: Path, stages: list[str]) -> dict[str, dict[str, Path]]:
-    "Testbed -> stage -> folder, for every stage folder with results: `figs/<stage>/` (the root testbed), `figs/<testbed>/<stage>/`, `figs/<stage>_<testbed>/` or `<figs>_<testbed>/<stage>/`."
+def root_testbed(settings: Settings | None) -> str:
+    "The testbed whose stage folders sit directly in `figures/<profile>/`: the profile's `testbed` setting, else `long`."
+    return (settings or {}).get("testbed") or DEFAULT_TESTBED
+
+def stage_testbed(d: Path, run: Path | None = None) -> str | None:
+    "The testbed a stage folder says its results came from: `testbed` in its results.json, else its executed notebook's papermill parameter."
+    r = read_json(d) if d.is_dir() else None
+    if isinstance(r, dict) and isinstance(r.get("testbed"), str): return r["testbed"]
+    tb = ((run_record(run) if run is not None else None) or {}).get("parameters", {}).get("testbed")
+    return tb if isinstance(tb, str) else None
+
+def testbeds(figs: Path, stages: list[str], root: str = DEFAULT_TESTBED, runs: Path | None = None) -> dict[str, dict[str, Path]]:
+    "Testbed -> stage -> folder, for every stage folder with results: `figs/<stage>/` (the testbed it names, else `root`), `figs/<testbed>/<stage>/`, `figs/<stage>_<testbed>/` or `<figs>_<testbed>/<stage>/`."
+    from memloc.reproduce import STAGES
+    nbs = {s.name: s.notebook for s in STAGES}
     found: dict[str, dict[str, Path]] = {}
     def add(tb, stage, d):
-        if d.is_dir() and (any(d.glob("*.json")) or any(d.glob("*.csv"))): found.setdefault(tb, {})[stage] = d
+        if d.is_dir() and (any(d.glob("*.json")) or any(d.glob("*.csv"))): found.setdefault(tb, {}).setdefault(stage, d)
     if not figs.is_dir(): return found
+    for d in sorted(p for p in figs.iterdir() if p.is_dir()):
+        if d.name in stages: add(stage_testbed(d, runs / nbs[d.name] if runs and d.name in nbs else None) or root, d.name, d)
     for sib in sorted(figs.parent.glob(f"{figs.name}_*")):  # figures/<profile>_<testbed>/<stage>/
         for s in stages: add(sib.name[len(figs.name) + 1:], s, sib / s)
-    for d in sorted(p for p in figs.iterdir() if p.is_dir()):
-        if d.name in stages: add(ROOT_TESTBED, d.name, d)
-        elif any((d / s).is_dir() for s in stages):
+    for d in sorted(p for p in figs.iterdir() if p.is_dir() and p.name not in stages):
+        if any((d / s).is_dir() for s in stages):
             for s in stages: add(d.name, s, d / s)
         else:
             st = next((s for s in sorted(stages, key=len, reverse=True) if d.name.startswith(s + "_")), None)
             if st: add(d.name[len(st) + 1:], st, d)
-    return dict(sorted(found.items(), key=lambda kv: (kv[0] != ROOT_TESTBED, kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] != root, kv[0])))
 
 def read_json(folder: Path | None, name: str = "results.json") -> dict | None:
     "The stage's saved JSON, or None when the stage has not written it."
@@ -130,6 +149,7 @@ def run_record(notebook: Path) -> dict | None:
 
 # %% ../nbs/21_report.ipynb #9697cd62
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+ALPHA = 0.1  # the level of every p-value rule (memloc.stats.verdict's)
 
 def _ci_verdict(lo: float, hi: float, null: float) -> str:
     "Supported when the interval lies above `null`, not supported when it lies below, inconclusive when it straddles it."
@@ -138,6 +158,13 @@ def _ci_verdict(lo: float, hi: float, null: float) -> str:
 def _combine(verdicts: list[str]) -> str:
     "One verdict for several models: theirs if they agree, else inconclusive."
     return verdicts[0] if len(set(verdicts)) == 1 else INCONCLUSIVE
+
+def _p(p) -> str:
+    return "" if p is None or (isinstance(p, float) and math.isnan(p)) else f"p {p:.2g}"
+
+def _share(b: dict | None) -> str:
+    "A bootstrap share `{share, lo, hi}` as `0.38 [0.12, 0.62]`."
+    return "" if not b or b.get("share") is None else f"{b['share']:.2f} [{b['lo']:.2f}, {b['hi']:.2f}]"
 
 def var_depth_claim(dirs: dict) -> tuple[str, str] | None:
     "Stage 2: rho of depth against scale, with its bootstrap interval (`var_scales/results.json`)."
@@ -169,10 +196,21 @@ def _units(d: pd.DataFrame, kind: str) -> pd.Series | None:
     r = d[d.units == kind]
     return None if r.empty else r.sort_values("n_samples").iloc[-1]
 
+def _p_row(d: pd.DataFrame, kind: str = "top UnitMem") -> pd.Series | None:
+    "The row of `kind` that carries the empirical p-value against the random draws, or None (older results have none)."
+    if "p_vs_random" not in d: return None
+    r = d[(d.units == kind) & d.p_vs_random.notna()]
+    return None if r.empty else r.iloc[-1]
+
 def cut_verdict(d: pd.DataFrame) -> str:
-    "Stage 4's rule: the top units cut extraction if they leave fewer extracted than random units (mean - one std) and fewer than before."
+    "Stage 4's rule: with a p-value, `verdict(p, fewer than random and than before)`; without one, fewer than random units' mean - one std and than before."
     b, t, rm, rs = (_units(d, k) for k in ("none (before)", "top UnitMem", "random mean", "random std"))
     if b is None or t is None or rm is None: return INCONCLUSIVE
+    pr = _p_row(d)
+    if pr is not None:
+        n = pr.get("random_draws")
+        return verdict(float(pr.p_vs_random), bool(pr.extracted < rm.extracted and pr.extracted < b.extracted), ALPHA,
+                       None if n is None or pd.isna(n) else int(n))
     sd = 0.0 if rs is None or pd.isna(rs.extracted) else float(rs.extracted)
     return SUPPORTED if t.extracted < rm.extracted - sd and t.extracted < b.extracted else NOT_SUPPORTED
 
@@ -185,10 +223,20 @@ def intervention_claim(dirs: dict, family: str, p: float) -> tuple[str, str] | N
         d = h[(h.model == name) & (h.p == p)]
         if m.get("family") != family or d.empty: continue
         b, t, rm, rs = (_units(d, k) for k in ("none (before)", "top UnitMem", "random mean", "random std"))
-        rnd = "" if rm is None else f" (random units {_fmt(rm.extracted, 3)} ± {_fmt(rs.extracted, 2)})"
+        pr = _p_row(d)
+        rnd = "" if rm is None else f" (random units {_fmt(rm.extracted, 3)} ± {_fmt(rs.extracted, 2)}{', ' + _p(pr.p_vs_random) if pr is not None else ''})"
         cells.append(f"{name}: {_fmt(b.extracted)} -> {_fmt(t.extracted)}{rnd}; FID {_fmt(b.fid, 2)} -> {_fmt(t.fid, 2)}")
         verdicts.append(cut_verdict(d))
     return ("; ".join(cells), _combine(verdicts)) if cells else None
+
+def gt_intervention_claim(gt: dict | None, family: str) -> tuple[str, str] | None:
+    "The ground-truth stage's counterpart on one testbed: its canaries extracted before -> after scaling the top units, against random units, with the empirical p-value."
+    iv = ((gt or {}).get(family) or {}).get("intervention")
+    if not iv: return None
+    n, t, rm, b = len(iv["canaries_after_random"]), iv["canaries_after_top"], iv["random_mean"], iv["canaries_before"]
+    cell = (f"{family}, canaries, top {iv['p']:g}% by {iv['factor']:g}: {b} -> {t} (random units {rm:.3g}, {n} draws, "
+            f"{_p(iv['p_value'])})")
+    return cell, INCONCLUSIVE if not b else verdict(iv["p_value"], t < rm and t < b, ALPHA, n)
 
 def subset_claim(dirs: dict) -> tuple[str, str] | None:
     "Stage 5: the smallest subset's agreement with the largest, and whether its top units cut extraction as the largest's do."
@@ -200,63 +248,136 @@ def subset_claim(dirs: dict) -> tuple[str, str] | None:
         cell = f"{name}: fraction {_fmt(s.fraction)} against {_fmt(lg.fraction)}: Spearman {s.spearman:.2f}, Jaccard {s.jaccard:.2f} (chance {s.jaccard_chance:.2f})"
         m = None if mit is None else mit[mit.model == name]
         if m is None or m.empty: cells.append(cell); verdicts.append(INCONCLUSIVE); continue
-        get = lambda u: float(m[m.units.astype(str) == u].extracted.iloc[0])
-        b, es, el = get("none (before)"), get(f"{s.fraction:g}"), get(f"{lg.fraction:g}")
+        row = lambda u: m[m.units.astype(str) == u].iloc[0]
+        b, es, el = (float(row(u).extracted) for u in ("none (before)", f"{s.fraction:g}", f"{lg.fraction:g}"))
         rnd = m[m.units.astype(str).str.startswith("random")].extracted
         rm, sd = float(rnd.mean()), float(rnd.std(ddof=1)) if len(rnd) > 1 else 0.0
+        if "p_vs_random" in m:   # empirical p-values against the random draws
+            ps, pl = (row(f"{f:g}").p_vs_random for f in (s.fraction, lg.fraction))
+            cells.append(cell + f"; extracted {_fmt(b)} -> {_fmt(es)} (smallest's units, {_p(ps)}), {_fmt(el)} (largest's, {_p(pl)}), {_fmt(rm, 3)} (random)")
+            largest = verdict(None if pd.isna(pl) else float(pl), el < rm, ALPHA, len(rnd))
+            verdicts.append(INCONCLUSIVE if largest != SUPPORTED else verdict(None if pd.isna(ps) else float(ps), es < rm, ALPHA, len(rnd)))
+            continue
         cells.append(cell + f"; extracted {_fmt(b)} -> {_fmt(es)} (smallest's units), {_fmt(el)} (largest's), {_fmt(rm, 3)} (random)")
         # nothing to preserve when the largest subset's units cut no more than random units do
         verdicts.append(INCONCLUSIVE if el >= rm - sd else SUPPORTED if es <= el + sd else NOT_SUPPORTED)
     return "; ".join(cells), _combine(verdicts)
 
 # %% ../nbs/21_report.ipynb #6cb3eb83
+REGIME = dict(epochs=100, canary_stream_share=0.05, membership_auc=0.6)  # METHOD.md's regime: >= 100 passes, canaries <= 5% of the stream, members measurably memorized (AUC)
+
+def _valid(e: dict) -> list[dict]:
+    return [i for i in e.get("implants", []) if i.get("valid")]
+
+def recall_p(i: dict) -> float:
+    "One implant's p-value: the chance that |S| units drawn at random overlap S at least as much as UnitMem's top |S| (hypergeometric tail)."
+    s = int(i["n_units"]); n, k = round(s / i["recall_random"]), round(i["recall_unitmem"] * s)
+    return float(sps.hypergeom.sf(k - 1, n, s, s))
+
+def implant_recall_claim(gt: dict | None) -> tuple[str, str] | None:
+    "Ground truth: Recall@|S| of UnitMem on the valid implants against random |S|/units; Fisher's combination of their p-values."
+    if not gt: return None
+    cells, verdicts = [], []
+    for fam, e in gt.items():
+        imp = _valid(e)
+        if not imp: cells.append(f"{fam}: no valid implant"); verdicts.append(INCONCLUSIVE); continue
+        rec, rnd = np.array([i["recall_unitmem"] for i in imp]), float(np.mean([i["recall_random"] for i in imp]))
+        p = float(sps.combine_pvalues([max(recall_p(i), 1e-300) for i in imp], method="fisher").pvalue)
+        cells.append(f"{fam}: Recall@|S| {rec.mean():.2f} ± {rec.std(ddof=1) if len(rec) > 1 else 0:.2f} over {len(imp)} implants (random {rnd:.3f}), {_p(p)}")
+        verdicts.append(verdict(p, bool(rec.mean() > rnd), ALPHA))
+    return "; ".join(cells), _combine(verdicts)
+
+def implant_removal_claim(gt: dict | None) -> tuple[str, str] | None:
+    "Ground truth: the implants extracted after zeroing UnitMem's top-|S| units against zeroing as many random units; a sign test over the implants."
+    if not gt: return None
+    cells, verdicts = [], []
+    for fam, e in gt.items():
+        imp = _valid(e)
+        if not imp: cells.append(f"{fam}: no valid implant"); verdicts.append(INCONCLUSIVE); continue
+        m = lambda k: float(np.mean([i[k] for i in imp]))
+        um, rz = ([i[k] for i in imp] for k in ("implants_extracted_after_unitmem_0", "implants_extracted_after_zero_random"))
+        n, wins = sum(a != b for a, b in zip(um, rz)), sum(a < b for a, b in zip(um, rz))
+        p = float(sps.binomtest(wins, n, 0.5, alternative="greater").pvalue) if n else None
+        cells.append(f"{fam}: implants extracted {m('implants_extracted_before'):.2f} -> {m('implants_extracted_after_unitmem_0.5'):.2f} "
+                     f"(UnitMem's top |S| by 0.5), {m('implants_extracted_after_unitmem_0'):.2f} (by 0); zeroing S {m('implants_extracted_after_zero_S'):.2f}, "
+                     f"random |S| {m('implants_extracted_after_zero_random'):.2f}; " + (f"{wins} of {n} implants below random, {_p(p)}" if n else "no implant differs from random"))
+        ok = m("implants_extracted_after_unitmem_0") < m("implants_extracted_after_zero_random")
+        if m("implants_extracted_after_unitmem_0") >= m("implants_extracted_before"): verdicts.append(NOT_SUPPORTED)  # removes nothing
+        else: verdicts.append(verdict(p, ok, ALPHA, 2 ** n - 1))   # a sign test over n implants cannot go below 0.5 ** n
+    return "; ".join(cells), _combine(verdicts)
+
+def regime_claim(gt: dict | None) -> tuple[str, str] | None:
+    "Ground truth: the testbed's epochs, canary share of the training stream and membership AUC against `REGIME`."
+    if not gt: return None
+    cells, verdicts = [], []
+    for fam, e in gt.items():
+        ep, sh, auc = (e.get(k) for k in REGIME)
+        if None in (ep, sh, auc): cells.append(f"{fam}: not recorded"); verdicts.append(INCONCLUSIVE); continue
+        cells.append(f"{fam}: {ep:.0f} epochs, canaries {sh:.1%} of the stream, membership AUC {auc:.2f}")
+        ok = ep >= REGIME["epochs"] and sh <= REGIME["canary_stream_share"] and auc >= REGIME["membership_auc"]
+        verdicts.append(SUPPORTED if ok else NOT_SUPPORTED)
+    return "; ".join(cells), _combine(verdicts)
+
 @dataclass(frozen=True)
 class Claim:
     what: str      # the claim, in a few words
     paper: str     # what the paper reports
-    measure: Callable  # stage folders of one testbed -> (what was measured, verdict) or None
+    measure: Callable  # (stage folders of one testbed, its ground-truth results or None) -> (what was measured, verdict) or None
     stage: str     # the stage that tests it
 
 def claims() -> list[Claim]:
-    "A row per claim of the paper; the paper's intervention numbers come from `memloc.intervention.PAPER`, the only copy."
+    "A row per claim of the paper, then the ground truth's questions; the paper's intervention numbers come from `memloc.intervention.PAPER`, the only copy."
     from memloc.intervention import PAPER
     def paper_cut(family):
         r = PAPER[PAPER.family == family].iloc[0]
         red = 100 * (r.extracted_before - r.extracted_after) / r.extracted_before
         return r, f"{r.model}, top {r.p:g}%: {r.extracted_before} -> {r.extracted_after} extracted (-{red:.0f}%); FID {r.fid_before} -> {r.fid_after}"
     (vr, vtext), (rr, rtext) = paper_cut("var"), paper_cut("rar")
+    cut = lambda fam, p: (lambda d, g: intervention_claim(d, fam, p) or gt_intervention_claim(g, fam))
     return [
         Claim("VAR: memorization moves to deeper blocks as scales get finer", "deeper blocks at finer scales (no statistic given)",
-              var_depth_claim, "var_scales"),
-        Claim("RAR: memorization sits in the middle and late blocks", "concentrated in middle and late blocks", rar_late_claim, "rar_blocks"),
-        Claim(f"VAR: scaling the top {vr.p:g}% units by 0.5 cuts extraction, at a small FID cost", vtext,
-              lambda d: intervention_claim(d, "var", vr.p), "intervention"),
-        Claim(f"RAR: scaling the top {rr.p:g}% units by 0.5 cuts extraction, at an FID cost", rtext,
-              lambda d: intervention_claim(d, "rar", rr.p), "intervention"),
+              lambda d, g: var_depth_claim(d), "var_scales"),
+        Claim("RAR: memorization sits in the middle and late blocks", "concentrated in middle and late blocks",
+              lambda d, g: rar_late_claim(d), "rar_blocks"),
+        Claim(f"VAR: scaling the top {vr.p:g}% units by 0.5 cuts extraction, at a small FID cost", vtext, cut("var", vr.p), "intervention"),
+        Claim(f"RAR: scaling the top {rr.p:g}% units by 0.5 cuts extraction, at an FID cost", rtext, cut("rar", rr.p), "intervention"),
         Claim("A small subset (1% of the data) is enough to find the units", "assumed: UnitMem on 1% of ImageNet, no check reported",
-              subset_claim, "subset_robustness"),
+              lambda d, g: subset_claim(d), "subset_robustness"),
+        Claim("UnitMem finds implanted units (Recall@|S| against random |S|/units)", "assumed: no ground truth in the paper",
+              lambda d, g: implant_recall_claim(g), "ground_truth"),
+        Claim("Scaling UnitMem's top-|S| units removes the implants' extraction", "assumed: no ground truth in the paper",
+              lambda d, g: implant_removal_claim(g), "ground_truth"),
+        Claim("The testbed is in the released models' regime (membership AUC, canary share of the stream)",
+              "hundreds of epochs; duplicates a small share of the data", lambda d, g: regime_claim(g), "ground_truth"),
     ]
 
-def summary(figs: Path, full: Path | None, stages: list[str]) -> tuple[list[str], list[list[str]]]:
-    "The summary table: a row per claim; columns: paper, each testbed found under `figs`, full scale, verdict per testbed."
-    tbs = testbeds(figs, stages)
-    full_dirs = testbeds(full, stages).get(ROOT_TESTBED, {}) if full is not None else {}
-    header = ["claim", "paper"] + [f"miniature, {tb} testbed" for tb in tbs] + ["full scale", "verdict"]
+def ground_truth(tbs: dict) -> dict:
+    "Testbed -> family -> the ground-truth stage's results (`ground_truth/results.json`), or {} when it has not run."
+    d = next((dirs["ground_truth"] for dirs in tbs.values() if "ground_truth" in dirs), None)
+    return (read_json(d) or {}).get("testbeds", {})
+
+def summary(figs: Path, full: Path | None, stages: list[str], root: str = DEFAULT_TESTBED, runs: Path | None = None) -> tuple[list[str], list[list[str]]]:
+    "The summary table: a row per claim; columns: paper, each testbed found under `figs` or in the ground truth, full scale, verdict per testbed."
+    tbs = testbeds(figs, stages, root, runs)
+    gt = ground_truth(tbs)
+    cols = list(tbs) + [t for t in gt if t not in tbs]
+    full_dirs = testbeds(full, stages, "full").get("full", {}) if full is not None else {}
+    header = ["claim", "paper"] + [f"miniature, {tb} testbed" for tb in cols] + ["full scale", "verdict"]
     rows = []
     for c in claims():
-        got = {tb: c.measure(dirs) for tb, dirs in tbs.items()}
-        fs = c.measure(full_dirs) if full_dirs else None
+        got = {tb: c.measure(tbs.get(tb, {}), gt.get(tb)) for tb in cols}
+        fs = c.measure(full_dirs, None) if full_dirs else None
         verdicts = {k: v[1] for k, v in {**got, "full scale": fs}.items() if v}
         vals = list(dict.fromkeys(verdicts.values()))
-        verdict = vals[0] if len(vals) == 1 else "; ".join(f"{k}: {v}" for k, v in verdicts.items()) if vals else "not run"
-        rows.append([c.what, c.paper] + [g[0] if g else "not run" for g in got.values()] + [fs[0] if fs else "", f"**{verdict}**"])
+        verdict_ = vals[0] if len(vals) == 1 else "; ".join(f"{k}: {v}" for k, v in verdicts.items()) if vals else "not run"
+        rows.append([c.what, c.paper] + [g[0] if g else "not run" for g in got.values()] + [fs[0] if fs else "", f"**{verdict_}**"])
     return header, rows
 
 # %% ../nbs/21_report.ipynb #920c6e4f
 @dataclass(frozen=True)
 class Section:
     figure: str | None   # the key figure, in the stage folder
-    numbers: Callable    # stage folder -> (header, rows) of headline numbers, or None
+    numbers: Callable    # stage folder -> (header, rows) of headline numbers, a list of such tables, or None
     text: Callable       # stage folder -> one paragraph generated from the numbers
 
 def _testbed_numbers(d):
@@ -274,8 +395,8 @@ def _testbed_text(d):
 def _extraction_numbers(d):
     r = read_json(d)
     if not r: return None
-    g = lambda e, k: f"{e['groups'][k]['extracted']} of {e['groups'][k]['candidates']}"
-    return (["model", "prefix tokens", "canaries", "other members", "non-members", "similarity > threshold"],
+    g = lambda e, k: f"{e['groups'][k]['extracted']} of {e['groups'][k]['candidates']}" + (f" ({_share(e['extracted_share'][k])})" if k in e.get("extracted_share", {}) else "")
+    return (["model", "prefix tokens", "canaries [95% CI]", "other members", "non-members", "similarity > threshold"],
             [[m, e["prefix"], g(e, "canary"), g(e, "member"), g(e, "non_member"), f"{e['backend']} > {e['threshold']:.3f}"] for m, e in r.items()])
 
 def _extraction_text(d):
@@ -368,8 +489,9 @@ def _intervention_numbers(d):
         b, t, rm, rs, lo = (_units(g, k) for k in ("none (before)", "top UnitMem", "random mean", "random std", "lowest UnitMem"))
         rows.append([m, f"top {p:g}% ({int(t.n_units)} units)", _fmt(b.extracted), _fmt(t.extracted),
                      "" if rm is None else f"{_fmt(rm.extracted, 3)} ± {_fmt(rs.extracted, 2)}", "" if lo is None else _fmt(lo.extracted),
+                     _p(None if _p_row(g) is None else _p_row(g).p_vs_random),
                      f"{_fmt(b.fid, 3)} -> {_fmt(t.fid, 3)} ({int(t.n_samples)})", "yes" if cut_verdict(g) == SUPPORTED else "no"])
-    return (["model", "units scaled by 0.5", "extracted before", "top UnitMem", "random units (mean ± std)", "lowest UnitMem",
+    return (["model", "units scaled by 0.5", "extracted before", "top UnitMem", "random units (mean ± std)", "lowest UnitMem", "p vs random",
              "FID before -> after (samples)", "cut more than random units?"], rows)
 
 def _intervention_text(d):
@@ -383,8 +505,9 @@ def _intervention_text(d):
         best = top.sort_values(["extracted", "fid"]).groupby("model", sort=False).head(1)
         tail = " In the sweep, extraction falls furthest when " + "; ".join(
             f"{r.model} prunes the top {r.p:g}% at factor {r.factor:g} ({_fmt(r.extracted)} extracted, FID {_fmt(r.fid, 3)})" for r in best.itertuples()) + "."
+    rule = f"at p <= {ALPHA} against the random draws" if "p_vs_random" in h else "beyond one standard deviation of the random seeds"
     return (f"In {n} of {k} settings scaling the top-UnitMem units left fewer images extractable than as many random units "
-            "(beyond one standard deviation of three seeds); the paper reports no such control." + tail)
+            f"({rule}); the paper reports no such control." + tail)
 
 def _subset_numbers(d):
     c = read_csv(d, "consistency.csv")
@@ -418,6 +541,100 @@ def _generic_text(d):
     v = [f"{k}: {v}" for k, v in _scalars(r).items() if k.endswith(("verdict", "claim"))]
     return ("; ".join(v) + ".") if v else f"The stage's headline numbers, from `{d.name}/results.json`."
 
+_cap = lambda s: s[:1].upper() + s[1:]
+
+def _gt_numbers(d):
+    "Two tables: the testbeds side by side (a column per testbed and family), and the implants per testbed, family and rate (mean ± sd over seeds)."
+    r = read_json(d)
+    if not r or not r.get("testbeds"): return None
+    cols = [(tb, fam, e) for tb, fams in r["testbeds"].items() for fam, e in fams.items()]
+    iv = lambda e, k: e.get("intervention", {}).get(k)
+    rows = [("passes over the training stream", lambda e: _fmt(e.get("epochs"), 3)),
+            ("canaries' share of the stream", lambda e: _fmt(e.get("canary_stream_share"), 2)),
+            ("membership AUC", lambda e: _fmt(e.get("membership_auc"), 2)),
+            ("canaries extracted [95% CI]", lambda e: _share(e.get("canaries_extracted"))),
+            ("non-members extracted [95% CI]", lambda e: _share(e.get("non_members_extracted"))),
+            ("top units on a canary (canaries' share of the points)",
+             lambda e: f"{_fmt(e.get('top_units_argmax_canary_share'), 2)} ({_fmt(e.get('canary_point_share'), 2)})"),
+            ("canaries: before -> top units (random mean)",
+             lambda e: f"{iv(e, 'canaries_before')} -> {iv(e, 'canaries_after_top')} ({_fmt(iv(e, 'random_mean'), 3)})" if e.get("intervention") else ""),
+            ("p against random units", lambda e: _p(iv(e, "p_value")))]
+    side = (["quantity"] + [f"{tb}, {fam}" for tb, fam, _ in cols], [[name] + [f(e) for _, _, e in cols] for name, f in rows])
+    imp = pd.DataFrame([dict(testbed=tb, family=fam, **i) for tb, fam, e in cols for i in _valid(e)])
+    if imp.empty: return [side]
+    ms = lambda s: f"{s.mean():.2f} ± {s.std(ddof=1):.2f}" if len(s) > 1 else f"{s.mean():.2f}"
+    out = []
+    for (tb, fam, rate), g in imp.groupby(["testbed", "family", "rate"], sort=False):
+        out.append([tb, fam, _fmt(rate), len(g), ms(g.recall_unitmem), f"{g.recall_random.mean():.3f}", ms(g.argmax_implant_share_S),
+                    ms(g.implants_extracted_before), ms(g["implants_extracted_after_unitmem_0.5"]), ms(g.implants_extracted_after_unitmem_0),
+                    ms(g.implants_extracted_after_zero_S), ms(g.implants_extracted_after_zero_random)])
+    return [side, (["testbed", "family", "rate", "seeds", "Recall@|S|", "random", "argmax on an implant", "implants extracted",
+                    "UnitMem's top by 0.5", "by 0", "S zeroed", "random zeroed"], out)]
+
+def _gt_text(d):
+    r = read_json(d)["testbeds"]
+    parts = []
+    for tb, fams in r.items():
+        got = [(what, f(fams)) for what, f in (("UnitMem finds the implants", implant_recall_claim), ("its top units remove them", implant_removal_claim),
+                                              ("the testbed is in the released models' regime", regime_claim))]
+        parts.append(f"on the {tb} testbed: " + ", ".join(f"{w} ({v[1]})" for w, v in got if v))
+    auc = {tb: np.mean([e["membership_auc"] for e in fams.values() if e.get("membership_auc") is not None] or [np.nan]) for tb, fams in r.items()}
+    return ("Does the instrument find what is known? Implanted memorization has known units S (valid implants only), and each testbed's "
+            "canaries a known place in the data. " + _cap("; ".join(parts)) + ". Members' membership AUC, mean over the families: "
+            + ", ".join(f"{_fmt(a, 2)} ({tb})" for tb, a in auc.items()) + ".")
+
+def _loc_budgets(e: dict) -> dict:
+    "Testbed -> budget -> mitigation entry of a localization method (a flat budget -> entry is one unnamed testbed)."
+    m = e.get("mitigation") or {}
+    flat = m and all(isinstance(v, dict) and "targets_extracted_after" in v for v in m.values())
+    return {"": m} if flat else m
+
+def _loc_rows(r: dict) -> dict:
+    "Testbed -> [(method, uses targets, recall, entry at the largest budget, its verdict against random)], and the budget."
+    out, rnd = {}, _loc_budgets(r.get("random") or {})
+    for name, e in r.get("methods", {}).items():
+        for tb, by_p in _loc_budgets(e).items():
+            if not by_p: continue
+            p = max(by_p, key=float); x, rx = by_p[p], rnd.get(tb, {}).get(p, {})
+            n = r.get("random", {}).get("draws") or len(rx.get("per_draw", [])) or None
+            ok = None if "targets_extracted_after" not in rx or "targets_extracted_after" not in x else x["targets_extracted_after"] < rx["targets_extracted_after"]
+            out.setdefault(tb, []).append((name, e.get("uses_targets"), (e.get("recall_implants") or {}).get("mean"), p, x, rx,
+                                           verdict(x.get("p_value_vs_random"), ok, ALPHA, n)))
+    return out
+
+def _loc_numbers(d):
+    r = read_json(d)
+    if not r or not r.get("methods"): return None
+    rec_r = ((r.get("random") or {}).get("recall_implants") or {}).get("mean")
+    rows = []
+    for tb, items in _loc_rows(r).items():
+        for name, ut, rec, p, x, rx, v in items:
+            fid = "" if x.get("fid_after") is None else f"{_fmt(x.get('fid_before'), 3)} -> {_fmt(x['fid_after'], 3)}"
+            rows.append([tb, name, "yes" if ut else "no", _fmt(rec, 2), f"top {p}%", f"{_fmt(x.get('targets_extracted_before'))} -> {_fmt(x.get('targets_extracted_after'))}",
+                         _fmt(rx.get("targets_extracted_after"), 3), _p(x.get("p_value_vs_random")), fid, v])
+        if items: rows.append([tb, "random", "no", _fmt(rec_r, 2), "", "", "", "", "", ""])
+    return (["testbed", "method", "uses targets", "Recall@|S| on implants", "units scaled by 0.5", "targets extracted", "random units (mean)",
+             "p vs random", "FID", "beats random?"], rows)
+
+def _loc_text(d):
+    r = read_json(d)
+    parts = []
+    for tb, items in _loc_rows(r).items():
+        where = f" on the {tb} testbed" if tb else ""
+        wins = sorted((x.get("targets_extracted_after", 0), name) for name, _, _, _, x, _, v in items if v == SUPPORTED)
+        if wins: parts.append(f"{where}, {wins[0][1]} leaves the fewest targets extractable among the methods that beat random units "
+                              f"at the top {items[0][3]}% ({_fmt(wins[0][0])}; {len(wins)} of {len(items)} beat random)")
+        elif all(v == NOT_SUPPORTED for *_, v in items): parts.append(f"{where}, no method beats random units at the top {items[0][3]}%")
+        else: parts.append(f"{where}, no method is shown to beat random units at the top {items[0][3]}% (p-values missing or too few draws)")
+    rec = {n: (e.get("recall_implants") or {}).get("mean") for n, e in r["methods"].items()}
+    rec = {n: v for n, v in rec.items() if v is not None}
+    rr = ((r.get("random") or {}).get("recall_implants") or {}).get("mean")
+    best = max(rec, key=rec.get) if rec else None
+    tail = "" if best is None or rr is None else (f" On the implants, {best} has the highest Recall@|S| ({rec[best]:.2f}, random {rr:.2f})."
+                                                  if rec[best] > rr else f" On the implants, no method's Recall@|S| exceeds random ({rr:.2f}).")
+    return ("Which method finds the units to scale? Verdict per method: `verdict(p vs random, fewer targets than random units)`, "
+            f"alpha {ALPHA}. " + "; ".join(_cap(p.lstrip(", ")) for p in parts) + "." + tail)
+
 _d = lambda f: (lambda d, run: f(d))
 SECTIONS = {
     "testbed": Section("memorization.png", _d(_testbed_numbers), _d(_testbed_text)),
@@ -428,6 +645,8 @@ SECTIONS = {
     "rar_blocks": Section("rar_profile.png", _d(_rar_numbers), _d(_rar_text)),
     "intervention": Section("headline.png", _d(_intervention_numbers), _d(_intervention_text)),
     "subset_robustness": Section("consistency.png", _d(_subset_numbers), _d(_subset_text)),
+    "ground_truth": Section(None, _d(_gt_numbers), _d(_gt_text)),
+    "localization": Section(None, _d(_loc_numbers), _d(_loc_text)),
 }
 GENERIC = Section(None, _d(_generic_numbers), _d(_generic_text))  # stages without their own section: results.json's numbers
 
@@ -445,7 +664,7 @@ def report_stages(figs: Path, root: Path) -> list:
     from memloc.reproduce import Stage, available_stages
     stages = available_stages(root)
     known = {s.name for s in stages} | {"00_data"}
-    tbs = testbeds(figs, [s.name for s in stages])
+    tbs = testbeds(figs, [s.name for s in stages], DEFAULT_TESTBED)
     extra = [] if not figs.is_dir() else [d.name for d in sorted(figs.iterdir()) if d.is_dir() and d.name not in known
                                             and d.name not in tbs and (d / "results.json").is_file()]
     return stages + [Stage(n, "", n.replace("_", " ").capitalize()) for n in extra]
@@ -462,23 +681,31 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
          "stops extraction: the claims of Kasliwal et al. (arXiv 2509.00488) beside what the stage notebooks measured. "
          f"Every number below is read from the files the stages wrote under `{rel(figs)}/`; nothing is typed in.")
     pg.h(2, "Summary")
-    header, rows = summary(figs, full, [s.name for s in stages])
+    root_tb = root_testbed(settings)
+    header, rows = summary(figs, full, [s.name for s in stages], root_tb, runs)
     pg.table(header, rows)
     pg.p("Verdicts, per stage: a claim about *where* is supported when its 95% bootstrap interval lies on the claimed side of "
-         "chance, not supported when it lies on the other side, inconclusive when it straddles it; an intervention claim is supported "
-         "when the top units leave fewer images extractable than random units do (mean minus one standard deviation); the subset "
-         "claim is inconclusive when the largest subset's units themselves cut no more than random units.")
-    tbs = testbeds(figs, [s.name for s in stages])
+         f"chance, not supported when it lies on the other side, inconclusive when it straddles it. A claim against random units is "
+         f"supported when its empirical p-value is at most {ALPHA} and the effect goes the claimed way, inconclusive when the draws "
+         f"cannot reach {ALPHA} (results without a p-value: beyond one standard deviation of the random units); the subset claim is "
+         "inconclusive when the largest subset's units themselves do not beat random units. Ground truth: Recall@|S| against random "
+         "units by a hypergeometric tail per implant (Fisher's combination over the valid implants); the implants' removal by a sign "
+         "test of UnitMem's top-|S| units against as many random units, both zeroed; the regime is the released models' when "
+         f"passes >= {REGIME['epochs']}, canaries <= {REGIME['canary_stream_share']:.0%} of the stream and membership AUC >= "
+         f"{REGIME['membership_auc']}. The stage folders in `{rel(figs)}/` are the `{root_tb}` testbed unless their results name another.")
+    tbs = testbeds(figs, [s.name for s in stages], root_tb, runs)
     pg.h(2, "Runs")
     run_rows = []
+    homes_of = lambda s: {tb: dirs[s.name] for tb, dirs in tbs.items() if s.name in dirs} or ({root_tb: figs / s.name} if (figs / s.name).is_dir() else {})
+    shown = {s.name for s in stages if homes_of(s) or (s.notebook and (runs / s.notebook).is_file())}   # the stages with a section
     for s in stages:
         rec = run_record(runs / s.notebook) if s.notebook else None
-        run_rows.append([f"[{s.name}](#{_anchor(s.title)})", rec["start"] if rec else "", _fmt(rec["seconds"], 3) if rec else "",
+        run_rows.append([f"[{s.name}](#{_anchor(s.title)})" if s.name in shown else s.name, rec["start"] if rec else "", _fmt(rec["seconds"], 3) if rec else "",
                          f"[{rel(runs / s.notebook)}]({rel(runs / s.notebook)})" if rec else "no executed notebook"])
     pg.table(["stage", "last run", "seconds", "executed notebook"], run_rows)
     pg.p(f"Report written with {_machine(root)}. A stage that was not rerun keeps the results of the run named here.")
     for s in stages:
-        homes = {tb: dirs[s.name] for tb, dirs in tbs.items() if s.name in dirs} or ({ROOT_TESTBED: figs / s.name} if (figs / s.name).is_dir() else {})
+        homes = homes_of(s)
         run = runs / s.notebook if s.notebook else Path("/nonexistent")
         if not homes and not run.is_file(): continue
         sec = SECTIONS.get(s.name, GENERIC)
@@ -486,13 +713,13 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
         rec = run_record(run) if run.is_file() else None
         links = ([("notebook", f"nbs/{s.notebook}")] if s.notebook else []) + \
                 ([(f"executed run of {rec['start']}" if rec else "executed run", rel(run))] if run.is_file() else [])
-        for tb, d in (homes or {ROOT_TESTBED: figs / s.name}).items():
+        for tb, d in (homes or {root_tb: figs / s.name}).items():
             if len(homes) > 1: pg.h(3, f"{tb} testbed")
             files = [(f.name, rel(f)) for f in sorted(d.glob("*")) if f.suffix in (".json", ".csv")] if d.is_dir() else []
             pg.links(links + files)
             nums = sec.numbers(d, run)
             if nums is None: pg.p("No results saved yet."); continue
-            pg.table(*nums)
+            for t in (nums if isinstance(nums, list) else [nums]): pg.table(*t)
             if sec.figure and (d / sec.figure).is_file(): pg.img(s.title, rel(d / sec.figure))
             pg.p(sec.text(d, run))
             more = [f for f in sorted(d.glob("*.png")) if f.name != sec.figure] if d.is_dir() else []

@@ -5,9 +5,10 @@ import shutil
 import pytest
 
 from memloc import figures
-from memloc.config import load_settings, repo_root
+from memloc.config import Settings, load_settings, repo_root
 from memloc.report import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, build_site, check_site, report_page, summary,
                            var_depth_claim)
+from memloc.report import testbeds as find_testbeds   # not collected as a test
 
 MINI = repo_root() / "figures" / "mini"
 STAGES = ["extraction", "var_scales", "rar_blocks", "intervention", "subset_robustness"]
@@ -33,12 +34,87 @@ def test_verdicts_follow_the_saved_statistics(tmp_path):
 
 def test_a_second_testbed_gets_its_own_column(tmp_path):
     for s in STAGES: shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
-    shutil.copytree(tmp_path / "intervention", tmp_path / "long" / "intervention")
+    shutil.copytree(tmp_path / "intervention", tmp_path / "canary" / "intervention")
     header, rows = summary(tmp_path, None, STAGES)
-    assert header[2:4] == ["miniature, canary testbed", "miniature, long testbed"]
-    assert rows[0][3] == "not run" and rows[2][3] != "not run"   # the long testbed has only stage 4 here
+    assert header[2:4] == ["miniature, long testbed", "miniature, canary testbed"]   # the settings' testbed first
+    assert rows[0][3] == "not run" and rows[2][3] != "not run"   # the canary testbed has only stage 4 here
+    assert summary(tmp_path, None, STAGES, root="wide")[0][2] == "miniature, wide testbed"
 
 
+def test_a_stage_that_names_its_testbed_is_believed(tmp_path):
+    for s in ("extraction", "var_scales"): shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    r = json.loads((tmp_path / "var_scales" / "results.json").read_text())
+    (tmp_path / "var_scales" / "results.json").write_text(json.dumps(dict(r, testbed="canary")))
+    assert {tb: sorted(d) for tb, d in find_testbeds(tmp_path, ["extraction", "var_scales"]).items()} == {"long": ["extraction"], "canary": ["var_scales"]}
+
+
+def _implant(seed, rate, recall, after_unitmem, after_random):
+    return {"seed": seed, "rate": rate, "n_units": 16, "valid": True, "recall_unitmem": recall, "recall_random": 16 / 1024,
+            "argmax_implant_share_S": 0.5, "implants_extracted_before": 1.0, "implants_extracted_after_unitmem_0.5": 0.6,
+            "implants_extracted_after_unitmem_0": after_unitmem, "implants_extracted_after_zero_S": 0.0,
+            "implants_extracted_after_zero_random": after_random}
+
+
+def _testbed(epochs, share, auc, after_top, recall=0.5, after_unitmem=0.0):
+    share_ci = lambda s: {"share": s, "lo": max(0.0, s - 0.2), "hi": min(1.0, s + 0.2), "n": 8}
+    draws = [7, 8, 6, 7, 8, 7, 6, 8, 7, 7]
+    p = (1 + sum(d <= after_top for d in draws)) / (1 + len(draws))
+    return {"epochs": epochs, "canary_stream_share": share, "membership_auc": auc, "canaries_extracted_share": 0.9,
+            "non_members_extracted_share": 0.0, "canaries_extracted": share_ci(0.9), "non_members_extracted": share_ci(0.0),
+            "top_units_argmax_canary_share": 0.4, "canary_point_share": 0.1,
+            "intervention": {"p": 10.0, "factor": 0.5, "n_units": 50, "canaries_before": 8, "canaries_after_top": after_top,
+                             "canaries_after_random": draws, "random_mean": sum(draws) / len(draws), "p_value": p},
+            "implants": [_implant(s, r, recall, after_unitmem, 1.0) for s in range(3) for r in (0.5, 1.0)]}
+
+
+def _localization(after_unitmem, p_unitmem):
+    entry = lambda after, p: {"10": {"targets_extracted_before": 12, "targets_extracted_after": after, "p_value_vs_random": p,
+                                     "fid_before": 1.0, "fid_after": 1.2, "pruned": {}}}
+    rnd = {"10": {"targets_extracted_before": 12, "targets_extracted_after": 10.0, "per_draw": [10] * 10, "fid_before": 1.0, "fid_after": 1.1}}
+    return {"methods": {"unitmem": {"uses_targets": False, "recall_implants": {"mean": 0.4, "per_seed": [0.4]}, "mitigation": {"long": entry(after_unitmem, p_unitmem)}},
+                        "gradient": {"uses_targets": True, "recall_implants": {"mean": 0.2, "per_seed": [0.2]}, "mitigation": {"long": entry(11, 0.6)}}},
+            "random": {"uses_targets": False, "draws": 10, "recall_implants": {"mean": 0.02, "per_seed": [0.02]}, "mitigation": {"long": rnd}}}
+
+
+def _figures(tmp_path, gt, loc):
+    figs = tmp_path / "figs"
+    for s in STAGES: shutil.copytree(MINI / s, figs / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    for name, r in (("ground_truth", gt), ("localization", loc)):
+        (figs / name).mkdir(exist_ok=True); (figs / name / "results.json").write_text(json.dumps(r))
+    return figs
+
+
+def _page(figs):
+    s = load_settings("mini")
+    return report_page(Settings("mini", {**s, "figures_dir": str(figs), "runs_dir": str(figs.parent / "runs")})).markdown()
+
+
+def test_ground_truth_rows_and_sections_follow_the_numbers(tmp_path):
+    gt = {"testbeds": {"long": {"var": _testbed(350, 0.045, 0.8, after_top=2)},
+                       "canary": {"var": _testbed(40, 0.5, 0.55, after_top=7, recall=0.0, after_unitmem=1.0)}}}
+    figs = _figures(tmp_path, gt, _localization(3, 1 / 11))
+    header, rows = summary(figs, None, STAGES + ["ground_truth"])
+    assert header[2:4] == ["miniature, long testbed", "miniature, canary testbed"]
+    row = {r[0].split(" (")[0]: dict(zip(header, r)) for r in rows}
+    recall, regime = row["UnitMem finds implanted units"], row["The testbed is in the released models' regime"]
+    assert recall["verdict"] == "**long: supported; canary: not supported**" and "Recall@|S| 0.50" in recall["miniature, long testbed"]
+    assert regime["verdict"] == "**long: supported; canary: not supported**"
+    assert "removes the implants" in rows[6][0] and rows[6][-1] == "**long: supported; canary: not supported**"
+    var_cut = dict(zip(header, rows[2]))   # the canary column's intervention: the ground truth's canaries, 8 -> 7 (random 7.1)
+    assert "canaries, top 10% by 0.5: 8 -> 7" in var_cut["miniature, canary testbed"] and var_cut["verdict"] == "**not supported**"
+    md = _page(figs)
+    assert md.count("\n") < 250 and "```" not in md and "{" not in md.split("## Runs")[1]   # no raw JSON
+    assert "## Ground truth" in md and "| passes over the training stream | 350 | 40 |" in md and "0.90 [0.70, 1.00]" in md
+    assert "| long | var | 0.5 | 3 | 0.50 ± 0.00 | 0.016 |" in md
+    assert "Unitmem leaves the fewest targets" not in md and "unitmem leaves the fewest targets extractable" in md
+    assert "On the implants, unitmem has the highest Recall@|S| (0.40, random 0.02)" in md
+
+    gt["testbeds"]["canary"]["var"] = _testbed(400, 0.02, 0.9, after_top=2)   # the contrast now in the regime, and its cut beating random
+    figs = _figures(tmp_path / "b", gt, _localization(11, 0.6))
+    rows = summary(figs, None, STAGES + ["ground_truth"])[1]
+    assert rows[7][-1] == "**supported**" and rows[2][-1] == "**long: not supported; canary: supported**"
+    md = _page(figs)
+    assert "no method beats random units at the top 10%" in md
 def test_figures_redraw_from_the_saved_tables(tmp_path):
     written = []
     for s in figures.FIGURES:
@@ -64,3 +140,28 @@ def test_check_site_finds_broken_links(tmp_path):
     (tmp_path / "b.html").write_text('<h1 id="here">b</h1>')
     with pytest.raises(AssertionError, match="gone.png does not exist"):
         check_site(tmp_path)
+
+
+def test_stage_intervals_and_p_values_are_shown_and_judge(tmp_path):
+    import pandas as pd
+    from memloc.report import intervention_claim, subset_claim
+    for s in ("extraction", "intervention", "subset_robustness"): shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    r = json.loads((tmp_path / "extraction" / "results.json").read_text())
+    for e in r.values(): e["extracted_share"] = {g: {"share": 0.5, "lo": 0.25, "hi": 0.75, "n": 8} for g in e["groups"]}
+    (tmp_path / "extraction" / "results.json").write_text(json.dumps(r))
+    head, rows = report_page.__globals__["SECTIONS"]["extraction"].numbers(tmp_path / "extraction", None)
+    assert "(0.50 [0.25, 0.75])" in rows[0][2]
+    h = pd.read_csv(tmp_path / "intervention" / "headline.csv")
+    var_top = (h.model == "var") & (h.units == "top UnitMem")   # 15 -> 14 against random units' 14.7
+    for p, want in ((1 / 11, SUPPORTED), (0.5, NOT_SUPPORTED)):
+        h.assign(p_vs_random=[p if t else None for t in var_top], random_draws=[10 if t else None for t in var_top]).to_csv(tmp_path / "intervention" / "headline.csv", index=False)
+        cell, v = intervention_claim({"intervention": tmp_path / "intervention"}, "var", 10.0)
+        assert v == want and f"p {p:.2g}" in cell
+    m = pd.read_csv(tmp_path / "subset_robustness" / "mitigation.csv")
+    m.loc[m.units.astype(str) == "1", "extracted"] = 2   # the largest subset's units now cut far more than random units
+    ten = pd.concat([m] + [m[m.units.str.startswith("random")].assign(units=lambda d, k=k: d.units + f"-{k}") for k in range(4)])
+    for m, p_largest, want in ((m, 1 / 11, INCONCLUSIVE), (ten, 0.5, INCONCLUSIVE), (ten, 1 / 11, SUPPORTED)):   # 2 draws cannot decide; 10 can
+        m.assign(p_vs_random=[None if str(u).startswith(("none", "random")) else (p_largest if u == "1" else 1 / 11) for u in m.units.astype(str)]
+                 ).to_csv(tmp_path / "subset_robustness" / "mitigation.csv", index=False)
+        cell, v = subset_claim({"subset_robustness": tmp_path / "subset_robustness"})
+        assert "p 0.091" in cell and v == want
