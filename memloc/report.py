@@ -264,7 +264,7 @@ def subset_claim(dirs: dict) -> tuple[str, str] | None:
     return "; ".join(cells), _combine(verdicts)
 
 # %% ../nbs/21_report.ipynb #6cb3eb83
-REGIME = dict(epochs=100, canary_stream_share=0.05, membership_auc=0.6)  # METHOD.md's regime: >= 100 passes, canaries <= 5% of the stream, members measurably memorized (AUC)
+REGIME = dict(epochs=100, canary_stream_share=0.05, membership_auc=0.75)  # the long testbed's acceptance (nbs/03_testbed): >= 100 passes, canaries <= 5% of the stream, membership AUC >= 0.75
 
 def _valid(e: dict) -> list[dict]:
     return [i for i in e.get("implants", []) if i.get("valid")]
