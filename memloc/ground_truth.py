@@ -105,7 +105,9 @@ def implant_checks(imp, n_views: int = 4, seed: int = 0, per_class: int = 10) ->
     flat = torch.argsort(-scores.flatten(), stable=True)[:len(imp.units)]   # UnitMem's top-|S| units
     top = torch.stack([flat // h, flat % h], 1)
     ids = set(imp.implant_ids.tolist())
-    out = {"seed": imp.seed, "rate": imp.rate, "n_units": len(imp.units), "valid": rec["valid"]["all"],
+    v = rec["valid"]
+    out = {"seed": imp.seed, "rate": imp.rate, "n_units": len(imp.units), "valid": v["all"],
+           "localized": bool(v["extracted"] and v["zero_S_removes"] and v["zero_random_keeps"]),   # the memory is known to sit in S
            "recall_unitmem": recall_at(scores, imp.units), "recall_random": len(imp.units) / (nb * h),
            "argmax_implant_share_S": float(np.mean([int(am[b, u]) in ids for b, u in imp.units.tolist()])),
            "implants_extracted_before": ext()}
