@@ -354,7 +354,9 @@ def implant_recall(implants,                   # implants: .seed, .rate, .model,
                    evidence_of: Callable,      # implant -> Evidence (the implant images as targets)
                    methods: dict,              # {name: options} of the methods to score
                    random_draws: int = 10,
-                   ks=None) -> pd.DataFrame:   # also Recall@k at these k
+                   ks=None,                    # also Recall@k at these k
+                   scores: dict | None = None, # filled with {(seed, rate, method): unit scores} of the methods, for reuse
+                  ) -> pd.DataFrame:
     "Recall@|S| (and Recall@k) of every method and random draw on every implant: one row per (implant, method, draw)."
     rows = []
     for imp in implants:
@@ -362,6 +364,7 @@ def implant_recall(implants,                   # implants: .seed, .rate, .model,
         runs = [(n, None, o) for n, o in methods.items()] + [("random", d, dict(seed=d)) for d in range(random_draws)]
         for name, draw, opts in runs:
             s = localize(name, imp.model, ev, **opts)
+            if scores is not None and draw is None: scores[(int(imp.seed), float(imp.rate), name)] = s
             r = dict(seed=int(imp.seed), rate=float(imp.rate), n_units=len(S), method=name, draw=draw, recall=recall_at_k(s, S))
             if ks is not None: r["curve"] = recall_curve(s, S, ks)
             rows.append(r)

@@ -267,7 +267,8 @@ def subset_claim(dirs: dict) -> tuple[str, str] | None:
 REGIME = dict(epochs=100, canary_stream_share=0.05, membership_auc=0.75)  # the long testbed's acceptance (nbs/03_testbed): >= 100 passes, canaries <= 5% of the stream, membership AUC >= 0.75
 
 def _valid(e: dict) -> list[dict]:
-    return [i for i in e.get("implants", []) if i.get("valid")]
+    "The implants whose memory is known to sit in S (`localized`: extracted, removed by zeroing S, kept by zeroing random units); older results: the valid ones."
+    return [i for i in e.get("implants", []) if i.get("localized", i.get("valid"))]
 
 def recall_p(i: dict) -> float:
     "One implant's p-value: the chance that |S| units drawn at random overlap S at least as much as UnitMem's top |S| (hypergeometric tail)."
@@ -275,12 +276,12 @@ def recall_p(i: dict) -> float:
     return float(sps.hypergeom.sf(k - 1, n, s, s))
 
 def implant_recall_claim(gt: dict | None) -> tuple[str, str] | None:
-    "Ground truth: Recall@|S| of UnitMem on the valid implants against random |S|/units; Fisher's combination of their p-values."
+    "Ground truth: Recall@|S| of UnitMem on the implants whose memory sits in S against random |S|/units; Fisher's combination of their p-values."
     if not gt: return None
     cells, verdicts = [], []
     for fam, e in gt.items():
         imp = _valid(e)
-        if not imp: cells.append(f"{fam}: no valid implant"); verdicts.append(INCONCLUSIVE); continue
+        if not imp: cells.append(f"{fam}: no implant whose memory sits in S"); verdicts.append(INCONCLUSIVE); continue
         rec, rnd = np.array([i["recall_unitmem"] for i in imp]), float(np.mean([i["recall_random"] for i in imp]))
         p = float(sps.combine_pvalues([max(recall_p(i), 1e-300) for i in imp], method="fisher").pvalue)
         cells.append(f"{fam}: Recall@|S| {rec.mean():.2f} ± {rec.std(ddof=1) if len(rec) > 1 else 0:.2f} over {len(imp)} implants (random {rnd:.3f}), {_p(p)}")
@@ -293,7 +294,7 @@ def implant_removal_claim(gt: dict | None) -> tuple[str, str] | None:
     cells, verdicts = [], []
     for fam, e in gt.items():
         imp = _valid(e)
-        if not imp: cells.append(f"{fam}: no valid implant"); verdicts.append(INCONCLUSIVE); continue
+        if not imp: cells.append(f"{fam}: no implant whose memory sits in S"); verdicts.append(INCONCLUSIVE); continue
         m = lambda k: float(np.mean([i[k] for i in imp]))
         um, rz = ([i[k] for i in imp] for k in ("implants_extracted_after_unitmem_0", "implants_extracted_after_zero_random"))
         n, wins = sum(a != b for a, b in zip(um, rz)), sum(a < b for a, b in zip(um, rz))
@@ -390,7 +391,10 @@ def _testbed_text(d):
     t = read_csv(d, "memorization.csv").set_index(["family", "group"])
     parts = [f"{f}: {t.token_acc[f, 'canary']:.2f} on the canaries against {t.token_acc[f, 'non_member']:.2f} on held-out digits"
              for f in dict.fromkeys(t.index.get_level_values(0))]
-    return "Teacher-forced greedy token accuracy, " + "; ".join(parts) + ". The planted copies are memorized; the other members barely more than unseen digits."
+    gap = min(t.token_acc[f, "member"] - t.token_acc[f, "non_member"] for f in dict.fromkeys(t.index.get_level_values(0)))
+    members = ("the other members are memorized too (their accuracy is at least "
+               f"{gap:.2f} above the held-out digits')" if gap > 0.2 else "the other members barely more than unseen digits")
+    return "Teacher-forced greedy token accuracy, " + "; ".join(parts) + f". The planted copies are memorized; {members}."
 
 def _extraction_numbers(d):
     r = read_json(d)
@@ -404,7 +408,8 @@ def _extraction_text(d):
     parts = [f"{m} {e['groups']['canary']['extracted']} of {e['groups']['canary']['candidates']} canaries and "
              f"{e['groups']['non_member']['extracted']} of {e['groups']['non_member']['candidates']} non-members at prefix {e['prefix']}" for m, e in r.items()]
     return ("At the headline prefix the attack extracts " + "; ".join(parts) +
-            ". The threshold is calibrated so that no non-member is accepted; longer prefixes give the model more of the answer (figure).")
+            ". The threshold is calibrated on held-out non-members (the largest similarity of a non-member's reconstruction to "
+            "its nearest other image); longer prefixes give the model more of the answer (figure).")
 
 def _quality_numbers(d):
     q = read_json(d, "quality.json")
@@ -579,7 +584,7 @@ def _gt_text(d):
                                               ("the testbed is in the released models' regime", regime_claim))]
         parts.append(f"on the {tb} testbed: " + ", ".join(f"{w} ({v[1]})" for w, v in got if v))
     auc = {tb: np.mean([e["membership_auc"] for e in fams.values() if e.get("membership_auc") is not None] or [np.nan]) for tb, fams in r.items()}
-    return ("Does the instrument find what is known? Implanted memorization has known units S (valid implants only), and each testbed's "
+    return ("Does the instrument find what is known? Implanted memorization has known units S (those whose memory is shown to sit in S), and each testbed's "
             "canaries a known place in the data. " + _cap("; ".join(parts)) + ". Members' membership AUC, mean over the families: "
             + ", ".join(f"{_fmt(a, 2)} ({tb})" for tb, a in auc.items()) + ".")
 
@@ -587,7 +592,7 @@ def _loc_budgets(e: dict) -> dict:
     "Testbed -> budget -> mitigation entry of a localization method (a flat budget -> entry is one unnamed testbed)."
     m = e.get("mitigation") or {}
     flat = m and all(isinstance(v, dict) and "targets_extracted_after" in v for v in m.values())
-    return {"": m} if flat else m
+    return {"": m} if flat else {tb: v for tb, v in m.items() if isinstance(v, dict)}   # (lists: per-implant records)
 
 def _loc_rows(r: dict) -> dict:
     "Testbed -> [(method, uses targets, recall, entry at the largest budget, its verdict against random)], and the budget."
@@ -689,7 +694,7 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
          f"supported when its empirical p-value is at most {ALPHA} and the effect goes the claimed way, inconclusive when the draws "
          f"cannot reach {ALPHA} (results without a p-value: beyond one standard deviation of the random units); the subset claim is "
          "inconclusive when the largest subset's units themselves do not beat random units. Ground truth: Recall@|S| against random "
-         "units by a hypergeometric tail per implant (Fisher's combination over the valid implants); the implants' removal by a sign "
+         "units by a hypergeometric tail per implant (Fisher's combination over the implants whose memory sits in S: extracted, removed by zeroing S, kept by zeroing as many random units); the implants' removal by a sign "
          "test of UnitMem's top-|S| units against as many random units, both zeroed; the regime is the released models' when "
          f"passes >= {REGIME['epochs']}, canaries <= {REGIME['canary_stream_share']:.0%} of the stream and membership AUC >= "
          f"{REGIME['membership_auc']}. The stage folders in `{rel(figs)}/` are the `{root_tb}` testbed unless their results name another.")
