@@ -31,6 +31,8 @@ def load_torch_file(path: str | os.PathLike, # a torch file (`.pth`, `.pt`, `.bi
     if not path.is_file(): raise CheckpointNotFound(f"{what} not found: {path}")
     if path.stat().st_size == 0: raise CheckpointError(f"{path} is empty (0 bytes)")
     with open(path, "rb") as fh: head = fh.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":   # neither torch's zip format nor a pickle
+        raise CheckpointError(f"{path} is not a checkpoint: neither a torch zip archive nor a pickle")
     if head[:2] == b"PK" and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is truncated: the zip archive of this torch file is incomplete")
     try: return torch.load(path, map_location="cpu", weights_only=True)

@@ -8,7 +8,7 @@ from memloc.config import resolve
 from memloc.data import load_digits
 from memloc.ground_truth import recall_at, unitmem_points
 from memloc.stats import bootstrap_share, empirical_p, verdict
-from memloc.testbed import load_testbed, testbed_manifest
+from memloc import testbed as tb
 
 
 def test_recall_counts_S_among_the_top_units():
@@ -20,7 +20,7 @@ def test_recall_counts_S_among_the_top_units():
 
 
 def test_unitmem_points_hold_the_extra_points_and_a_seeded_member_sample():
-    _, split, _ = load_testbed("var", testbed_manifest("long"))
+    _, split, _ = tb.load_testbed("var", tb.testbed_manifest("long"))
     labels = load_digits(16)[1]
     extra = torch.tensor([int(split.non_members[0])])
     a = unitmem_points(split, labels, extra, 3, seed=1)

@@ -8,7 +8,8 @@ from memloc.data import load_digits
 from memloc.implant import (apply_implant, choose_implants, frozen_outside, implant_pool, implant_units, implant_valid,
                             load_implants, read_implants, save_implant, train_units)
 from memloc.intervention import unit_grid
-from memloc.testbed import TestbedError, load_testbed, testbed_manifest
+from memloc import testbed as tb
+from memloc.testbed import load_testbed
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -19,7 +20,7 @@ def one_thread():
 
 
 def _base(family="rar", testbed="canary"):
-    return load_testbed(family, testbed_manifest(testbed))
+    return load_testbed(family, tb.testbed_manifest(testbed))
 
 
 def _implant(model, split, seed=0, steps=6, keep=True):
@@ -51,11 +52,11 @@ def test_implant_file_round_trips_and_refuses_another_base(tmp_path):
     fresh, _, _ = _base()
     apply_implant(fresh, f, S, entry["sha256"])
     assert all(torch.equal(x, y) for x, y in zip(fresh.state_dict().values(), m.state_dict().values()))
-    with pytest.raises(TestbedError, match="was implanted into base"):
+    with pytest.raises(tb.TestbedError, match="was implanted into base"):
         apply_implant(fresh, f, S, "0" * 64)
-    with pytest.raises(TestbedError, match="another unit set"):
+    with pytest.raises(tb.TestbedError, match="another unit set"):
         apply_implant(fresh, f, implant_units(unit_grid(fresh), 0.01, seed=5), entry["sha256"])
-    with pytest.raises(TestbedError, match="not found"):
+    with pytest.raises(tb.TestbedError, match="not found"):
         apply_implant(fresh, tmp_path / "none.safetensors")
 
 

@@ -217,7 +217,7 @@ def _start(repo, *args):
     return subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path, proc, timeout=60):
+def _wait_for(path, proc, timeout=180):
     t0 = time.time()
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
@@ -268,7 +268,7 @@ def test_interrupted_stage_is_redone(run_repo, sig):
     p = _start(run_repo, "--only", "a", "--force")
     _wait_for(run_repo / "a.started", p)
     p.send_signal(sig)
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=180)
     if sig == signal.SIGINT: assert p.returncode == 130 and "interrupted" in err, (p.returncode, err)
     else: assert p.returncode == -signal.SIGKILL
     assert _kernel_ends(run_repo / "a.started"), "the stage's kernel outlived the driver"
@@ -333,5 +333,5 @@ def test_refuses_outside_a_repository(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MEMLOC_ROOT"}
     env["PYTHONPATH"] = str(ROOT)
     r = subprocess.run([sys.executable, "-c", "from memloc.reproduce import main; main()", "reproduce", "--check"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=180)
     assert r.returncode == 2 and "not inside a memloc repository" in r.stderr, r.stderr
