@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     a = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops a run as Ctrl-C does: the last good outputs stay
+    signal.signal(signal.SIGINT, _interrupt)    # also where a background shell started the run with SIGINT ignored
     try:
         reproduce(a.profile, a.only, a.start, a.force, a.check, not a.no_progress, stages=stages)
     except (SettingsError, UsageError, FileNotFoundError) as e:
