@@ -638,9 +638,11 @@ def plot_pareto(bench_by_model: dict):
             ax.plot(*zip(*pareto_front(pts)), color=COLORS.get(name), label=name, zorder=2)
         r0 = _at(next(iter(b["mitigation"].values())), 0.0, 1.0)
         if r0["fid"] is not None: ax.scatter([r0["fid"]], [r0["targets_extracted"]], marker="*", s=140, color="k", zorder=4, label="unmodified")
-        ax.set(title=m, xlabel="FID", ylabel=f"targets extracted (of {r0['targets_extracted']})")
+        ax.set(title=m, xlabel="FID (lower is better)", ylabel=f"targets extracted (of {r0['targets_extracted']})")
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=6)
+    fig.suptitle("Each method's top units scaled (by 0.5 and 0, 0.5-10% of units): targets still extracted against FID; "
+                 "lower left is better", fontsize=9)
     fig.tight_layout()
     return fig
 
