@@ -5,8 +5,6 @@
 # %% ../nbs/16_ground_truth.ipynb #cde7e447
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
