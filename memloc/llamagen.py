@@ -22,8 +22,8 @@ from .rar import RARModel, _autocast, sample_next
 __all__ = ['VQConfig', 'swish', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Level', 'Encoder', 'Decoder',
            'VectorQuantizer', 'VQModel', 'find_multiple', 'GPTConfig', 'precompute_freqs_cis_2d', 'apply_rotary_emb',
            'RMSNorm', 'Attention', 'FeedForward', 'TransformerBlock', 'LabelEmbedder', 'LlamaGen', 'guided_at',
-           'llamagen_generate', 'llamagen_tokenizer_loss', 'read_released', 'load_llamagen', 'llamagen_config',
-           'LlamaGenModel', 'build_model']
+           'llamagen_generate', 'tokenizer_loss', 'read_released', 'load_llamagen', 'llamagen_config', 'LlamaGenModel',
+           'build_model', 'mini_config', 'train_options']
 
 # %% ../nbs/02a_llamagen.ipynb #1ba193a0
 @dataclass
@@ -357,7 +357,7 @@ def llamagen_generate(model: LlamaGen, labels_B, cfg_scale=1.0, cfg_interval=-1,
     return ids, *((torch.stack(x, 1) if x else None) for x in (raw, used))
 
 # %% ../nbs/02a_llamagen.ipynb #f20022bd
-def llamagen_tokenizer_loss(tok: VQModel, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
+def tokenizer_loss(tok: VQModel, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
     "LlamaGen's VQ training loss without the GAN and perceptual terms: MSE reconstruction (in [-1,1]) + codebook + beta * commitment."
     x = img_B3HW * 2 - 1
     h = tok.latent(x)
@@ -365,7 +365,7 @@ def llamagen_tokenizer_loss(tok: VQModel, img_B3HW: torch.Tensor, beta: float = 
     z = F.normalize(h.permute(0, 2, 3, 1).reshape(-1, C), dim=-1)
     _, idx = tok.quantize(h.detach()); idx = idx.reshape(-1)
     if codes is not None: codes.append((z.detach(), idx))
-    zq = tok.quantize.codebook()[idx]
+    zq = F.normalize(tok.quantize.embedding.weight.clone(), p=2, dim=-1)[idx]   # a copy: dead-code revival edits the rows in place
     vq = F.mse_loss(zq, z.detach()) + beta * F.mse_loss(z, zq.detach())
     rec = tok.decode((z + (zq - z).detach()).view(B, H, W, C).permute(0, 3, 1, 2))
     return F.mse_loss(rec, x) + vq
@@ -529,3 +529,12 @@ def build_model(config: dict | str = "mini", device=None) -> LlamaGenModel:
     if config.get("family", "llamagen") != "llamagen": raise ValueError(f"not a LlamaGen config: family={config.get('family')!r}")
     model = LlamaGenModel(config).eval()
     return model if device is None else model.to(device)
+
+# %% ../nbs/02a_llamagen.ipynb #0c88825f
+def mini_config() -> dict:
+    "The miniature's configuration: the `mini` preset."
+    return llamagen_config("mini")
+
+def train_options(step: int, ts) -> dict:
+    "The generator loss's keywords at training step `step` of settings `ts`: class dropout only (raster order throughout)."
+    return {"cond_drop_prob": ts.cond_drop_rate}

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['VQGANConfig', 'ResBlock', 'VQGANEncoder', 'VQGANDecoder', 'VectorQuantizer', 'MaskGITVQGAN', 'RARConfig', 'modulate',
            'Attention', 'Mlp', 'Block', 'FinalAdaLN', 'RAR', 'random_ratio_at', 'raster_orders', 'sample_orders',
-           'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config', 'RARModel', 'build_model', 'load_rar']
+           'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config', 'RARModel', 'build_model', 'load_rar',
+           'mini_config', 'tokenizer_loss', 'train_options']
 
 # %% ../nbs/02_rar.ipynb #536cdd8f
 @dataclass
@@ -463,3 +464,28 @@ def load_rar(generator_path, tokenizer_path, config: dict | str = "rar_b", devic
     load_strict(model.generator, read_state_dict(generator_path), "rar", str(generator_path))
     load_strict(model.tokenizer, read_state_dict(tokenizer_path), "maskgit", str(tokenizer_path))
     return model.to(device or "cpu").eval()
+
+# %% ../nbs/02_rar.ipynb #dea3f0fe
+from .family import nearest_code
+
+def mini_config() -> dict:
+    "The miniature's configuration: the `mini` preset."
+    return rar_config("mini")
+
+def tokenizer_loss(tok, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
+    "MaskGIT VQGAN training loss without the GAN: MSE reconstruction (in [0,1]) + codebook + beta * commitment."
+    z = tok.encoder(img_B3HW)
+    B, C, h, w = z.shape
+    emb = tok.quantize.embedding
+    z_NC = z.detach().permute(0, 2, 3, 1).reshape(-1, C)
+    idx = nearest_code(z_NC, emb.weight.detach())
+    if codes is not None: codes.append((z_NC, idx))
+    zq = emb(idx).view(B, h, w, C).permute(0, 3, 1, 2)
+    vq = F.mse_loss(zq, z.detach()) + beta * F.mse_loss(z, zq.detach())
+    rec = tok.decoder(z + (zq - z).detach())
+    return F.mse_loss(rec, img_B3HW) + vq
+
+def train_options(step: int, ts) -> dict:
+    "The generator loss's keywords at training step `step` of settings `ts` (a `memloc.testbed.TrainSettings`)."
+    return {"cond_drop_prob": ts.cond_drop_rate,
+            "random_ratio": random_ratio_at(step, ts.anneal[0] * ts.gen_steps, ts.anneal[1] * ts.gen_steps)}

@@ -26,10 +26,10 @@ from .data import Augment, MiniSplit, load_digits, make_split
 
 # %% auto #0
 __all__ = ['GROUPS', 'REGIMES', 'lr_at', 'fit', 'point_metrics', 'group_indices', 'memorization_table', 'TestbedError',
-           'sha256_file', 'family_module', 'default_manifest_path', 'read_manifest', 'save_testbed', 'load_testbed',
-           'var_tokenizer_loss', 'rar_tokenizer_loss', 'revive_codes', 'TrainingViews', 'tokenize_views',
-           'TrainSettings', 'tokenize_all', 'train_family', 'membership_auc', 'stream_record', 'build_testbed',
-           'testbed_manifest', 'regime_split', 'regime_settings', 'mini_config', 'train_testbed']
+           'sha256_file', 'default_manifest_path', 'read_manifest', 'save_testbed', 'load_testbed', 'revive_codes',
+           'TrainingViews', 'tokenize_views', 'TrainSettings', 'tokenize_all', 'train_family', 'membership_auc',
+           'stream_record', 'build_testbed', 'testbed_manifest', 'regime_split', 'regime_settings', 'mini_config',
+           'train_testbed']
 
 # %% ../nbs/03_testbed.ipynb #e853ef7a
 def lr_at(step: int,             # 0-based step
@@ -170,14 +170,6 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
-def family_module(family: str):
-    "The model module of a family: `memloc.var`, `memloc.rar` or `memloc.llamagen`."
-    if family == "var": import memloc.var as m
-    elif family == "rar": import memloc.rar as m
-    elif family == "llamagen": import memloc.llamagen as m
-    else: raise ValueError(f"unknown model family {family!r}; expected 'var', 'rar' or 'llamagen'")
-    return m
-
 def default_manifest_path() -> Path:
     "The manifest of the mini profile's testbed (settings.ini [mini] testbed)."
     return testbed_manifest(load_settings("mini").str("testbed"))
@@ -228,47 +220,8 @@ def load_testbed(family: str,               # "var" or "rar"
     return model, MiniSplit.from_dict(entry["split"]), entry
 
 # %% ../nbs/03_testbed.ipynb #3538bf70
-def _nearest_code(z_NC: torch.Tensor, emb_VC: torch.Tensor) -> torch.Tensor:
-    "Index of the nearest codebook row (squared Euclidean distance) for every row of `z_NC`."
-    d_NV = z_NC.pow(2).sum(1, keepdim=True) + emb_VC.pow(2).sum(1) - 2 * z_NC @ emb_VC.T
-    return d_NV.argmin(1)
+from .family import family_module
 
-def var_tokenizer_loss(vae, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
-    "VAR multi-scale VQ-VAE training loss: MSE reconstruction (in [-1,1]) + mean over scales of codebook + beta * commitment."
-    q = vae.quantize
-    x = img_B3HW * 2 - 1
-    f_BChw = vae.quant_conv(vae.encoder(x))
-    B, C, H, W = f_BChw.shape
-    f_nograd = f_BChw.detach()
-    f_hat = torch.zeros_like(f_nograd); f_rest = f_nograd.clone()
-    pns = q.patch_nums; SN = len(pns); vq = 0.0
-    for si, pn in enumerate(pns):
-        last = si == SN - 1
-        r = f_rest if last else F.interpolate(f_rest, size=(pn, pn), mode="area")
-        r_NC = r.permute(0, 2, 3, 1).reshape(-1, C)
-        idx = _nearest_code(r_NC, q.embedding.weight.detach())
-        if codes is not None: codes.append((r_NC, idx))
-        h = q.embedding(idx).view(B, pn, pn, C).permute(0, 3, 1, 2)
-        if not last: h = F.interpolate(h, size=(H, W), mode="bicubic")
-        h = q.phi(si)(h.contiguous())
-        f_hat = f_hat + h; f_rest = f_rest - h.detach()
-        vq = vq + F.mse_loss(f_hat, f_nograd) + beta * F.mse_loss(f_hat.detach(), f_BChw)
-    f_st = f_BChw + (f_hat - f_BChw).detach()           # straight-through
-    rec = vae.decoder(vae.post_quant_conv(f_st))
-    return F.mse_loss(rec, x) + vq / SN
-
-def rar_tokenizer_loss(tok, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
-    "MaskGIT VQGAN training loss without the GAN: MSE reconstruction (in [0,1]) + codebook + beta * commitment."
-    z = tok.encoder(img_B3HW)
-    B, C, h, w = z.shape
-    emb = tok.quantize.embedding
-    z_NC = z.detach().permute(0, 2, 3, 1).reshape(-1, C)
-    idx = _nearest_code(z_NC, emb.weight.detach())
-    if codes is not None: codes.append((z_NC, idx))
-    zq = emb(idx).view(B, h, w, C).permute(0, 3, 1, 2)
-    vq = F.mse_loss(zq, z.detach()) + beta * F.mse_loss(z, zq.detach())
-    rec = tok.decoder(z + (zq - z).detach())
-    return F.mse_loss(rec, img_B3HW) + vq
 
 # %% ../nbs/03_testbed.ipynb #6ddceb48
 @torch.no_grad()
@@ -324,7 +277,7 @@ def tokenize_all(model, images: torch.Tensor, batch_size: int = 256) -> torch.Te
     model.eval()
     return torch.cat([model.tokenize(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
-def train_family(family: str,             # "var" or "rar"
+def train_family(family: str,             # a name in memloc.family.FAMILIES
                  config: dict,            # the family's build_model configuration
                  images: torch.Tensor,    # all digits [N,3,H,W] in [0,1]
                  labels: torch.Tensor,    # their labels [N]
@@ -340,7 +293,7 @@ def train_family(family: str,             # "var" or "rar"
     model = mod.build_model(config)
     train_idx = split.train_indices()
     views = TrainingViews(images, ts)
-    tok_loss = var_tokenizer_loss if family == "var" else rar_tokenizer_loss
+    tok_loss = mod.tokenizer_loss
     tok = model.tokenizer
     emb = tok.quantize.embedding
     def tok_step(step, gen):
@@ -362,10 +315,7 @@ def train_family(family: str,             # "var" or "rar"
     gen_mod = model.generator
     def gen_step(step, gen):
         b = train_idx[torch.randint(0, len(train_idx), (ts.batch_size,), generator=gen)]
-        opts = ({"cond_drop_rate": ts.cond_drop_rate} if family == "var" else
-                {"cond_drop_prob": ts.cond_drop_rate,
-                 "random_ratio": mod.random_ratio_at(step, ts.anneal[0] * ts.gen_steps, ts.anneal[1] * ts.gen_steps)})
-        return model.loss(views.pick(tokens_NVL, b, gen), labels[b], **opts)
+        return model.loss(views.pick(tokens_NVL, b, gen), labels[b], **mod.train_options(step, ts))
     stop2 = None if stop_after is None else stop_after - ts.tok_steps
     r_gen = fit(gen_mod, gen_step, ts.gen_steps, ts.gen_lr, ts.seed + 1, sd / f"{family}_generator.pt" if sd else None,
                 ts.save_every, stop2, threads=ts.threads, desc=f"{family} generator", progress=progress)
@@ -446,11 +396,8 @@ def regime_settings(regime: str, family: str, split: MiniSplit, train_seed: int 
 
 # %% ../nbs/03_testbed.ipynb #718ea920
 def mini_config(family: str) -> dict:
-    "The miniature's architecture for a family (the VQ-VAE without self-attention, to fit the CPU budget)."
-    if family == "var":
-        import memloc.var as m; c = m.preset_config("mini"); c["vqvae"].update(using_sa=False, using_mid_sa=False)
-        return c
-    return family_module(family).rar_config("mini")
+    "The miniature's architecture for a family (its module's `mini_config()`)."
+    return family_module(family).mini_config()
 
 def train_testbed(regime: str,          # "long" or "canary"
                   family: str,          # "var" or "rar"

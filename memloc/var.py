@@ -21,7 +21,7 @@ __all__ = ['RELEASED_VQVAE', 'VQVAEConfig', 'VARConfig', 'var_preset', 'Normaliz
            'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks', 'phi_index', 'PhiPartiallyShared',
            'VectorQuantizer2', 'VQVAE', 'FFN', 'SelfAttention', 'drop_path', 'AdaLNSelfAttn', 'AdaLNBeforeHead', 'VAR',
            'sample_tokens', 'var_generate', 'VARModel', 'build_model', 'load_pretrained', 'preset_config',
-           'fixtures_dir', 'load_fixture']
+           'fixtures_dir', 'load_fixture', 'mini_config', 'tokenizer_loss', 'train_options']
 
 # %% ../nbs/01_var.ipynb #a7e60f9b
 @dataclass
@@ -622,3 +622,39 @@ def load_fixture(name: str = "var_tiny"):
     load_strict(model.tokenizer, {k[6:]: v for k, v in sd.items() if k.startswith("vqvae.")}, "vqvae", f"{name}:vqvae")
     load_strict(model.generator, {k[4:]: v for k, v in sd.items() if k.startswith("var.")}, "var", f"{name}:var")
     return model.eval(), {k: v for k, v in sd.items() if not k.startswith(("vqvae.", "var."))}, meta
+
+# %% ../nbs/01_var.ipynb #7aabeec0
+from .family import nearest_code
+
+def mini_config() -> dict:
+    "The miniature's configuration: the `mini` preset without the VQ-VAE's self-attention."
+    c = preset_config("mini"); c["vqvae"].update(using_sa=False, using_mid_sa=False)
+    return c
+
+def tokenizer_loss(vae, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
+    "VAR multi-scale VQ-VAE training loss: MSE reconstruction (in [-1,1]) + mean over scales of codebook + beta * commitment."
+    q = vae.quantize
+    x = img_B3HW * 2 - 1
+    f_BChw = vae.quant_conv(vae.encoder(x))
+    B, C, H, W = f_BChw.shape
+    f_nograd = f_BChw.detach()
+    f_hat = torch.zeros_like(f_nograd); f_rest = f_nograd.clone()
+    pns = q.patch_nums; SN = len(pns); vq = 0.0
+    for si, pn in enumerate(pns):
+        last = si == SN - 1
+        r = f_rest if last else F.interpolate(f_rest, size=(pn, pn), mode="area")
+        r_NC = r.permute(0, 2, 3, 1).reshape(-1, C)
+        idx = nearest_code(r_NC, q.embedding.weight.detach())
+        if codes is not None: codes.append((r_NC, idx))
+        h = q.embedding(idx).view(B, pn, pn, C).permute(0, 3, 1, 2)
+        if not last: h = F.interpolate(h, size=(H, W), mode="bicubic")
+        h = q.phi(si)(h.contiguous())
+        f_hat = f_hat + h; f_rest = f_rest - h.detach()
+        vq = vq + F.mse_loss(f_hat, f_nograd) + beta * F.mse_loss(f_hat.detach(), f_BChw)
+    f_st = f_BChw + (f_hat - f_BChw).detach()           # straight-through
+    rec = vae.decoder(vae.post_quant_conv(f_st))
+    return F.mse_loss(rec, x) + vq / SN
+
+def train_options(step: int, ts) -> dict:
+    "The generator loss's keywords at training step `step` of settings `ts` (a `memloc.testbed.TrainSettings`)."
+    return {"cond_drop_rate": ts.cond_drop_rate}

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from memloc.checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
 from memloc.llamagen import (GPTConfig, LlamaGen, LlamaGenModel, VQConfig, VQModel, build_model, guided_at, llamagen_config,
-                             llamagen_generate, llamagen_tokenizer_loss, load_llamagen, precompute_freqs_cis_2d, read_released)
+                             llamagen_generate, tokenizer_loss, load_llamagen, precompute_freqs_cis_2d, read_released)
 
 torch.set_num_threads(1)
 FX = Path(os.environ.get("MEMLOC_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"))
@@ -319,7 +319,7 @@ def test_training_steps_lower_the_losses():
     tok = torch.randint(0, m.vocab_size, (8, m.seq_len), generator=torch.Generator().manual_seed(0))
     img = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     for params, fn in ((m.generator.parameters(), lambda: m.loss(tok, torch.arange(8) % 10)),
-                       (m.tokenizer.parameters(), lambda: llamagen_tokenizer_loss(m.tokenizer, img, codes=[]))):
+                       (m.tokenizer.parameters(), lambda: tokenizer_loss(m.tokenizer, img, codes=[]))):
         opt, hist = torch.optim.AdamW(params, lr=3e-3), []
         for _ in range(8):
             loss = fn(); opt.zero_grad(); loss.backward(); opt.step(); hist.append(loss.item())
