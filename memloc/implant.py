@@ -236,7 +236,7 @@ def _share(n: int, d: int) -> float: return n / d if d else 0.0
 def build_implant(family: str, testbed: str, rate: float, seed: int, s: ImplantSettings = ImplantSettings(),
                   fid_base: float | None = None, progress: bool = False) -> dict:
     "Implant, check and save one seed; returns its record (also valid when the checks fail: `valid` says)."
-    from memloc.extraction import headline_prefix_of, tokenize_all
+    from memloc.extraction import tokenize_all
     from memloc.quality import sample_and_score
     old = torch.get_num_threads(); torch.set_num_threads(s.threads)
     try:
@@ -245,7 +245,7 @@ def build_implant(family: str, testbed: str, rate: float, seed: int, s: ImplantS
         grid = unit_grid(model)
         S, ids = implant_units(grid, rate, seed), choose_implants(split, s.n_implants, seed)
         sim = calibrated_similarity(model, images, split, exclude=ids, seed=seed)
-        prefix = headline_prefix_of(model)
+        prefix = model.headline_prefix()
         ext = lambda: extracted_ids(model, images, labels, ids, sim, prefix)
         reference = images[split.members]
         fid = lambda: sample_and_score(model, s.fid_samples, reference, "mini", seed, metrics=("fid",))["fid"]

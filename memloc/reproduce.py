@@ -27,10 +27,10 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
                      read_json, repo_root)
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'CHECKPOINTS', 'Stage', 'UsageError', 'available_stages',
+__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
-           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'check_manifest',
-           'check_profile', 'reproduce', 'main']
+           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'checkpoint_settings',
+           'check_manifest', 'check_profile', 'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -294,11 +294,14 @@ def relativize(path: Path, root: Path):
     if new != text: path.write_text(new)
 
 # %% ../nbs/20_reproduce.ipynb #ba610c60
-CHECKPOINTS = {  # setting -> (family, preset, part) that --check compares the file with
-    "var_vae_path": ("var", "d16", "tokenizer"), "var_d16_path": ("var", "d16", "generator"),
-    "var_d30_path": ("var", "d30", "generator"), "rar_tokenizer_path": ("rar", "rar_b", "tokenizer"),
-    "rar_b_path": ("rar", "rar_b", "generator"), "rar_xxl_path": ("rar", "rar_xxl", "generator"),
-}
+def checkpoint_settings() -> dict:
+    "setting -> (family, preset, part) that --check compares the file with: both files of every released model (a shared tokenizer: its first model's preset)."
+    from memloc.family import released_models
+    out = {}
+    for r in released_models().values():
+        out.setdefault(r.tokenizer_key, (r.family, r.preset, "tokenizer"))
+        out.setdefault(r.generator_key, (r.family, r.preset, "generator"))
+    return out
 
 def check_manifest(path: Path) -> tuple[list[str], list[str]]:
     "(what was checked, problems) of a testbed manifest: valid JSON, and each entry's file present, of its family and of its sha256."
@@ -346,7 +349,7 @@ def check_profile(settings: Settings, stages: list[Stage] | None = None, root: P
             mp = root / REGIMES[tb]["out_dir"] / "manifest.json"
             if mp.is_file(): ok, bad = check_manifest(mp); checked += ok; problems += bad
             elif tb == settings["testbed"]: problems.append(f"{settings.where('testbed')} = {tb}: its manifest {mp} does not exist")
-    for key, (family, preset, part) in CHECKPOINTS.items():
+    for key, (family, preset, part) in checkpoint_settings().items():
         if not settings.get(key, "").strip() or not settings.path(key).is_file(): continue   # a missing file is named above
         from memloc.study import check_checkpoint
         try: checked.append(f"{key}: {check_checkpoint(settings.path(key), family, preset, part)}")
