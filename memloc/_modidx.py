@@ -613,6 +613,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'memloc.reproduce._interrupt': ('reproduce.html#_interrupt', 'memloc/reproduce.py'),
                                   'memloc.reproduce._module_names': ('reproduce.html#_module_names', 'memloc/reproduce.py'),
                                   'memloc.reproduce._partial': ('reproduce.html#_partial', 'memloc/reproduce.py'),
+                                  'memloc.reproduce._python': ('reproduce.html#_python', 'memloc/reproduce.py'),
                                   'memloc.reproduce._rel': ('reproduce.html#_rel', 'memloc/reproduce.py'),
                                   'memloc.reproduce._sha': ('reproduce.html#_sha', 'memloc/reproduce.py'),
                                   'memloc.reproduce._state_path': ('reproduce.html#_state_path', 'memloc/reproduce.py'),

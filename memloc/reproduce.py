@@ -119,11 +119,29 @@ def _sha(*chunks: bytes) -> str:
     for c in chunks: h.update(hashlib.sha256(c).digest())
     return h.hexdigest()
 
+def _python(cell: str) -> str:
+    "A code cell as Python: IPython magics and shell lines become `pass` (a cell magic's body, e.g. under `%%time`, is kept)."
+    return "\n".join(l[:len(l) - len(l.lstrip())] + "pass" if l.lstrip().startswith(("%", "!")) else l for l in cell.splitlines())
+
 def _module_names(source: str, every: set[str]) -> set[str]:
-    "Names of the `memloc` modules that Python or notebook source names (`memloc.x`, `from memloc import x`, `from .x import`); a dynamic `memloc.{...}` names `every` one."
-    out = set(re.findall(r"\bmemloc\.(\w+)", source)) | set(re.findall(r"from\s+\.(\w+)\s+import", source))
-    for grp in re.findall(r"from\s+(?:memloc|\.)\s+import\s+\(?([\w\s,]+)\)?", source): out |= {n.strip() for n in grp.split(",") if n.strip()}
-    if re.search(r"memloc\.\{", source): out |= every
+    "Names of the `memloc` modules that Python source imports (`import memloc.x`, `from memloc import x`, `from .x import`), uses (`memloc.x.f`) or names in a string (a registry's `\"memloc.x\"`); an f-string `memloc.{...}` names `every` one."
+    try: tree = ast.parse(_python(source))
+    except SyntaxError:   # not Python: every `memloc.x` it mentions
+        return set(re.findall(r"\bmemloc\.(\w+)", source)) | (every if "memloc.{" in source else set())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import): out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("memloc.")}
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 0 and mod == "memloc" or node.level == 1 and not mod: out |= {a.name for a in node.names}
+            elif node.level == 0 and mod.startswith("memloc."): out.add(mod.split(".")[1])
+            elif node.level == 1: out.add(mod.split(".")[0])
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "memloc": out.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str): out |= set(re.findall(r"\bmemloc\.(\w+)", node.value))
+        elif isinstance(node, ast.JoinedStr):
+            parts = node.values
+            if any(isinstance(a, ast.Constant) and str(a.value).endswith("memloc.") and isinstance(b, ast.FormattedValue)
+                   for a, b in zip(parts, parts[1:])): out |= every
     return out
 
 def stage_modules(stage: Stage, root: Path | None = None) -> list[Path]:
@@ -131,7 +149,7 @@ def stage_modules(stage: Stage, root: Path | None = None) -> list[Path]:
     root = root or repo_root()
     nb = json.loads((root / "nbs" / stage.notebook).read_text())
     every = {p.stem for p in (root / "memloc").glob("*.py") if not p.stem.startswith("_") and p.stem != "reproduce"}
-    todo = _module_names("\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"), every)
+    todo = set().union(*(_module_names("".join(c["source"]), every) for c in nb["cells"] if c["cell_type"] == "code"))
     seen: set[str] = set()
     while todo:
         m = todo.pop()

@@ -79,6 +79,17 @@ def test_parameters_and_staleness(fake_repo):
     assert stage_key(st, params, s, fake_repo) != k2
 
 
+def test_module_names_parse_imports():
+    from memloc.reproduce import _module_names
+    every = {"a", "b", "c", "d", "e", "f"}
+    src = ("%matplotlib inline\n!ls\nimport memloc.a\nfrom memloc import b, c as cc\nfrom memloc.d import x\n"
+           "if True:\n    from .e import y\nREG = {'k': 'memloc.f'}\n# memloc.zzz is only a comment\n")
+    assert _module_names(src, every) == {"a", "b", "c", "d", "e", "f"}
+    assert _module_names("name = 'x'\nimportlib.import_module(f'memloc.{name}')", every) == every   # dynamic: all of them
+    assert _module_names("x = 1  # see memloc.a", every) == set()
+    assert _module_names("%%time\nimport memloc.a", every) == {"a"}                                 # under a cell magic
+
+
 def test_stage_modules_follow_imports():
     mods = {p.stem for p in stage_modules(STAGES[0], ROOT)}   # the testbed: its models, data and config
     assert {"config", "data", "var", "rar", "checkpoints"} <= mods and "robustness" not in mods and "_modidx" not in mods
