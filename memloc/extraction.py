@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .family import device_of
+
 # %% auto #0
 __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUPS', 'GROUP_COLORS', 'LookupModel', 'tokenize_all',
            'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix', 'Similarity',
@@ -25,11 +27,6 @@ __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUP
            'attack_set', 'load_attack', 'score_dataset']
 
 # %% ../nbs/04_extraction.ipynb #c7bbcba0
-def _device(model: nn.Module) -> torch.device:
-    "The device of the model's first parameter or buffer (CPU for a model with neither)."
-    for t in (*model.parameters(), *model.buffers()): return t.device
-    return torch.device("cpu")
-
 class LookupModel(nn.Module):
     "A toy adapter (family `toy`) that has memorized `images_N3HW` under `labels_N`, and nothing else."
     family = "toy"
@@ -87,7 +84,7 @@ class LookupModel(nn.Module):
 @torch.no_grad()
 def tokenize_all(model, images_N3HW, batch_size: int = 64) -> torch.Tensor:
     "The true tokens [N, L] of `images_N3HW` (float in [0,1]), computed in batches on the model's device."
-    dev = _device(model)
+    dev = device_of(model)
     return torch.cat([model.tokenize(images_N3HW[i:i + batch_size].to(dev)).cpu()
                       for i in range(0, len(images_N3HW), batch_size)])
 
@@ -101,7 +98,7 @@ def candidate_scores(model,                # a family adapter
     if len(images_N3HW) != len(labels_N): raise ValueError(f"{len(images_N3HW)} images but {len(labels_N)} labels")
     b, e = model.score_range()
     tok_NL = tokenize_all(model, images_N3HW, batch_size) if tokens_NL is None else tokens_NL
-    dev, out = _device(model), []
+    dev, out = device_of(model), []
     for i in range(0, len(tok_NL), batch_size):
         t_BL, y_B = tok_NL[i:i + batch_size].to(dev), labels_N[i:i + batch_size].to(dev)
         pred_Bl = model.logits(t_BL, y_B)[:, b:e].argmax(-1)
@@ -137,7 +134,7 @@ def greedy_from_prefix(model,                # a family adapter
     if not 0 <= prefix < model.seq_len: raise ValueError(f"prefix {prefix} is outside [0, {model.seq_len})")
     key_NK = torch.cat([labels_N[:, None].long(), tokens_NL[:, :prefix]], 1)
     uniq_UK, inv_N = torch.unique(key_NK, dim=0, return_inverse=True)
-    dev, out = _device(model), []
+    dev, out = device_of(model), []
     for i in range(0, len(uniq_UK), batch_size):
         k_BK = uniq_UK[i:i + batch_size].to(dev)
         y_B, pre_BL = k_BK[:, 0], F.pad(k_BK[:, 1:], (0, model.seq_len - prefix))
@@ -290,7 +287,7 @@ def extract(model,                      # a family adapter
     if not (len(labels_N) == len(indices) == len(groups) == N): raise ValueError("images, labels, indices and groups differ in length")
     prefixes = [prefix] if isinstance(prefix, int) else list(prefix)
     tok_NL = tokenize_all(model, images_N3HW, batch_size) if tokens_NL is None else tokens_NL
-    dev = _device(model)
+    dev = device_of(model)
     decode = lambda t_NL: torch.cat([model.decode(t_NL[i:i + batch_size].to(dev)).cpu() for i in range(0, len(t_NL), batch_size)])
     recon_N3HW = decode(tok_NL)
     ref_ND = backend.embed_all(recon_N3HW, batch_size)

@@ -11,7 +11,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 
 # %% auto #0
-__all__ = ['FAMILIES', 'family_module', 'ReleasedModel', 'released_models', 'model_family', 'FamilyAdapter', 'nearest_code']
+__all__ = ['FAMILIES', 'family_module', 'ReleasedModel', 'released_models', 'model_family', 'FamilyAdapter', 'device_of',
+           'nearest_code']
 
 # %% ../nbs/00_family.ipynb #99120877
 FAMILIES = {            # family name -> the module that holds its model, adapter and training hooks
@@ -69,6 +70,11 @@ class FamilyAdapter(Protocol):
     def headline_prefix(self) -> int: ...             # the prefix length of the attack's headline counts
 
 # %% ../nbs/00_family.ipynb #78c6a81e
+def device_of(model: torch.nn.Module) -> torch.device:
+    "The device a model runs on: that of its first parameter or buffer (CPU for a model with neither)."
+    for t in (*model.parameters(), *model.buffers()): return t.device
+    return torch.device("cpu")
+
 def nearest_code(z_NC: torch.Tensor, emb_VC: torch.Tensor) -> torch.Tensor:
     "Index of the nearest codebook row (squared Euclidean distance) for every row of `z_NC`."
     d_NV = z_NC.pow(2).sum(1, keepdim=True) + emb_VC.pow(2).sum(1) - 2 * z_NC @ emb_VC.T
