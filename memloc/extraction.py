@@ -24,7 +24,7 @@ __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUP
            'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix', 'Similarity',
            'register_backend', 'make_backend', 'pixel_ncc', 'digits_cnn', 'sscd_torchscript', 'sscd_onnx',
            'calibrate_threshold', 'extract', 'summarize', 'run_attack', 'results_entry', 'save_results', 'plot_grid',
-           'attack_set', 'load_attack', 'score_dataset']
+           'attack_set', 'Calibration', 'calibrate_attack', 'load_attack', 'score_dataset']
 
 # %% ../nbs/04_extraction.ipynb #c7bbcba0
 class LookupModel(nn.Module):
@@ -372,6 +372,30 @@ def attack_set(split, n_members: int | None = None, seed: int = 0):
     idx = torch.cat([split.canaries, others, split.non_members])
     groups = ["canary"] * len(split.canaries) + ["member"] * len(others) + ["non_member"] * len(split.non_members)
     return idx, groups
+
+@dataclass
+class Calibration:
+    "The attack's pool on the miniature and its calibrated similarity."
+    backend: Similarity        # with its threshold set
+    indices: torch.Tensor      # [n] the pool's point ids (`attack_set`)
+    groups: list               # their groups
+    tokens_NL: torch.Tensor    # their true tokens
+    nearest: torch.Tensor      # [non-members] each non-member's nearest-other similarity
+
+def calibrate_attack(model, images_N3HW, split, backend: str = "pixel-ncc", n_members: int | None = 100, seed: int = 0,
+                     quantile: float = 1.0, batch_size: int = 64, exclude=None) -> Calibration:
+    "The threshold of `backend` at `quantile` of the non-members' nearest-other similarity among the reconstructions of `attack_set(split, n_members, seed)` (less the ids `exclude`)."
+    idx, grp = attack_set(split, n_members, seed)
+    if exclude is not None:
+        keep = ~torch.isin(idx, torch.as_tensor(exclude, dtype=torch.long))
+        idx, grp = idx[keep], [g for g, k in zip(grp, keep.tolist()) if k]
+    tok = tokenize_all(model, images_N3HW[idx], batch_size)
+    recon = torch.cat([model.decode(tok[i:i + batch_size]).cpu() for i in range(0, len(tok), batch_size)])
+    nm = torch.tensor([g == "non_member" for g in grp])
+    sim = make_backend(backend)
+    thr, nearest = calibrate_threshold(sim, recon[nm], recon, same_NM=idx[nm][:, None] == idx[None], quantile=quantile)
+    sim = sim.with_threshold(thr, f"quantile {quantile} of {int(nm.sum())} non-members' nearest-other similarity among {len(idx)} reconstructions")
+    return Calibration(sim, idx, grp, tok, nearest)
 
 # %% ../nbs/04_extraction.ipynb #818e9428
 def load_attack(name: str, profile: str = "mini") -> dict:

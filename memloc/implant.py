@@ -190,16 +190,8 @@ def apply_implant(model, path, units=None, base_sha256: str | None = None):
 def calibrated_similarity(model, images, split: MiniSplit, exclude=None, backend: str = "pixel-ncc",
                           calib_members: int = 100, quantile: float = 1.0, seed: int = 0, batch_size: int = 64):
     "The attack's similarity with its threshold calibrated on the non-members (less `exclude`) as the extraction stage does."
-    from memloc.extraction import attack_set, calibrate_threshold, make_backend, tokenize_all
-    pool, grp = attack_set(split, calib_members, seed)
-    keep = ~torch.isin(pool, torch.as_tensor(exclude if exclude is not None else [], dtype=torch.long))
-    pool, grp = pool[keep], [g for g, k in zip(grp, keep.tolist()) if k]
-    tok = tokenize_all(model, images[pool], batch_size)
-    recon = torch.cat([model.decode(tok[i:i + batch_size]).cpu() for i in range(0, len(tok), batch_size)])
-    nm = torch.tensor([g == "non_member" for g in grp])
-    sim = make_backend(backend)
-    thr, _ = calibrate_threshold(sim, recon[nm], recon, same_NM=pool[nm][:, None] == pool[None], quantile=quantile)
-    return sim.with_threshold(thr, f"quantile {quantile} of {int(nm.sum())} non-members' nearest-other similarity")
+    from memloc.extraction import calibrate_attack
+    return calibrate_attack(model, images, split, backend, calib_members, seed, quantile, batch_size, exclude).backend
 
 @torch.no_grad()
 def extracted_ids(model, images, labels, ids, sim, prefix: int) -> list[int]:
