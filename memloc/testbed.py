@@ -390,6 +390,8 @@ def regime_split(regime: str, labels, data_seed: int = 0, canary_seed: int = 0) 
 def regime_settings(regime: str, family: str, split: MiniSplit, train_seed: int = 0, **kw) -> TrainSettings:
     "A regime's training settings for one family (`epochs` are passes over the training stream)."
     r = REGIMES[regime]
+    if "gen_steps" in r and family not in r["gen_steps"]:
+        raise ValueError(f"the {regime!r} regime sets generator steps per family and names none for {family!r}: add it to REGIMES[{regime!r}]['gen_steps']")
     steps = r["gen_steps"][family] if "gen_steps" in r else math.ceil(r["epochs"] * len(split.train_indices()) / r["batch_size"])
     return TrainSettings(tok_steps=r["tok_steps"], gen_steps=steps, batch_size=r["batch_size"],
                          train_views=r["train_views"], seed=train_seed, **kw)
