@@ -30,7 +30,7 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
 __all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
            'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'checkpoint_settings',
-           'check_manifest', 'check_profile', 'reproduce', 'main']
+           'check_manifest', 'unread_settings', 'check_profile', 'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -345,6 +345,16 @@ def check_manifest(path: Path) -> tuple[list[str], list[str]]:
         else: checked.append(f"{fam}: {f.name} sha256 matches {path.name}")
     return checked, problems
 
+def unread_settings(settings: Settings, stages: list[Stage] | None = None, root: Path | None = None) -> list[str]:
+    "The keys of `settings` that no stage takes as a parameter and no stage notebook or `memloc` module names in quotes: set, but read by nothing."
+    import papermill as pm
+    root = root or repo_root()
+    stages = available_stages(root) if stages is None else stages
+    declared = set().union(*(pm.inspect_notebook(str(root / "nbs" / s.notebook)) for s in stages))
+    text = "\n".join([*(p.read_text() for p in sorted((root / "memloc").glob("*.py"))),
+                      *((root / "nbs" / s.notebook).read_text() for s in stages)])
+    return [k for k in settings if k not in declared and not re.search(rf"""["']{re.escape(k)}\\?["']""", text)]
+
 def check_profile(settings: Settings, stages: list[Stage] | None = None, root: Path | None = None) -> list[str]:
     "Validate everything a run of `stages` can know before it starts; returns what was checked, or raises one `SettingsError` listing every problem."
     root = root or repo_root()
@@ -386,6 +396,7 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
     available = available_stages(root, stages)
     chosen = select_stages(available, only, start)
     checked = check_profile(settings, chosen, root)           # everything a run can know, before any stage starts
+    for k in unread_settings(settings, available, root): print(f"warning: {settings.where(k)} is read by no stage or module")
     if check:
         for line in checked: print("ok", line)
         return {}
