@@ -59,7 +59,8 @@ class FamilyAdapter(Protocol):
     def tokenize(self, img_B3HW: torch.Tensor) -> torch.Tensor: ...          # images -> tokens [B, L]
     def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor: ...           # tokens -> images in [0, 1]
     def logits(self, tokens_BL: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor: ...   # teacher-forced [B, L, V]
-    def loss(self, tokens_BL: torch.Tensor, labels_B: torch.Tensor, **options) -> torch.Tensor: ...
+    def loss(self, tokens_BL: torch.Tensor, labels_B: torch.Tensor, cond_drop_prob: float = ..., random_ratio: float = ...,
+             generator=None) -> torch.Tensor: ...        # training cross-entropy (a scalar); defaults are the family's
     def generate(self, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 0.0, greedy: bool = False, generator=None) -> torch.Tensor: ...
     def mlp_blocks(self) -> list: ...                 # per block: (fc1-like linear, the unit's module, fc2-like linear)

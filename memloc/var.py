@@ -523,11 +523,12 @@ class VARModel(nn.Module):
         self._check(tokens_BL, labels_B)
         return self.generator(labels_B, self.var_input(tokens_BL), cond_drop_rate=0.0)
 
-    def loss(self, tokens_BL, labels_B, cond_drop_rate: float | None = None, generator=None, **_):
-        "Cross-entropy over all L positions, with class dropout (default: the config's rate)."
+    def loss(self, tokens_BL, labels_B, cond_drop_prob: float | None = None, random_ratio: float = 0.0, generator=None):
+        "Cross-entropy over all L positions, labels dropped to the null class with `cond_drop_prob` (default: the config's rate)."
+        if random_ratio != 0: raise ValueError(f"VAR predicts scales in order: random_ratio must be 0, got {random_ratio}")
         self._check(tokens_BL, labels_B)
         with torch.no_grad(): x = self.var_input(tokens_BL)
-        p = self.generator.cfg.cond_drop_rate if cond_drop_rate is None else cond_drop_rate
+        p = self.generator.cfg.cond_drop_rate if cond_drop_prob is None else cond_drop_prob
         lg = self.generator(labels_B, x, cond_drop_rate=p, generator=generator)
         return F.cross_entropy(lg.reshape(-1, self.vocab_size), tokens_BL.reshape(-1))
 
@@ -670,4 +671,4 @@ def tokenizer_loss(vae, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list 
 
 def train_options(step: int, ts) -> dict:
     "The generator loss's keywords at training step `step` of settings `ts` (a `memloc.testbed.TrainSettings`)."
-    return {"cond_drop_rate": ts.cond_drop_rate}
+    return {"cond_drop_prob": ts.cond_drop_rate}

@@ -163,7 +163,7 @@ def test_mini_preset_generic_sizes():
         assert torch.equal(ids, ids2) and lg.shape == (2, m.seq_len, m.vocab_size)
         # guidance ramp: first scale unguided, so its logits equal the teacher-forced ones
         assert torch.allclose(lg[:, :1], m.logits(ids, lab)[:, :1], atol=ATOL)
-    loss = m.loss(t, lab, cond_drop_rate=0.5, generator=torch.Generator().manual_seed(0))
+    loss = m.loss(t, lab, cond_drop_prob=0.5, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert loss.ndim == 0 and m.generator.blocks[0].ffn.fc1.weight.grad is not None
 
