@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['FAMILIES', 'CheckpointError', 'CheckpointNotFound', 'load_torch_file', 'read_state_dict', 'checkpoint_family',
+__all__ = ['CHECKPOINT_KINDS', 'CheckpointError', 'CheckpointNotFound', 'load_torch_file', 'read_state_dict', 'checkpoint_family',
            'load_strict']
 
 # %% ../nbs/00_checkpoints.ipynb #3e1725bb
@@ -72,12 +72,13 @@ def read_state_dict(path: str | os.PathLike,   # a `.safetensors` file or a torc
     return sd
 
 # %% ../nbs/00_checkpoints.ipynb #f8ea1e3f
-FAMILIES = {"var": "VAR generator", "vqvae": "VAR tokenizer (VQVAE)",
-            "rar": "RAR generator", "maskgit": "RAR tokenizer (MaskGIT VQGAN)",
-            "llamagen": "LlamaGen generator (GPT)", "llamagen_vq": "LlamaGen tokenizer (VQ)"}
+CHECKPOINT_KINDS = {  # the checkpoint kinds `checkpoint_family` recognizes -> how errors name them
+    "var": "VAR generator", "vqvae": "VAR tokenizer (VQVAE)",
+    "rar": "RAR generator", "maskgit": "RAR tokenizer (MaskGIT VQGAN)",
+    "llamagen": "LlamaGen generator (GPT)", "llamagen_vq": "LlamaGen tokenizer (VQ)"}
 
 def checkpoint_family(sd: dict) -> str:
-    "'var', 'vqvae', 'rar', 'maskgit', 'llamagen', 'llamagen_vq' (see `FAMILIES`) or 'unknown', from the key names."
+    "'var', 'vqvae', 'rar', 'maskgit', 'llamagen', 'llamagen_vq' (see `CHECKPOINT_KINDS`) or 'unknown', from the key names."
     ks = set(sd)
     if {"class_emb.weight", "word_embed.weight", "lvl_embed.weight"} & ks: return "var"
     if any(k.startswith(("tok_embeddings.", "cls_embedding.")) for k in ks): return "llamagen"
@@ -89,21 +90,22 @@ def checkpoint_family(sd: dict) -> str:
 
 def load_strict(module: nn.Module,        # the model part to fill
                 sd: dict,                 # its state dict, e.g. from `read_state_dict`
-                family: str,              # what `sd` must be: a key of `FAMILIES`
+                family: str,              # what `sd` must be: a kind in `CHECKPOINT_KINDS` (another kind: its keys are checked only)
                 source: str = "checkpoint", # how to name the file in errors
                 assign: bool = False,     # adopt the tensors (for modules built on the meta device)
                ) -> nn.Module:
     "Copy `sd` into `module`; one `CheckpointError` names a wrong family or lists every key problem; nothing is copied on error."
-    if family not in FAMILIES: raise ValueError(f"family must be one of {list(FAMILIES)}, got {family!r}")
+    if not isinstance(family, str) or not family: raise ValueError(f"family must name the checkpoint's kind, got {family!r}")
+    name = CHECKPOINT_KINDS.get(family, family)
     found = checkpoint_family(sd)
     if found not in (family, "unknown"):
-        raise CheckpointError(f"{source} is a {FAMILIES[found]} checkpoint, but a {FAMILIES[family]} one was expected")
+        raise CheckpointError(f"{source} is a {CHECKPOINT_KINDS[found]} checkpoint, but a {name} one was expected")
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shaped = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or shaped:
-        lines = [f"{source} does not match the {FAMILIES[family]}:"]
+        lines = [f"{source} does not match the {name}:"]
         for title, ks in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
             if ks: lines.append(f"  {len(ks)} {title}: " + ", ".join(ks[:20]) + (" ..." if len(ks) > 20 else ""))
         raise CheckpointError("\n".join(lines))

@@ -17,19 +17,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .family import device_of
+
 # %% auto #0
 __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUPS', 'GROUP_COLORS', 'LookupModel', 'tokenize_all',
            'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix', 'Similarity',
            'register_backend', 'make_backend', 'pixel_ncc', 'digits_cnn', 'sscd_torchscript', 'sscd_onnx',
-           'calibrate_threshold', 'extract', 'summarize', 'run_attack', 'headline_prefix_of', 'results_entry',
-           'save_results', 'plot_grid', 'mini_models', 'attack_set', 'load_attack', 'score_dataset', 'full_models']
+           'calibrate_threshold', 'extract', 'summarize', 'run_attack', 'results_entry', 'save_results', 'plot_grid',
+           'attack_set', 'Calibration', 'calibrate_attack', 'load_attack', 'score_dataset']
 
 # %% ../nbs/04_extraction.ipynb #c7bbcba0
-def _device(model: nn.Module) -> torch.device:
-    "The device of the model's first parameter or buffer (CPU for a model with neither)."
-    for t in (*model.parameters(), *model.buffers()): return t.device
-    return torch.device("cpu")
-
 class LookupModel(nn.Module):
     "A toy adapter (family `toy`) that has memorized `images_N3HW` under `labels_N`, and nothing else."
     family = "toy"
@@ -73,12 +70,21 @@ class LookupModel(nn.Module):
     def prefix_lengths(self):  # RAR's rule: (0, 1, 5, 14, 30) of 256 tokens, scaled to L
         return sorted({0} | {min(self.seq_len - 1, max(1, round(p * self.seq_len / 256))) for p in (1, 5, 14, 30)})
     def score_range(self): return (self.seq_len - max(1, round(0.4 * self.seq_len)), self.seq_len)
+    def generation_steps(self): return [(l, l + 1) for l in range(self.seq_len)]
+    def headline_prefix(self): return max(self.prefix_lengths())
+    @property
+    def device(self): return self.memory_ML.device
+    def mlp_blocks(self): return []                       # a lookup: no MLP units to localize
+    def unit_groups(self): return [(0, self.seq_len)]
+    def loss(self, tokens_BL, labels_B, **_):
+        "Cross-entropy of the lookup's teacher-forced logits (constant: it has no weights to train)."
+        return F.cross_entropy(self.logits(tokens_BL, labels_B).flatten(0, 1), tokens_BL.flatten())
 
 # %% ../nbs/04_extraction.ipynb #c61e978d
 @torch.no_grad()
 def tokenize_all(model, images_N3HW, batch_size: int = 64) -> torch.Tensor:
     "The true tokens [N, L] of `images_N3HW` (float in [0,1]), computed in batches on the model's device."
-    dev = _device(model)
+    dev = device_of(model)
     return torch.cat([model.tokenize(images_N3HW[i:i + batch_size].to(dev)).cpu()
                       for i in range(0, len(images_N3HW), batch_size)])
 
@@ -92,7 +98,7 @@ def candidate_scores(model,                # a family adapter
     if len(images_N3HW) != len(labels_N): raise ValueError(f"{len(images_N3HW)} images but {len(labels_N)} labels")
     b, e = model.score_range()
     tok_NL = tokenize_all(model, images_N3HW, batch_size) if tokens_NL is None else tokens_NL
-    dev, out = _device(model), []
+    dev, out = device_of(model), []
     for i in range(0, len(tok_NL), batch_size):
         t_BL, y_B = tok_NL[i:i + batch_size].to(dev), labels_N[i:i + batch_size].to(dev)
         pred_Bl = model.logits(t_BL, y_B)[:, b:e].argmax(-1)
@@ -106,17 +112,12 @@ def select_candidates(scores_N, labels_N, per_class: int | None = 5) -> torch.Te
     return torch.cat(keep)
 
 # %% ../nbs/04_extraction.ipynb #b2799dae
-def _steps(model) -> list[tuple[int, int]]:
-    "Token ranges generated together: VAR's scales (its `unit_groups`), otherwise single tokens."
-    if model.family == "var": return [tuple(be) for be in model.unit_groups()]
-    return [(l, l + 1) for l in range(model.seq_len)]
-
 @torch.no_grad()
 def generate_uncached(model, labels_B, prefix_BL=None, n_prefix: int = 0) -> torch.Tensor:
     "Greedy, unguided generation from teacher-forced `logits` only (no KV cache): one full pass per step."
     out_BL = torch.zeros(len(labels_B), model.seq_len, dtype=torch.long, device=labels_B.device)
     if n_prefix: out_BL[:, :n_prefix] = prefix_BL[:, :n_prefix]
-    for b, e in _steps(model):
+    for b, e in model.generation_steps():    # the token ranges one step of `generate` produces
         if e <= n_prefix: continue
         if b < n_prefix: raise ValueError(f"n_prefix={n_prefix} falls inside the step [{b}, {e})")
         out_BL[:, b:e] = model.logits(out_BL, labels_B)[:, b:e].argmax(-1)
@@ -133,7 +134,7 @@ def greedy_from_prefix(model,                # a family adapter
     if not 0 <= prefix < model.seq_len: raise ValueError(f"prefix {prefix} is outside [0, {model.seq_len})")
     key_NK = torch.cat([labels_N[:, None].long(), tokens_NL[:, :prefix]], 1)
     uniq_UK, inv_N = torch.unique(key_NK, dim=0, return_inverse=True)
-    dev, out = _device(model), []
+    dev, out = device_of(model), []
     for i in range(0, len(uniq_UK), batch_size):
         k_BK = uniq_UK[i:i + batch_size].to(dev)
         y_B, pre_BL = k_BK[:, 0], F.pad(k_BK[:, 1:], (0, model.seq_len - prefix))
@@ -286,7 +287,7 @@ def extract(model,                      # a family adapter
     if not (len(labels_N) == len(indices) == len(groups) == N): raise ValueError("images, labels, indices and groups differ in length")
     prefixes = [prefix] if isinstance(prefix, int) else list(prefix)
     tok_NL = tokenize_all(model, images_N3HW, batch_size) if tokens_NL is None else tokens_NL
-    dev = _device(model)
+    dev = device_of(model)
     decode = lambda t_NL: torch.cat([model.decode(t_NL[i:i + batch_size].to(dev)).cpu() for i in range(0, len(t_NL), batch_size)])
     recon_N3HW = decode(tok_NL)
     ref_ND = backend.embed_all(recon_N3HW, batch_size)
@@ -333,13 +334,6 @@ def run_attack(model, images_N3HW, labels_N, backend: Similarity,
     return extract(model, images_N3HW[keep], labels_N[keep], indices[keep], [groups[i] for i in keep.tolist()],
                    backend, prefixes, batch_size, scores=scores_N[keep], tokens_NL=tok_NL[keep])
 
-def headline_prefix_of(model) -> int:
-    "The analogue of the longest full-scale prefix: VAR, whole scales up to a quarter of the last side; else the longest."
-    if model.family != "var": return max(model.prefix_lengths())
-    sides = [round(math.sqrt(e - b)) for b, e in model.unit_groups()]
-    end = max([e for (b, e), sd in zip(model.unit_groups(), sides) if sd <= sides[-1] / 4], default=0)
-    return max(p for p in model.prefix_lengths() if p <= end)
-
 def results_entry(df: pd.DataFrame, prefix: int, **extra) -> dict:
     "The `results.json` entry of one model: backend, threshold, headline prefix, counts per group and per prefix, and intervals."
     from memloc.stats import bootstrap_share
@@ -370,27 +364,6 @@ def plot_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], 
     return fig
 
 # %% ../nbs/04_extraction.ipynb #c44d0345
-def mini_models(families=("var", "rar"), seed: int = 0, testbed: str | None = None) -> dict:
-    "`{family: (adapter, MiniSplit, source)}`: the trained testbed where its manifest lists the family, else seeded random weights."
-    import importlib, json
-    from memloc.config import load_settings, read_json
-    from memloc.data import load_digits, make_split
-    from memloc.study import mini_manifest
-    mp = mini_manifest(testbed)
-    manifest = read_json(mp, "testbed manifest") if mp.is_file() else {}
-    out = {}
-    for fam in families:
-        if fam in manifest:
-            from memloc.testbed import load_testbed
-            model, split, _ = load_testbed(fam, mp)
-            out[fam] = (model, split, "testbed")
-        else:
-            mod = importlib.import_module(f"memloc.{fam}")
-            torch.manual_seed(seed)
-            model = mod.build_model(mod.preset_config("mini") if fam == "var" else "mini").eval()
-            out[fam] = (model, make_split(load_digits(16)[1]), "random weights")
-    return out
-
 def attack_set(split, n_members: int | None = None, seed: int = 0):
     "Indices and groups of every canary, a seeded sample of `n_members` other members (None: all) and every non-member."
     others = split.members[~torch.isin(split.members, split.canaries)]
@@ -399,6 +372,30 @@ def attack_set(split, n_members: int | None = None, seed: int = 0):
     idx = torch.cat([split.canaries, others, split.non_members])
     groups = ["canary"] * len(split.canaries) + ["member"] * len(others) + ["non_member"] * len(split.non_members)
     return idx, groups
+
+@dataclass
+class Calibration:
+    "The attack's pool on the miniature and its calibrated similarity."
+    backend: Similarity        # with its threshold set
+    indices: torch.Tensor      # [n] the pool's point ids (`attack_set`)
+    groups: list               # their groups
+    tokens_NL: torch.Tensor    # their true tokens
+    nearest: torch.Tensor      # [non-members] each non-member's nearest-other similarity
+
+def calibrate_attack(model, images_N3HW, split, backend: str = "pixel-ncc", n_members: int | None = 100, seed: int = 0,
+                     quantile: float = 1.0, batch_size: int = 64, exclude=None) -> Calibration:
+    "The threshold of `backend` at `quantile` of the non-members' nearest-other similarity among the reconstructions of `attack_set(split, n_members, seed)` (less the ids `exclude`)."
+    idx, grp = attack_set(split, n_members, seed)
+    if exclude is not None:
+        keep = ~torch.isin(idx, torch.as_tensor(exclude, dtype=torch.long))
+        idx, grp = idx[keep], [g for g, k in zip(grp, keep.tolist()) if k]
+    tok = tokenize_all(model, images_N3HW[idx], batch_size)
+    recon = torch.cat([model.decode(tok[i:i + batch_size]).cpu() for i in range(0, len(tok), batch_size)])
+    nm = torch.tensor([g == "non_member" for g in grp])
+    sim = make_backend(backend)
+    thr, nearest = calibrate_threshold(sim, recon[nm], recon, same_NM=idx[nm][:, None] == idx[None], quantile=quantile)
+    sim = sim.with_threshold(thr, f"quantile {quantile} of {int(nm.sum())} non-members' nearest-other similarity among {len(idx)} reconstructions")
+    return Calibration(sim, idx, grp, tok, nearest)
 
 # %% ../nbs/04_extraction.ipynb #818e9428
 def load_attack(name: str, profile: str = "mini") -> dict:
@@ -428,11 +425,3 @@ def score_dataset(model, dataset, indices, batch_size: int = 64, num_workers: in
     for x, y in dl:
         scores.append(candidate_scores(model, x, y, batch_size)); labels.append(y)
     return torch.cat(scores), torch.cat(labels)
-
-def full_models(settings, device: str = "cuda") -> dict:
-    "Loaders of the released checkpoints named in the profile: {name: () -> adapter}."
-    from memloc import rar as R, var as V
-    return {"var_d30": lambda: V.load_pretrained("d30", settings.path("var_vae_path"), settings.path("var_d30_path"), device),
-            "var_d16": lambda: V.load_pretrained("d16", settings.path("var_vae_path"), settings.path("var_d16_path"), device),
-            "rar_xxl": lambda: R.load_rar(settings.path("rar_xxl_path"), settings.path("rar_tokenizer_path"), "rar_xxl", device),
-            "rar_b": lambda: R.load_rar(settings.path("rar_b_path"), settings.path("rar_tokenizer_path"), "rar_b", device)}

@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 # %% auto #0
-__all__ = ['FAMILIES', 'family_module', 'FamilyAdapter', 'nearest_code']
+__all__ = ['FAMILIES', 'family_module', 'ReleasedModel', 'released_models', 'model_family', 'FamilyAdapter', 'device_of',
+           'nearest_code']
 
 # %% ../nbs/00_family.ipynb #99120877
 FAMILIES = {            # family name -> the module that holds its model, adapter and training hooks
@@ -25,26 +26,56 @@ def family_module(family: str):
     if family not in FAMILIES: raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
     return importlib.import_module(FAMILIES[family])
 
+class ReleasedModel(NamedTuple):
+    "A released model: its family, the family's preset, and the settings keys of its two checkpoint files."
+    family: str
+    preset: str
+    tokenizer_key: str
+    generator_key: str
+
+def released_models() -> dict[str, ReleasedModel]:
+    "Every family's `RELEASED_MODELS`, in one table: model name -> `ReleasedModel`."
+    return {name: ReleasedModel(fam, *row) for fam in FAMILIES for name, row in family_module(fam).RELEASED_MODELS.items()}
+
+def model_family(name: str) -> str:
+    "The family of model `name`: a family's name is its miniature's model name; a released name is in `released_models()`."
+    if name in FAMILIES: return name
+    rel = released_models()
+    if name in rel: return rel[name].family
+    raise ValueError(f"unknown model {name!r}; miniature: {', '.join(FAMILIES)}; released: {', '.join(rel)}")
+
 # %% ../nbs/00_family.ipynb #f7443a19
 @runtime_checkable
 class FamilyAdapter(Protocol):
     "The interface every family's adapter offers the stages."
     family: str                       # the family's name in `FAMILIES`
     config: dict                      # the plain config dict it was built from
+    num_classes: int                  # classes it is conditioned on
+    vocab_size: int                   # codes per token
+    seq_len: int                      # tokens per image, L
+    image_size: int                   # image side in pixels
     @property
     def device(self) -> torch.device: ...
     def tokenize(self, img_B3HW: torch.Tensor) -> torch.Tensor: ...          # images -> tokens [B, L]
     def decode(self, tokens_BL: torch.Tensor) -> torch.Tensor: ...           # tokens -> images in [0, 1]
     def logits(self, tokens_BL: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor: ...   # teacher-forced [B, L, V]
-    def loss(self, tokens_BL: torch.Tensor, labels_B: torch.Tensor, **options) -> torch.Tensor: ...
+    def loss(self, tokens_BL: torch.Tensor, labels_B: torch.Tensor, cond_drop_prob: float = ..., random_ratio: float = ...,
+             generator=None) -> torch.Tensor: ...        # training cross-entropy (a scalar); defaults are the family's
     def generate(self, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 0.0, greedy: bool = False, generator=None) -> torch.Tensor: ...
     def mlp_blocks(self) -> list: ...                 # per block: (fc1-like linear, the unit's module, fc2-like linear)
     def unit_groups(self) -> list: ...                # [(begin, end)] token positions UnitMem groups units by
     def prefix_lengths(self) -> list: ...             # prefix lengths the extraction attack tries
     def score_range(self) -> tuple: ...               # (begin, end) of the tokens the attack scores
+    def generation_steps(self) -> list: ...           # [(begin, end)] token ranges one generation step produces together
+    def headline_prefix(self) -> int: ...             # the prefix length of the attack's headline counts
 
 # %% ../nbs/00_family.ipynb #78c6a81e
+def device_of(model: torch.nn.Module) -> torch.device:
+    "The device a model runs on: that of its first parameter or buffer (CPU for a model with neither)."
+    for t in (*model.parameters(), *model.buffers()): return t.device
+    return torch.device("cpu")
+
 def nearest_code(z_NC: torch.Tensor, emb_VC: torch.Tensor) -> torch.Tensor:
     "Index of the nearest codebook row (squared Euclidean distance) for every row of `z_NC`."
     d_NV = z_NC.pow(2).sum(1, keepdim=True) + emb_VC.pow(2).sum(1) - 2 * z_NC @ emb_VC.T

@@ -57,12 +57,11 @@ def testbed_checks(family: str, testbed: str, n_views: int = 4, seed: int = 0, p
                    top_p: float = 10.0, factor: float = 0.5, canary_top_p: float = 1.0,
                    random_draws: int = 10, n_boot: int = 1000) -> dict:
     "The testbed's regime, its attack's extraction shares, UnitMem's canary share and the paper's intervention on the canaries."
-    from memloc.extraction import headline_prefix_of
     from memloc.implant import calibrated_similarity, extracted_ids
     from memloc.testbed import load_testbed, testbed_manifest
     model, split, entry = load_testbed(family, testbed_manifest(testbed))
     images, labels = load_digits(model.image_size)
-    sim, prefix = calibrated_similarity(model, images, split, seed=seed), headline_prefix_of(model)
+    sim, prefix = calibrated_similarity(model, images, split, seed=seed), model.headline_prefix()
     ext = lambda ids: set(extracted_ids(model, images, labels, ids, sim, prefix))
     can, non = split.canaries, split.non_members
     can_hit, non_hit = ext(can), ext(non)

@@ -190,16 +190,8 @@ def apply_implant(model, path, units=None, base_sha256: str | None = None):
 def calibrated_similarity(model, images, split: MiniSplit, exclude=None, backend: str = "pixel-ncc",
                           calib_members: int = 100, quantile: float = 1.0, seed: int = 0, batch_size: int = 64):
     "The attack's similarity with its threshold calibrated on the non-members (less `exclude`) as the extraction stage does."
-    from memloc.extraction import attack_set, calibrate_threshold, make_backend, tokenize_all
-    pool, grp = attack_set(split, calib_members, seed)
-    keep = ~torch.isin(pool, torch.as_tensor(exclude if exclude is not None else [], dtype=torch.long))
-    pool, grp = pool[keep], [g for g, k in zip(grp, keep.tolist()) if k]
-    tok = tokenize_all(model, images[pool], batch_size)
-    recon = torch.cat([model.decode(tok[i:i + batch_size]).cpu() for i in range(0, len(tok), batch_size)])
-    nm = torch.tensor([g == "non_member" for g in grp])
-    sim = make_backend(backend)
-    thr, _ = calibrate_threshold(sim, recon[nm], recon, same_NM=pool[nm][:, None] == pool[None], quantile=quantile)
-    return sim.with_threshold(thr, f"quantile {quantile} of {int(nm.sum())} non-members' nearest-other similarity")
+    from memloc.extraction import calibrate_attack
+    return calibrate_attack(model, images, split, backend, calib_members, seed, quantile, batch_size, exclude).backend
 
 @torch.no_grad()
 def extracted_ids(model, images, labels, ids, sim, prefix: int) -> list[int]:
@@ -236,7 +228,7 @@ def _share(n: int, d: int) -> float: return n / d if d else 0.0
 def build_implant(family: str, testbed: str, rate: float, seed: int, s: ImplantSettings = ImplantSettings(),
                   fid_base: float | None = None, progress: bool = False) -> dict:
     "Implant, check and save one seed; returns its record (also valid when the checks fail: `valid` says)."
-    from memloc.extraction import headline_prefix_of, tokenize_all
+    from memloc.extraction import tokenize_all
     from memloc.quality import sample_and_score
     old = torch.get_num_threads(); torch.set_num_threads(s.threads)
     try:
@@ -245,7 +237,7 @@ def build_implant(family: str, testbed: str, rate: float, seed: int, s: ImplantS
         grid = unit_grid(model)
         S, ids = implant_units(grid, rate, seed), choose_implants(split, s.n_implants, seed)
         sim = calibrated_similarity(model, images, split, exclude=ids, seed=seed)
-        prefix = headline_prefix_of(model)
+        prefix = model.headline_prefix()
         ext = lambda: extracted_ids(model, images, labels, ids, sim, prefix)
         reference = images[split.members]
         fid = lambda: sample_and_score(model, s.fid_samples, reference, "mini", seed, metrics=("fid",))["fid"]

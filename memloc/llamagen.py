@@ -19,11 +19,11 @@ from .checkpoints import CheckpointError, load_strict, read_state_dict
 from .rar import RARModel, _autocast, sample_next
 
 # %% auto #0
-__all__ = ['VQConfig', 'swish', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Level', 'Encoder', 'Decoder',
-           'VectorQuantizer', 'VQModel', 'find_multiple', 'GPTConfig', 'precompute_freqs_cis_2d', 'apply_rotary_emb',
-           'RMSNorm', 'Attention', 'FeedForward', 'TransformerBlock', 'LabelEmbedder', 'LlamaGen', 'guided_at',
-           'llamagen_generate', 'tokenizer_loss', 'read_released', 'load_llamagen', 'llamagen_config', 'LlamaGenModel',
-           'build_model', 'mini_config', 'train_options']
+__all__ = ['preset_config', 'RELEASED_MODELS', 'VQConfig', 'swish', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Level',
+           'Encoder', 'Decoder', 'VectorQuantizer', 'VQModel', 'find_multiple', 'GPTConfig', 'precompute_freqs_cis_2d',
+           'apply_rotary_emb', 'RMSNorm', 'Attention', 'FeedForward', 'TransformerBlock', 'LabelEmbedder', 'LlamaGen',
+           'guided_at', 'llamagen_generate', 'tokenizer_loss', 'read_released', 'load_llamagen', 'load_pretrained',
+           'llamagen_config', 'LlamaGenModel', 'build_model', 'mini_config', 'train_options']
 
 # %% ../nbs/02a_llamagen.ipynb #1ba193a0
 @dataclass
@@ -400,6 +400,10 @@ def load_llamagen(generator_path, tokenizer_path, config: dict | str = "llamagen
     load_strict(model.tokenizer, read_released(tokenizer_path, ema), "llamagen_vq", str(tokenizer_path))
     return model.to(device or "cpu").eval()
 
+def load_pretrained(files: dict, config: dict | str, device="cpu") -> LlamaGenModel:
+    "The family's common loader: `load_llamagen` with `files` {'tokenizer': VQ path, 'generator': GPT path}."
+    return load_llamagen(files["generator"], files["tokenizer"], config, device)
+
 # %% ../nbs/02a_llamagen.ipynb #96a58eae
 _RELEASED = dict(llamagen_b=(768, 12, 12, 256), llamagen_l=(1024, 24, 16, 256), llamagen_xl=(1280, 36, 20, 384),
                  llamagen_xxl=(1536, 48, 24, 384), llamagen_3b=(3200, 24, 32, 384))   # dim, layers, heads, released px
@@ -419,6 +423,11 @@ def llamagen_config(name: str = "mini",             # llamagen_b, _l, _xl, _xxl,
     else: raise ValueError(f"unknown LlamaGen preset {name!r}; choose from {[*_RELEASED, 'mini']}")
     return dict(family="llamagen", name=name, tokenizer=asdict(tok), generator=asdict(gen),
                 prefix_tokens=[0, 1, 5, 14, 30], prefix_ref_len=256, score_tokens=100)
+
+preset_config = llamagen_config   # the family's common name for its presets
+RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
+    "LlamaGen-B": ("llamagen_b", "llamagen_vq_path", "llamagen_b_path"),
+}
 
 # %% ../nbs/02a_llamagen.ipynb #98f09bbb
 class LlamaGenModel(nn.Module):
@@ -521,6 +530,7 @@ def _unit_groups(self):
 
 LlamaGenModel.generate, LlamaGenModel.mlp_blocks, LlamaGenModel.unit_groups = _generate, _mlp_blocks, _unit_groups
 LlamaGenModel.prefix_lengths, LlamaGenModel.score_range = RARModel.prefix_lengths, RARModel.score_range
+LlamaGenModel.generation_steps, LlamaGenModel.headline_prefix = RARModel.generation_steps, RARModel.headline_prefix
 
 # %% ../nbs/02a_llamagen.ipynb #6e606195
 def build_model(config: dict | str = "mini", device=None) -> LlamaGenModel:

@@ -238,8 +238,8 @@ def fidelity_metrics(generated_N3HW,                  # generated images, float 
 @torch.no_grad()
 def sample_images(model, n_samples: int, seed: int = 0, batch_size: int = 64, **gen_opts):
     "Class-balanced samples: (float images [n, 3, H, W] in [0,1] on the CPU, labels [n])."
-    from memloc.extraction import _device
-    dev = _device(model)
+    from memloc.family import device_of
+    dev = device_of(model)
     labels = torch.arange(n_samples) % model.num_classes
     g = torch.Generator(device=dev).manual_seed(seed)
     out = []
@@ -259,10 +259,10 @@ def sample_and_score(model,                   # a family adapter
                      cuda: bool | None = None,  # run the feature extractors on the GPU (default: if the model is there)
                      **gen_opts) -> dict:     # generate(): cfg, temperature, top_k, top_p
     "Generate `n_samples` class-balanced images and return FID, IS, KID, precision/recall (deterministic by seed)."
-    from memloc.extraction import _device
+    from memloc.family import device_of
     fs = feature_settings(profile)
     gen_images, _ = sample_images(model, n_samples, seed, batch_size, **gen_opts)
-    if cuda is None: cuda = _device(model).type == "cuda"
+    if cuda is None: cuda = device_of(model).type == "cuda"
     res = fidelity_metrics(gen_images, reference, fs["feature_extractor"], fs["weights_path"], fs["prc_feature_extractor"],
                            fs["prc_weights_path"], fs.get("fid_stats_path") if reference is None else None, metrics,
                            seed, batch_size, kid_subsets=kid_subsets, cuda=cuda)

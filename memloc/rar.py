@@ -15,10 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['VQGANConfig', 'ResBlock', 'VQGANEncoder', 'VQGANDecoder', 'VectorQuantizer', 'MaskGITVQGAN', 'RARConfig', 'modulate',
-           'Attention', 'Mlp', 'Block', 'FinalAdaLN', 'RAR', 'random_ratio_at', 'raster_orders', 'sample_orders',
-           'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config', 'RARModel', 'build_model', 'load_rar',
-           'mini_config', 'tokenizer_loss', 'train_options']
+__all__ = ['RELEASED_MODELS', 'preset_config', 'VQGANConfig', 'ResBlock', 'VQGANEncoder', 'VQGANDecoder', 'VectorQuantizer',
+           'MaskGITVQGAN', 'RARConfig', 'modulate', 'Attention', 'Mlp', 'Block', 'FinalAdaLN', 'RAR', 'random_ratio_at',
+           'raster_orders', 'sample_orders', 'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config', 'RARModel',
+           'build_model', 'load_rar', 'load_pretrained', 'mini_config', 'tokenizer_loss', 'train_options']
 
 # %% ../nbs/02_rar.ipynb #536cdd8f
 @dataclass
@@ -450,6 +450,9 @@ class RARModel(nn.Module):
         n = max(1, round(self.config["score_tokens"] * self.seq_len / self.config["prefix_ref_len"]))
         return (self.seq_len - n, self.seq_len)
 
+    def generation_steps(self): return [(l, l + 1) for l in range(self.seq_len)]   # one token per step
+    def headline_prefix(self): return max(self.prefix_lengths())          # the longest prefix, as the paper's headline
+
 def build_model(config: dict | str = "mini", device=None) -> RARModel:
     "A `RARModel` from a config dict (or a preset name), in eval mode."
     if isinstance(config, str): config = rar_config(config)
@@ -464,6 +467,16 @@ def load_rar(generator_path, tokenizer_path, config: dict | str = "rar_b", devic
     load_strict(model.generator, read_state_dict(generator_path), "rar", str(generator_path))
     load_strict(model.tokenizer, read_state_dict(tokenizer_path), "maskgit", str(tokenizer_path))
     return model.to(device or "cpu").eval()
+
+def load_pretrained(files: dict, config: dict | str, device="cpu") -> RARModel:
+    "The family's common loader: `load_rar` with `files` {'tokenizer': VQGAN path, 'generator': RAR path}."
+    return load_rar(files["generator"], files["tokenizer"], config, device)
+
+RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
+    "RAR-B": ("rar_b", "rar_tokenizer_path", "rar_b_path"),
+    "RAR-XXL": ("rar_xxl", "rar_tokenizer_path", "rar_xxl_path"),
+}
+preset_config = rar_config   # the family's common name for its presets
 
 # %% ../nbs/02_rar.ipynb #dea3f0fe
 from .family import nearest_code

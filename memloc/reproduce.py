@@ -27,10 +27,10 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
                      read_json, repo_root)
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'CHECKPOINTS', 'Stage', 'UsageError', 'available_stages',
+__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
-           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'check_manifest',
-           'check_profile', 'reproduce', 'main']
+           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'checkpoint_settings',
+           'check_manifest', 'unread_settings', 'check_profile', 'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -119,11 +119,29 @@ def _sha(*chunks: bytes) -> str:
     for c in chunks: h.update(hashlib.sha256(c).digest())
     return h.hexdigest()
 
+def _python(cell: str) -> str:
+    "A code cell as Python: IPython magics and shell lines become `pass` (a cell magic's body, e.g. under `%%time`, is kept)."
+    return "\n".join(l[:len(l) - len(l.lstrip())] + "pass" if l.lstrip().startswith(("%", "!")) else l for l in cell.splitlines())
+
 def _module_names(source: str, every: set[str]) -> set[str]:
-    "Names of the `memloc` modules that Python or notebook source names (`memloc.x`, `from memloc import x`, `from .x import`); a dynamic `memloc.{...}` names `every` one."
-    out = set(re.findall(r"\bmemloc\.(\w+)", source)) | set(re.findall(r"from\s+\.(\w+)\s+import", source))
-    for grp in re.findall(r"from\s+(?:memloc|\.)\s+import\s+\(?([\w\s,]+)\)?", source): out |= {n.strip() for n in grp.split(",") if n.strip()}
-    if re.search(r"memloc\.\{", source): out |= every
+    "Names of the `memloc` modules that Python source imports (`import memloc.x`, `from memloc import x`, `from .x import`), uses (`memloc.x.f`) or names in a string (a registry's `\"memloc.x\"`); an f-string `memloc.{...}` names `every` one."
+    try: tree = ast.parse(_python(source))
+    except SyntaxError:   # not Python: every `memloc.x` it mentions
+        return set(re.findall(r"\bmemloc\.(\w+)", source)) | (every if "memloc.{" in source else set())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import): out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("memloc.")}
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 0 and mod == "memloc" or node.level == 1 and not mod: out |= {a.name for a in node.names}
+            elif node.level == 0 and mod.startswith("memloc."): out.add(mod.split(".")[1])
+            elif node.level == 1: out.add(mod.split(".")[0])
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "memloc": out.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str): out |= set(re.findall(r"\bmemloc\.(\w+)", node.value))
+        elif isinstance(node, ast.JoinedStr):
+            parts = node.values
+            if any(isinstance(a, ast.Constant) and str(a.value).endswith("memloc.") and isinstance(b, ast.FormattedValue)
+                   for a, b in zip(parts, parts[1:])): out |= every
     return out
 
 def stage_modules(stage: Stage, root: Path | None = None) -> list[Path]:
@@ -131,7 +149,7 @@ def stage_modules(stage: Stage, root: Path | None = None) -> list[Path]:
     root = root or repo_root()
     nb = json.loads((root / "nbs" / stage.notebook).read_text())
     every = {p.stem for p in (root / "memloc").glob("*.py") if not p.stem.startswith("_") and p.stem != "reproduce"}
-    todo = _module_names("\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"), every)
+    todo = set().union(*(_module_names("".join(c["source"]), every) for c in nb["cells"] if c["cell_type"] == "code"))
     seen: set[str] = set()
     while todo:
         m = todo.pop()
@@ -294,11 +312,14 @@ def relativize(path: Path, root: Path):
     if new != text: path.write_text(new)
 
 # %% ../nbs/20_reproduce.ipynb #ba610c60
-CHECKPOINTS = {  # setting -> (family, preset, part) that --check compares the file with
-    "var_vae_path": ("var", "d16", "tokenizer"), "var_d16_path": ("var", "d16", "generator"),
-    "var_d30_path": ("var", "d30", "generator"), "rar_tokenizer_path": ("rar", "rar_b", "tokenizer"),
-    "rar_b_path": ("rar", "rar_b", "generator"), "rar_xxl_path": ("rar", "rar_xxl", "generator"),
-}
+def checkpoint_settings() -> dict:
+    "setting -> (family, preset, part) that --check compares the file with: both files of every released model (a shared tokenizer: its first model's preset)."
+    from memloc.family import released_models
+    out = {}
+    for r in released_models().values():
+        out.setdefault(r.tokenizer_key, (r.family, r.preset, "tokenizer"))
+        out.setdefault(r.generator_key, (r.family, r.preset, "generator"))
+    return out
 
 def check_manifest(path: Path) -> tuple[list[str], list[str]]:
     "(what was checked, problems) of a testbed manifest: valid JSON, and each entry's file present, of its family and of its sha256."
@@ -324,6 +345,16 @@ def check_manifest(path: Path) -> tuple[list[str], list[str]]:
         else: checked.append(f"{fam}: {f.name} sha256 matches {path.name}")
     return checked, problems
 
+def unread_settings(settings: Settings, stages: list[Stage] | None = None, root: Path | None = None) -> list[str]:
+    "The keys of `settings` that no stage takes as a parameter and no stage notebook or `memloc` module names in quotes: set, but read by nothing."
+    import papermill as pm
+    root = root or repo_root()
+    stages = available_stages(root) if stages is None else stages
+    declared = set().union(*(pm.inspect_notebook(str(root / "nbs" / s.notebook)) for s in stages))
+    text = "\n".join([*(p.read_text() for p in sorted((root / "memloc").glob("*.py"))),
+                      *((root / "nbs" / s.notebook).read_text() for s in stages)])
+    return [k for k in settings if k not in declared and not re.search(rf"""["']{re.escape(k)}\\?["']""", text)]
+
 def check_profile(settings: Settings, stages: list[Stage] | None = None, root: Path | None = None) -> list[str]:
     "Validate everything a run of `stages` can know before it starts; returns what was checked, or raises one `SettingsError` listing every problem."
     root = root or repo_root()
@@ -346,7 +377,7 @@ def check_profile(settings: Settings, stages: list[Stage] | None = None, root: P
             mp = root / REGIMES[tb]["out_dir"] / "manifest.json"
             if mp.is_file(): ok, bad = check_manifest(mp); checked += ok; problems += bad
             elif tb == settings["testbed"]: problems.append(f"{settings.where('testbed')} = {tb}: its manifest {mp} does not exist")
-    for key, (family, preset, part) in CHECKPOINTS.items():
+    for key, (family, preset, part) in checkpoint_settings().items():
         if not settings.get(key, "").strip() or not settings.path(key).is_file(): continue   # a missing file is named above
         from memloc.study import check_checkpoint
         try: checked.append(f"{key}: {check_checkpoint(settings.path(key), family, preset, part)}")
@@ -365,6 +396,7 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
     available = available_stages(root, stages)
     chosen = select_stages(available, only, start)
     checked = check_profile(settings, chosen, root)           # everything a run can know, before any stage starts
+    for k in unread_settings(settings, available, root): print(f"warning: {settings.where(k)} is read by no stage or module")
     if check:
         for line in checked: print("ok", line)
         return {}

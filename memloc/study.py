@@ -14,59 +14,62 @@ import torch
 
 from .config import Settings, check_paths, load_settings
 from .data import ImageFolder, MiniSplit, PointDataset, class_subset, load_digits
+from .family import FAMILIES, family_module, model_family, released_models
 
 # %% auto #0
-__all__ = ['FULL_MODELS', 'MINI_MODELS', 'family_of', 'mini_manifest', 'load_model', 'check_checkpoint', 'Points', 'mini_split',
-           'study_points']
+__all__ = ['mini_manifest', 'load_model', 'model_split', 'check_checkpoint', 'Points', 'mini_split', 'study_points',
+           'unit_points']
 
 # %% ../nbs/06_study.ipynb #57553c83
-FULL_MODELS = {  # name -> (family, preset, tokenizer setting, generator setting)
-    "VAR-d16": ("var", "d16", "var_vae_path", "var_d16_path"),
-    "VAR-d30": ("var", "d30", "var_vae_path", "var_d30_path"),
-    "RAR-B": ("rar", "rar_b", "rar_tokenizer_path", "rar_b_path"),
-    "RAR-XXL": ("rar", "rar_xxl", "rar_tokenizer_path", "rar_xxl_path"),
-}
-MINI_MODELS = ("var", "rar")
-
-def family_of(name: str) -> str:
-    "'var' or 'rar' for a model name of either profile."
-    if name in MINI_MODELS: return name
-    if name in FULL_MODELS: return FULL_MODELS[name][0]
-    raise ValueError(f"unknown model {name!r}; miniature: {', '.join(MINI_MODELS)}; full: {', '.join(FULL_MODELS)}")
-
 def mini_manifest(testbed: str | None = None) -> Path:
     "The manifest of the miniature's testbed `testbed` (default: settings.ini [mini] testbed)."
     from memloc.testbed import testbed_manifest
     return testbed_manifest(testbed or load_settings("mini").str("testbed"))
 
-def load_model(name: str, profile: str = "mini", device: str | torch.device | None = None,
-               testbed: str | None = None):   # the miniature's testbed (default: the profile's)
-    "The family adapter of model `name` under `profile`, in eval mode, on `device` (default: the profile's)."
-    s = load_settings(profile)
-    device = torch.device(device or s.str("device"))
-    if name in MINI_MODELS:
-        from memloc.testbed import load_testbed
-        model = load_testbed(name, manifest_path=mini_manifest(testbed))[0]
-    else:
-        fam, preset, tok_key, gen_key = FULL_MODELS.get(name) or (family_of(name),)
-        check_paths(s, [tok_key, gen_key])
-        if fam == "var":
-            from memloc.var import VARModel, build_model, preset_config
-            with torch.device("meta"): model = build_model(preset_config(preset))
-            model = model.to_empty(device="cpu").load_checkpoints(s.path(tok_key), s.path(gen_key))
+def _manifest(testbed):
+    from memloc.config import read_json
+    mp = mini_manifest(testbed)
+    return mp, (read_json(mp, "testbed manifest") if mp.is_file() else {})
+
+def load_model(name: str,                        # a family's name (the miniature) or a released name (`released_models()`)
+               profile: str = "mini",            # settings.ini profile: its device and checkpoint paths
+               device: str | torch.device | None = None,   # default: the profile's
+               testbed: str | None = None,       # the miniature's testbed (default: the profile's)
+               seed: int = 0):                   # seeds the random weights of a miniature the testbed lacks
+    "The family adapter of model `name`, in eval mode on `device`; its `.source` says where the weights come from."
+    family = model_family(name)
+    mod = family_module(family)
+    if name in FAMILIES:
+        mp, manifest = _manifest(testbed)
+        if name in manifest:
+            from memloc.testbed import load_testbed
+            model, source = load_testbed(name, mp)[0], "testbed"
         else:
-            from memloc.rar import load_rar
-            model = load_rar(s.path(gen_key), s.path(tok_key), preset)
-    return model.to(device).eval()
+            torch.manual_seed(seed)
+            model, source = mod.build_model(mod.preset_config("mini")), "random weights"
+    else:
+        rel, s = released_models()[name], load_settings(profile)
+        check_paths(s, [rel.tokenizer_key, rel.generator_key])
+        files = {"tokenizer": s.path(rel.tokenizer_key), "generator": s.path(rel.generator_key)}
+        model, source = mod.load_pretrained(files, rel.preset), "released checkpoint"
+    model = model.to(torch.device(device or load_settings(profile).str("device"))).eval()
+    model.source = source
+    return model
+
+def model_split(name: str, profile: str = "mini", testbed: str | None = None) -> MiniSplit | None:
+    "The split `load_model(name, ...)` was trained on: the testbed's; the default split of the digits for random weights; None for a released model."
+    if name not in FAMILIES: return None
+    _, manifest = _manifest(testbed)
+    if name in manifest: return MiniSplit.from_dict(manifest[name]["split"])
+    from memloc.data import make_split
+    return make_split(load_digits(load_settings(profile).int("image_size"))[1])
 
 def check_checkpoint(path, family: str, preset: str, part: str = "generator") -> str:
     "Confirm that checkpoint `path` holds exactly the keys and shapes of `part` ('generator' or 'tokenizer') of `family`'s `preset`, without building its weights."
     if part not in ("generator", "tokenizer"): raise ValueError(f"part must be 'generator' or 'tokenizer', got {part!r}")
     from memloc.checkpoints import CheckpointError, read_state_dict
-    if family == "var": from memloc.var import build_model, preset_config
-    elif family == "rar": from memloc.rar import build_model, rar_config as preset_config
-    else: raise ValueError(f"unknown family {family!r}")
-    with torch.device("meta"): model = build_model(preset_config(preset))
+    mod = family_module(family)
+    with torch.device("meta"): model = mod.build_model(mod.preset_config(preset))
     own = getattr(model, part).state_dict()
     sd = read_state_dict(path)
     missing = [k for k in own if k not in sd]
@@ -120,3 +123,14 @@ def study_points(profile: str = "mini", which: str = "members", fraction: float 
     labels = torch.as_tensor(folder.targets)
     keep = class_subset(labels, fraction, seed)
     return Points(PointDataset(folder, indices=keep), labels[keep], np.full(len(keep), "member"), None)
+
+# %% ../nbs/06_study.ipynb #d70ea94b
+def unit_points(profile: str = "mini", fraction: float = 1.0, seed: int = 0, split: MiniSplit | None = None,
+                testbed: str | None = None):
+    "The points UnitMem measures: (data for `unitmem.measure`, sorted point ids, every dataset label, the split); canaries always included."
+    p = study_points(profile, "members", fraction, seed, split=split, testbed=testbed)
+    src = p.dataset.source
+    data = (src, p.dataset.labels) if torch.is_tensor(src) else src
+    ids = p.indices
+    if p.split is not None: ids = torch.cat([ids, p.split.canaries]).unique()
+    return data, ids.tolist(), torch.as_tensor(p.dataset.labels), p.split

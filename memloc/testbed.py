@@ -197,7 +197,7 @@ def save_testbed(model, split: MiniSplit, entry: dict, out_dir="data/mini") -> d
         save_json(manifest, "manifest.json", out)
     return entry
 
-def load_testbed(family: str,               # "var" or "rar"
+def load_testbed(family: str,               # a name in memloc.family.FAMILIES
                  manifest_path=None,        # default: the manifest of settings.ini [mini] testbed
                  verify: bool = True,       # check the weights' sha256 against the manifest
                 ):
@@ -339,7 +339,7 @@ def stream_record(split: MiniSplit, ts: TrainSettings) -> dict:
             "train_views": ts.train_views}
 
 # %% ../nbs/03_testbed.ipynb #065d0073
-def build_testbed(family: str,            # "var" or "rar"
+def build_testbed(family: str,            # a name in memloc.family.FAMILIES
                   config: dict,           # the family's build_model configuration
                   images: torch.Tensor,   # all digits [N,3,H,W]
                   labels: torch.Tensor,   # their labels
@@ -390,6 +390,8 @@ def regime_split(regime: str, labels, data_seed: int = 0, canary_seed: int = 0) 
 def regime_settings(regime: str, family: str, split: MiniSplit, train_seed: int = 0, **kw) -> TrainSettings:
     "A regime's training settings for one family (`epochs` are passes over the training stream)."
     r = REGIMES[regime]
+    if "gen_steps" in r and family not in r["gen_steps"]:
+        raise ValueError(f"the {regime!r} regime sets generator steps per family and names none for {family!r}: add it to REGIMES[{regime!r}]['gen_steps']")
     steps = r["gen_steps"][family] if "gen_steps" in r else math.ceil(r["epochs"] * len(split.train_indices()) / r["batch_size"])
     return TrainSettings(tok_steps=r["tok_steps"], gen_steps=steps, batch_size=r["batch_size"],
                          train_views=r["train_views"], seed=train_seed, **kw)
@@ -400,7 +402,7 @@ def mini_config(family: str) -> dict:
     return family_module(family).mini_config()
 
 def train_testbed(regime: str,          # "long" or "canary"
-                  family: str,          # "var" or "rar"
+                  family: str,          # a name in memloc.family.FAMILIES
                   out_dir=None,         # default: the regime's folder
                   state_dir=None,       # resumable training states (default: runs/mini/tmp/testbed/<regime>/<family>)
                   data_seed: int = 0, canary_seed: int = 0, train_seed: int = 0,

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['RELEASED_VQVAE', 'VQVAEConfig', 'VARConfig', 'var_preset', 'Normalize', 'ResnetBlock', 'AttnBlock', 'Downsample2x',
-           'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks', 'phi_index', 'PhiPartiallyShared',
+__all__ = ['RELEASED_VQVAE', 'RELEASED_MODELS', 'VQVAEConfig', 'VARConfig', 'var_preset', 'Normalize', 'ResnetBlock', 'AttnBlock',
+           'Downsample2x', 'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks', 'phi_index', 'PhiPartiallyShared',
            'VectorQuantizer2', 'VQVAE', 'FFN', 'SelfAttention', 'drop_path', 'AdaLNSelfAttn', 'AdaLNBeforeHead', 'VAR',
            'sample_tokens', 'var_generate', 'VARModel', 'build_model', 'load_pretrained', 'preset_config',
            'fixtures_dir', 'load_fixture', 'mini_config', 'tokenizer_loss', 'train_options']
@@ -496,7 +496,8 @@ class VARModel(nn.Module):
         self.config = {"family": "var", "vqvae": asdict(vq_cfg), "var": asdict(var_cfg)}
 
     def split(self, tokens_BL): return [tokens_BL[:, b:e] for b, e in self.generator.begin_ends]
-    def _dev(self): return self.generator.pos_1LC.device
+    @property
+    def device(self): return self.generator.pos_1LC.device
 
     def tokenize(self, img_B3HW):
         "Images in [0,1] -> tokens [B, L]."
@@ -504,13 +505,13 @@ class VARModel(nn.Module):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(img_B3HW.shape)}")
         from memloc.data import check_images
         check_images(img_B3HW, "tokenize: images")
-        with self._fp32(): return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self._dev()).float() * 2 - 1), 1)
+        with self._fp32(): return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self.device).float() * 2 - 1), 1)
 
-    def _fp32(self): return torch.autocast(self._dev().type, enabled=False)  # the VQ-VAE always runs in float32: exact codes
+    def _fp32(self): return torch.autocast(self.device.type, enabled=False)  # the VQ-VAE always runs in float32: exact codes
 
     def decode(self, tokens_BL):
         "Tokens [B, L] -> images in [0,1]."
-        with self._fp32(): return self.tokenizer.idx_to_img(self.split(tokens_BL.to(self._dev()))).add(1).mul(0.5)
+        with self._fp32(): return self.tokenizer.idx_to_img(self.split(tokens_BL.to(self.device))).add(1).mul(0.5)
 
     def reconstruct(self, img_B3HW): return self.decode(self.tokenize(img_B3HW))
     def var_input(self, tokens_BL):
@@ -522,11 +523,12 @@ class VARModel(nn.Module):
         self._check(tokens_BL, labels_B)
         return self.generator(labels_B, self.var_input(tokens_BL), cond_drop_rate=0.0)
 
-    def loss(self, tokens_BL, labels_B, cond_drop_rate: float | None = None, generator=None, **_):
-        "Cross-entropy over all L positions, with class dropout (default: the config's rate)."
+    def loss(self, tokens_BL, labels_B, cond_drop_prob: float | None = None, random_ratio: float = 0.0, generator=None):
+        "Cross-entropy over all L positions, labels dropped to the null class with `cond_drop_prob` (default: the config's rate)."
+        if random_ratio != 0: raise ValueError(f"VAR predicts scales in order: random_ratio must be 0, got {random_ratio}")
         self._check(tokens_BL, labels_B)
         with torch.no_grad(): x = self.var_input(tokens_BL)
-        p = self.generator.cfg.cond_drop_rate if cond_drop_rate is None else cond_drop_rate
+        p = self.generator.cfg.cond_drop_rate if cond_drop_prob is None else cond_drop_prob
         lg = self.generator(labels_B, x, cond_drop_rate=p, generator=generator)
         return F.cross_entropy(lg.reshape(-1, self.vocab_size), tokens_BL.reshape(-1))
 
@@ -534,7 +536,7 @@ class VARModel(nn.Module):
                  greedy=False, generator=None, return_logits=False):
         "Tokens [B, L]; the first `n_prefix` (a scale boundary) are copied from `prefix_BL`."
         self._check_labels(labels_B)
-        return var_generate(self.generator, self.tokenizer.quantize, labels_B.to(self._dev()), prefix_BL, n_prefix, cfg,
+        return var_generate(self.generator, self.tokenizer.quantize, labels_B.to(self.device), prefix_BL, n_prefix, cfg,
                             temperature, top_k, top_p, greedy, generator, return_logits)
 
     def _check(self, tokens_BL, labels_B=None):
@@ -554,6 +556,13 @@ class VARModel(nn.Module):
     def unit_groups(self): return [tuple(be) for be in self.generator.begin_ends]
     def prefix_lengths(self): return [0] + [e for _, e in self.generator.begin_ends[:4]]
     def score_range(self): return tuple(self.generator.begin_ends[-1])
+    def generation_steps(self): return self.unit_groups()                 # one step per scale
+
+    def headline_prefix(self):
+        "The analogue of the paper's longest prefix: whole scales up to a quarter of the last scale's side."
+        sides = [round(math.sqrt(e - b)) for b, e in self.unit_groups()]
+        end = max([e for (b, e), sd in zip(self.unit_groups(), sides) if sd <= sides[-1] / 4], default=0)
+        return max(p for p in self.prefix_lengths() if p <= end)
 
     def load_checkpoints(self, vae_path=None, var_path=None):
         "Strictly load the VQ-VAE and/or VAR weights from files."
@@ -566,12 +575,12 @@ def build_model(config: dict) -> VARModel:
     if config.get("family", "var") != "var": raise ValueError(f"config is for family {config.get('family')!r}, not 'var'")
     return VARModel(_cfg(VQVAEConfig, config["vqvae"]), _cfg(VARConfig, config["var"]))
 
-def load_pretrained(config: dict | str, vae_path, var_path, device="cpu") -> VARModel:
-    "A VARModel (config dict or preset name, e.g. 'd16') built without allocating, then filled strictly from the two files."
+def load_pretrained(files: dict, config: dict | str, device="cpu") -> VARModel:
+    "A VARModel (config dict or preset name, e.g. 'd16') built without allocating, then filled strictly from `files` {'tokenizer': VQ-VAE path, 'generator': VAR path}."
     cfg = preset_config(config) if isinstance(config, str) else config
     with torch.device("meta"): model = build_model(cfg)
-    load_strict(model.tokenizer, read_state_dict(vae_path), "vqvae", str(vae_path), assign=True)
-    load_strict(model.generator, read_state_dict(var_path), "var", str(var_path), assign=True)
+    load_strict(model.tokenizer, read_state_dict(files["tokenizer"]), "vqvae", str(files["tokenizer"]), assign=True)
+    load_strict(model.generator, read_state_dict(files["generator"]), "var", str(files["generator"]), assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left: raise CheckpointError(f"not filled by the checkpoints: {left[:10]}")
     return model.to(device).eval()
@@ -579,6 +588,11 @@ def load_pretrained(config: dict | str, vae_path, var_path, device="cpu") -> VAR
 # %% ../nbs/01_var.ipynb #bfd7d3f0
 RELEASED_VQVAE = dict(vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
                       share_quant_resi=4, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
+
+RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
+    "VAR-d16": ("d16", "var_vae_path", "var_d16_path"),
+    "VAR-d30": ("d30", "var_vae_path", "var_d30_path"),
+}
 
 def preset_config(name: str, num_classes: int | None = None) -> dict:
     "Config dict for 'd16', 'd20', 'd24', 'd30', 'tiny' or 'mini'."
@@ -657,4 +671,4 @@ def tokenizer_loss(vae, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list 
 
 def train_options(step: int, ts) -> dict:
     "The generator loss's keywords at training step `step` of settings `ts` (a `memloc.testbed.TrainSettings`)."
-    return {"cond_drop_rate": ts.cond_drop_rate}
+    return {"cond_drop_prob": ts.cond_drop_rate}

@@ -29,3 +29,16 @@ def test_truncated_empty_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match="empty"): read_state_dict(p)
     p.write_text("some notes, not weights")
     with pytest.raises(CheckpointError, match="not a checkpoint"): read_state_dict(p)
+
+
+def test_load_strict_takes_a_kind_it_does_not_know_by_its_keys():
+    import torch
+    from torch import nn
+    from memloc.checkpoints import CheckpointError, load_strict
+    src, dst = nn.Linear(3, 2), nn.Linear(3, 2)
+    load_strict(dst, src.state_dict(), "newfamily")                     # a new family's kind: the keys decide
+    assert torch.equal(dst.weight, src.weight)
+    with pytest.raises(CheckpointError, match="does not match the newfamily"):
+        load_strict(dst, {"weight": src.weight}, "newfamily")
+    with pytest.raises(ValueError, match="kind"):
+        load_strict(dst, src.state_dict(), "")

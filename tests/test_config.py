@@ -135,7 +135,7 @@ def test_outside_a_repository_only_absolute_paths(tmp_path, monkeypatch):
 
 def test_truncated_manifest_is_named(tmp_path, monkeypatch):
     from memloc.config import read_json
-    from memloc.extraction import mini_models
+    from memloc.study import load_model
     mp = tmp_path / "data" / "mini" / "long" / "manifest.json"   # the long testbed's manifest under the repository
     mp.parent.mkdir(parents=True)
     mp.write_text('{"var": {"file": "var.safet')
@@ -145,4 +145,4 @@ def test_truncated_manifest_is_named(tmp_path, monkeypatch):
     (tmp_path / "settings.ini").write_text("[mini]\ntestbed = long\n")
     monkeypatch.setenv("MEMLOC_ROOT", str(tmp_path))
     with pytest.raises(SettingsError, match=str(mp)):
-        mini_models(("var",))
+        load_model("var")

@@ -179,3 +179,20 @@ def test_committed_miniature_results_meet_acceptance():
         g = r["groups"]
         assert g["canary"]["extracted"] > 0.5 * g["canary"]["candidates"], (name, g)
         assert g["non_member"]["extracted"] <= 0.02 * g["non_member"]["candidates"], (name, g)
+
+
+def test_calibrate_attack_thresholds_at_the_non_members_nearest_other():
+    from memloc.data import make_split
+    from memloc.extraction import attack_set, calibrate_attack
+    x, y = load_digits(16)
+    split = make_split(y)
+    model = LookupModel(x[split.canaries], y[split.canaries])
+    c = calibrate_attack(model, x, split, "pixel-ncc", n_members=5, seed=0, quantile=1.0)
+    idx, grp = attack_set(split, 5, 0)
+    assert torch.equal(c.indices, idx) and c.groups == grp and c.tokens_NL.shape == (len(idx), model.seq_len)
+    assert len(c.nearest) == grp.count("non_member") and c.backend.threshold == pytest.approx(float(c.nearest.max()))
+    lower = calibrate_attack(model, x, split, "pixel-ncc", n_members=5, seed=0, quantile=0.5).backend.threshold
+    assert lower <= c.backend.threshold
+    drop = split.non_members[:3]
+    less = calibrate_attack(model, x, split, "pixel-ncc", n_members=5, seed=0, exclude=drop)
+    assert not torch.isin(less.indices, drop).any() and len(less.indices) == len(idx) - 3

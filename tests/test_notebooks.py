@@ -59,3 +59,17 @@ def test_papermill_parameter_reaches_notebook(tmp_path, monkeypatch):
                    for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"
                    for o in c.get("outputs", []))
     assert "[full]" in text and "device=cuda" in text
+
+
+def test_stage_defaults_equal_the_mini_profile():
+    "`nbdev-test` runs a stage notebook on its defaults and the driver on settings.ini [mini]: the two agree."
+    import ast
+    from memloc.config import load_settings
+    from memloc.reproduce import STAGES as DRIVER_STAGES, _convert
+    s, differ = load_settings("mini", ROOT / "settings.ini"), []
+    for st in DRIVER_STAGES:
+        for k, info in pm.inspect_notebook(str(ROOT / "nbs" / st.notebook)).items():
+            if k == "profile" or k not in s or (st.settings is not None and k not in st.settings): continue
+            if _convert(s[k], info["default"], k, s) != ast.literal_eval(info["default"]):
+                differ.append(f"{st.notebook}: {k} = {info['default']} but [mini] {k} = {s[k]}")
+    assert not differ, "\n".join(differ)

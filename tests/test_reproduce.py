@@ -79,6 +79,28 @@ def test_parameters_and_staleness(fake_repo):
     assert stage_key(st, params, s, fake_repo) != k2
 
 
+def test_unread_settings_are_named(fake_repo):
+    from memloc.reproduce import unread_settings
+    _write_nb(fake_repo / "nbs" / "s.ipynb", "import memloc.m\nprint(scale)")
+    (fake_repo / "memloc" / "m.py").write_text("def out(s): return s.path('runs_dir'), s.path(\"figures_dir\")\n")
+    with open(fake_repo / "settings.ini", "a") as f: f.write("unused_knob = 3\n")
+    s = load_settings("mini", fake_repo / "settings.ini")
+    assert unread_settings(s, [Stage("s", "s.ipynb", "t")], fake_repo) == ["inp_path", "unused_knob"]   # scale: a parameter
+    _write_nb(fake_repo / "nbs" / "s.ipynb", "print(scale, settings.path('inp_path'))")
+    assert unread_settings(s, [Stage("s", "s.ipynb", "t")], fake_repo) == ["unused_knob"]
+
+
+def test_module_names_parse_imports():
+    from memloc.reproduce import _module_names
+    every = {"a", "b", "c", "d", "e", "f"}
+    src = ("%matplotlib inline\n!ls\nimport memloc.a\nfrom memloc import b, c as cc\nfrom memloc.d import x\n"
+           "if True:\n    from .e import y\nREG = {'k': 'memloc.f'}\n# memloc.zzz is only a comment\n")
+    assert _module_names(src, every) == {"a", "b", "c", "d", "e", "f"}
+    assert _module_names("name = 'x'\nimportlib.import_module(f'memloc.{name}')", every) == every   # dynamic: all of them
+    assert _module_names("x = 1  # see memloc.a", every) == set()
+    assert _module_names("%%time\nimport memloc.a", every) == {"a"}                                 # under a cell magic
+
+
 def test_stage_modules_follow_imports():
     mods = {p.stem for p in stage_modules(STAGES[0], ROOT)}   # the testbed: its models, data and config
     assert {"config", "data", "var", "rar", "checkpoints"} <= mods and "robustness" not in mods and "_modidx" not in mods

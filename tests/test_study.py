@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from memloc.config import SettingsError
-from memloc.study import check_checkpoint, load_model, mini_split, study_points
+from memloc.study import check_checkpoint, load_model, mini_split, model_split, study_points, unit_points
 
 
 def _save(module, path):
@@ -56,3 +56,25 @@ def test_miniature_points_and_groups():
     assert set(small.indices.tolist()) < set(large.indices.tolist())
     with pytest.raises(ValueError, match="which"):
         study_points("mini", which="canaries")
+
+
+def test_load_model_stands_in_random_weights_without_a_testbed(tmp_path, monkeypatch):
+    from memloc.family import FAMILIES
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "settings.ini").write_text("[mini]\ntestbed = long\ndevice = cpu\nimage_size = 16\n")
+    monkeypatch.setenv("MEMLOC_ROOT", str(tmp_path))            # a repository without a trained testbed
+    for fam in FAMILIES:
+        a, b = load_model(fam, seed=3), load_model(fam, seed=3)
+        assert a.family == fam and a.source == "random weights" and not a.training
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))   # seeded
+        split = model_split(fam)
+        assert len(split.canaries) and not set(split.members.tolist()) & set(split.non_members.tolist())
+    assert model_split("VAR-d30", "full") is None
+
+
+def test_unit_points_keep_every_canary():
+    data, ids, labels, split = unit_points("mini", fraction=0.1, seed=0)
+    assert set(split.canaries.tolist()) <= set(ids) and ids == sorted(set(ids))
+    assert set(ids) <= set(split.members.tolist()) and len(ids) < len(split.members)
+    images, point_labels = data
+    assert len(labels) == len(images) and torch.equal(torch.as_tensor(point_labels), labels)

@@ -163,7 +163,7 @@ def test_mini_preset_generic_sizes():
         assert torch.equal(ids, ids2) and lg.shape == (2, m.seq_len, m.vocab_size)
         # guidance ramp: first scale unguided, so its logits equal the teacher-forced ones
         assert torch.allclose(lg[:, :1], m.logits(ids, lab)[:, :1], atol=ATOL)
-    loss = m.loss(t, lab, cond_drop_rate=0.5, generator=torch.Generator().manual_seed(0))
+    loss = m.loss(t, lab, cond_drop_prob=0.5, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert loss.ndim == 0 and m.generator.blocks[0].ffn.fc1.weight.grad is not None
 
@@ -233,10 +233,10 @@ def test_load_pretrained_meta_build(tiny, tmp_path):
     from memloc.var import load_pretrained
     model, fx, _ = tiny
     torch.save(model.tokenizer.state_dict(), tmp_path / "vae.pth"); torch.save(model.generator.state_dict(), tmp_path / "var.pth")
-    m = load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "var.pth")
+    m = load_pretrained({"tokenizer": tmp_path / "vae.pth", "generator": tmp_path / "var.pth"}, model.config)
     with torch.no_grad(): lg = m.logits(fx["enc.idx_BL"], fx["input.label_B"])
     assert torch.allclose(lg, fx["tf.logits_BLV"], atol=ATOL)
-    with pytest.raises(CheckpointError, match=r"VAR tokenizer \(VQVAE\) checkpoint"): load_pretrained(model.config, tmp_path / "vae.pth", tmp_path / "vae.pth")
+    with pytest.raises(CheckpointError, match=r"VAR tokenizer \(VQVAE\) checkpoint"): load_pretrained({"tokenizer": tmp_path / "vae.pth", "generator": tmp_path / "vae.pth"}, model.config)
 
 
 @needs_fixtures

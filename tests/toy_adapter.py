@@ -18,6 +18,10 @@ class ToyAdapter(nn.Module):
             for p in self.parameters(): p.copy_(torch.randn(p.shape, generator=g) * 0.5)
         self.pos = nn.Parameter(torch.randn(14, d, generator=g) * 0.5)
         self.groups = [tuple(x) for x in groups]
+        self.config = dict(n_blocks=n_blocks, d=d, hidden=hidden, V=V, num_classes=num_classes, seed=seed, groups=self.groups)
+
+    @property
+    def device(self): return self.head.weight.device
 
     def mlp_blocks(self): return list(zip(self.fc1, self.act, self.fc2))
     def unit_groups(self): return self.groups
@@ -31,6 +35,32 @@ class ToyAdapter(nn.Module):
         x = self.tok(tokens_BL) + self.pos + self.cls(labels_B)[:, None]
         for fc1, act, fc2 in self.mlp_blocks(): x = x + fc2(act(fc1(x)))
         return self.head(x)
+
+    def decode(self, tokens_BL):
+        "The 3x3 tokens as grey levels, upsampled to the image size."
+        g = (tokens_BL[:, 5:14].float() + 0.5) / self.vocab_size
+        return nn.functional.interpolate(g.view(-1, 1, 3, 3), size=self.image_size, mode="nearest").expand(-1, 3, -1, -1)
+
+    def loss(self, tokens_BL, labels_B, **_):
+        return nn.functional.cross_entropy(self.logits(tokens_BL, labels_B).flatten(0, 1), tokens_BL.flatten())
+
+    @torch.no_grad()
+    def generate(self, labels_B, prefix_BL=None, n_prefix=0, cfg=0.0, temperature=1.0, top_k=0, top_p=0.0,
+                 greedy=False, generator=None):
+        "One group per step from teacher-forced logits (no guidance, top-k or top-p: a stand-in)."
+        out = torch.zeros(len(labels_B), self.seq_len, dtype=torch.long, device=labels_B.device)
+        if n_prefix: out[:, :n_prefix] = prefix_BL[:, :n_prefix]
+        for b, e in self.generation_steps():
+            if e <= n_prefix: continue
+            lg = self.logits(out, labels_B)[:, b:e]
+            out[:, b:e] = lg.argmax(-1) if greedy else torch.multinomial(
+                (lg / temperature).softmax(-1).flatten(0, 1), 1, generator=generator).view(len(labels_B), e - b)
+        return out
+
+    def prefix_lengths(self): return [0] + [e for _, e in self.groups[:-1]]
+    def score_range(self): return tuple(self.groups[-1])
+    def generation_steps(self): return self.groups
+    def headline_prefix(self): return max(self.prefix_lengths())
 
 
 def toy_data(n=20, size=8, seed=0):
