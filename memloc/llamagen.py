@@ -426,7 +426,9 @@ def llamagen_config(name: str = "mini",             # llamagen_b, _l, _xl, _xxl,
 
 preset_config = llamagen_config   # the family's common name for its presets
 RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
-    "LlamaGen-B": ("llamagen_b", "llamagen_vq_path", "llamagen_b_path"),
+    "LlamaGen-B": ("llamagen_b", "llamagen_vq_path", "llamagen_b_path"),        # c2i_B_256.pt
+    "LlamaGen-L": ("llamagen_l", "llamagen_vq_path", "llamagen_l_path"),        # c2i_L_256.pt
+    "LlamaGen-XXL": ("llamagen_xxl", "llamagen_vq_path", "llamagen_xxl_path"),  # c2i_XXL_384.pt: 384 px only
 }
 
 # %% ../nbs/02a_llamagen.ipynb #98f09bbb

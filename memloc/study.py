@@ -52,6 +52,9 @@ def load_model(name: str,                        # a family's name (the miniatur
         check_paths(s, [rel.tokenizer_key, rel.generator_key])
         files = {"tokenizer": s.path(rel.tokenizer_key), "generator": s.path(rel.generator_key)}
         model, source = mod.load_pretrained(files, rel.preset), "released checkpoint"
+        if model.image_size != s.int("image_size"):   # the data are read at the profile's size
+            raise ValueError(f"{name} works on {model.image_size} px images, but {s.where('image_size')} = {s['image_size']}: "
+                             f"study it in a profile whose image_size is {model.image_size}")
     model = model.to(torch.device(device or load_settings(profile).str("device"))).eval()
     model.source = source
     return model
