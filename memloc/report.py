@@ -178,17 +178,18 @@ def var_depth_claim(dirs: dict) -> tuple[str, str] | None:
         verdicts.append(_ci_verdict(t["rho_ci"][0], t["rho_ci"][1], 0.0))
     return "; ".join(cells), _combine(verdicts)
 
-def rar_late_claim(dirs: dict) -> tuple[str, str] | None:
-    "Stage 3: share of the top units in the second half of the blocks, with its interval, against chance (`rar_blocks/results.json`)."
+def rar_late_claim(dirs: dict, family: str = "rar") -> tuple[str, str] | None:
+    "Stage 3, one family's models: share of the top units in the second half of the blocks, with its interval, against chance (`rar_blocks/results.json`)."
     r = read_json(dirs.get("rar_blocks"))
     if not r: return None
     cells, verdicts = [], []
     for name, m in r["models"].items():
+        if m.get("family", "rar") != family: continue
         t = m["test"]
         cells.append(f"{name}: {t['late_top_units']} of {t['top_units']} top units in the second half "
                      f"({t['share']:.2f} [{t['share_ci'][0]:.2f}, {t['share_ci'][1]:.2f}], chance {t['chance']:.2f})")
         verdicts.append(_ci_verdict(t["share_ci"][0], t["share_ci"][1], t["chance"]))
-    return "; ".join(cells), _combine(verdicts)
+    return ("; ".join(cells), _combine(verdicts)) if cells else None
 
 # %% ../nbs/21_report.ipynb #832b3580
 def _units(d: pd.DataFrame, kind: str) -> pd.Series | None:
@@ -342,6 +343,10 @@ def claims() -> list[Claim]:
               lambda d, g: rar_late_claim(d), "rar_blocks"),
         Claim(f"VAR: scaling the top {vr.p:g}% units by 0.5 cuts extraction, at a small FID cost", vtext, cut("var", vr.p), "intervention"),
         Claim(f"RAR: scaling the top {rr.p:g}% units by 0.5 cuts extraction, at an FID cost", rtext, cut("rar", rr.p), "intervention"),
+        Claim("LlamaGen (raster order): memorization sits in the middle and late blocks, as the paper finds for RAR",
+              "not studied (named as the first family to check)", lambda d, g: rar_late_claim(d, "llamagen"), "rar_blocks"),
+        Claim("LlamaGen: scaling the top 5% units by 0.5 (RAR's setting) cuts extraction", "not studied",
+              cut("llamagen", 5.0), "intervention"),
         Claim("A small subset (1% of the data) is enough to find the units", "assumed: UnitMem on 1% of ImageNet, no check reported",
               lambda d, g: subset_claim(d), "subset_robustness"),
         Claim("UnitMem finds implanted units (Recall@|S| against random |S|/units)", "assumed: no ground truth in the paper",
