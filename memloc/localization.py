@@ -588,11 +588,13 @@ def _stats_for(cfg: dict, model, split, name: str):
     "UnitMem's statistics of the study (stage 4's points and views), reused from stages 2-4 where saved: `(stats, source, seconds measuring)`."
     from memloc.data import Augment
     from memloc.config import load_settings
-    data, pts = training_points(cfg["profile"], split, cfg["subset_fraction"], cfg["seed"])
+    data, pts = training_points(cfg["profile"], split, cfg.get("unitmem_fraction", cfg["subset_fraction"]), cfg["seed"])
     stem = f"{name}-{model_fingerprint(model)}-A{cfg['augmentations']}-seed{cfg['seed']}"   # the file names of stages 2-4
     fig = load_settings(cfg["profile"]).path("figures_dir")
     saved = [fig / "intervention" / f"{stem}.stats.pt"] + [fig / s / f"{stem}{e}" for s in ("var_scales", "rar_blocks") for e in (".values.pt", ".stats.pt")]
-    own, side = Path(cfg["out"]) / f"{stem}.stats.pt", Path(cfg["out"]) / f"{stem}.seconds.json"
+    frac = cfg.get("unitmem_fraction", cfg["subset_fraction"])
+    own = Path(cfg["out"]) / f"{stem}-subset{frac:g}.stats.pt"       # this stage's own measurement (its points: the subset)
+    side = own.with_name(own.name.replace(".stats.pt", ".seconds.json"))
     t0 = time.perf_counter()
     st, src = unitmem_stats(model, data, pts, Augment(model.image_size, hflip=cfg["profile"] != "mini"), cfg["augmentations"], cfg["seed"],
                             cfg["batch_size"], own, saved, cfg["dtype"])
@@ -606,13 +608,13 @@ def study_task(task: dict) -> dict:
     "One piece of the study, run in a worker process: `part` 'methods' (every method and its mitigation on one model), 'random' (some random draws on one model) or 'implants' (recall and mitigation on some implants of one family)."
     cfg, testbed, name, family = task["cfg"], task["testbed"], task["name"], task["family"]
     torch.set_num_threads(cfg.get("threads", 1))
-    cache, t0 = ResultCache(data=task.get("cache") or {}), time.perf_counter()
+    cache, t0, c0 = ResultCache(data=task.get("cache") or {}), time.perf_counter(), time.process_time()
     model, split, load, members, att, att_src = study_inputs(cfg, testbed, name, family)
     out = dict(task={k: v for k, v in task.items() if k not in ("cfg", "cache")})
     if task["part"] == "implants":
         imps = load_implants_or_none(family, testbed)
         imps = None if imps is None else [imps[i] for i in task["implants"]]
-        if not imps: return dict(out, recall=None, implant_mitigation={}, added={}, hits=0, misses=0, seconds=time.perf_counter() - t0)
+        if not imps: return dict(out, recall=None, implant_mitigation={}, added={}, hits=0, misses=0, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         def evidence_of(imp):
             pool = members[~torch.isin(members, torch.as_tensor(imp.implant_ids))]
             refs = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"] + int(imp.seed)))[:cfg["n_references"]]]
@@ -634,14 +636,14 @@ def study_task(task: dict) -> dict:
                 rows = mitigation(imp.model, s, pr, ids, [], [k_pct], cfg["factors"], 0, None, cache)
                 mit.setdefault(m, []).append(dict(model=name, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
         return dict(out, recall=rec.assign(model=name), ks=ks, n_units=nb * h, implant_mitigation=mit, added=cache.added, hits=cache.hits, misses=cache.misses,
-                    seconds=time.perf_counter() - t0)
+                    seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"])
     ev = Evidence.of(load, sets, cfg["batch_size"])
     probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"], cfg["batch_size"])
     tb = cfg["testbeds"][testbed]
     methods, record = {}, {}
     if task["part"] == "methods":
-        st, st_src, n_pts, t_um = _stats_for(cfg, model, split, name)
+        st, st_src, n_pts, t_um = _stats_for(dict(cfg, unitmem_fraction=tb.get("unitmem_fraction", cfg["subset_fraction"])), model, split, name)
         methods = dict(cfg["method_options"], unitmem=dict(stats=st))
         record = dict(targets=sets["targets"].tolist(), others=sets["others"].tolist(), references=sets["references"].tolist(),
                       attack=att_src, prefix=att["prefix"], threshold=att["backend"].threshold, backend=att["backend"].name,
@@ -650,7 +652,7 @@ def study_task(task: dict) -> dict:
                   cfg["n_samples"], tb["fid_ps"], cache, cfg["out"], draws=task.get("draws", []))
     b.pop("scores")
     if task["part"] == "methods": record["seconds_per_method"] = dict(b["seconds"])
-    return dict(out, bench=b, record=record, added=cache.added, hits=cache.hits, misses=cache.misses, seconds=time.perf_counter() - t0)
+    return dict(out, bench=b, record=record, added=cache.added, hits=cache.hits, misses=cache.misses, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
 
 def run_tasks(fn: Callable, tasks: list, workers: int = 1) -> list:
     "`fn(task)` for every task, results in the tasks' order: here when `workers` is 1, else in that many spawned processes (each one thread)."

@@ -190,6 +190,14 @@ def test_benchmark_draws(monkeypatch):
 def _square(x): return x * x
 
 
-def test_run_tasks_in_workers():
+def test_run_tasks_in_workers(tmp_path):
+    "A piece of the study gives the same rows here and in spawned workers."
     assert L.run_tasks(_square, [1, 2, 3]) == [1, 4, 9]
-    assert L.run_tasks(L.fingerprint, ["a", "b"], workers=2) == [L.fingerprint("a"), L.fingerprint("b")]
+    cfg = dict(profile="mini", device="cpu", dtype="float32", batch_size=64, augmentations=1, subset_fraction=1.0, seed=0,
+               target_fraction=0.5, n_references=64, factors=[0.0], n_samples=0, random_draws=2, image_size=16, main_testbed="long",
+               out=str(tmp_path), method_options={}, recall_ks_pct=[1],
+               testbeds={"long": dict(top_ps=[1.0], fid_ps=[], random_draws=2, random_fid_draws=0)})
+    task = dict(cfg=cfg, part="random", testbed="long", name="var", family="var", draws=[0, 1])
+    here, there = L.run_tasks(L.study_task, [task]), L.run_tasks(L.study_task, [task, dict(task, draws=[1])], workers=2)
+    assert here[0]["bench"]["random"] == there[0]["bench"]["random"] and there[1]["bench"]["random"] == here[0]["bench"]["random"][1:]
+    assert here[0]["misses"] == 3 and len(here[0]["added"]) == 3     # the unmodified model once, then one evaluation per draw
