@@ -363,6 +363,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'memloc.localization.audit_probe': ('localization.html#audit_probe', 'memloc/localization.py'),
                                      'memloc.localization.audit_sets': ('localization.html#audit_sets', 'memloc/localization.py'),
                                      'memloc.localization.benchmark': ('localization.html#benchmark', 'memloc/localization.py'),
+                                     'memloc.localization.cached_attack': ('localization.html#cached_attack', 'memloc/localization.py'),
                                      'memloc.localization.count_in': ('localization.html#count_in', 'memloc/localization.py'),
                                      'memloc.localization.empirical_p': ('localization.html#empirical_p', 'memloc/localization.py'),
                                      'memloc.localization.fingerprint': ('localization.html#fingerprint', 'memloc/localization.py'),

@@ -30,8 +30,9 @@ __all__ = ['METHODS', 'COLORS', 'audit_sets', 'Evidence', 'Method', 'register_me
            'activation_contrast', 'attribution', 'gradient_scores', 'learned_mask', 'random_scores', 'top_units',
            'recall_at_k', 'recall_curve', 'load_implants_or_none', 'implant_recall', 'fingerprint', 'probe_fingerprint',
            'ResultCache', 'count_in', 'attack_and_fid', 'mitigation', 'empirical_p', 'testbed_model', 'training_points',
-           'unitmem_stats', 'audit_probe', 'testbed_attack', 'study_inputs', 'method_scores', 'benchmark', 'study_task',
-           'run_tasks', 'results_entry', 'random_entry', 'headline_table', 'pareto_front', 'plot_pareto', 'plot_recall']
+           'unitmem_stats', 'audit_probe', 'testbed_attack', 'cached_attack', 'study_inputs', 'method_scores',
+           'benchmark', 'study_task', 'run_tasks', 'results_entry', 'random_entry', 'headline_table', 'pareto_front',
+           'plot_pareto', 'plot_recall']
 
 # %% ../nbs/15_localization.ipynb #e859fc41
 def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(...)`: indices, groups, extracted
@@ -356,6 +357,7 @@ def implant_recall(implants,                   # implants: .seed, .rate, .model,
                    random_draws: int = 10,
                    ks=None,                    # also Recall@k at these k
                    scores: dict | None = None, # filled with {(seed, rate, method): unit scores} of the methods, for reuse
+                   folder=None,                # cache the methods' scores there (`method_scores`)
                   ) -> pd.DataFrame:
     "Recall@|S| (and Recall@k) of every method and random draw on every implant: one row per (implant, method, draw)."
     rows = []
@@ -363,7 +365,7 @@ def implant_recall(implants,                   # implants: .seed, .rate, .model,
         ev, S = evidence_of(imp), as_units(imp.units, unit_grid(imp.model))
         runs = [(n, None, o) for n, o in methods.items()] + [("random", d, dict(seed=d)) for d in range(random_draws)]
         for name, draw, opts in runs:
-            s = localize(name, imp.model, ev, **opts)
+            s = localize(name, imp.model, ev, **opts) if draw is not None or folder is None else method_scores(name, imp.model, ev, opts, folder)[0]
             if scores is not None and draw is None: scores[(int(imp.seed), float(imp.rate), name)] = s
             r = dict(seed=int(imp.seed), rate=float(imp.rate), n_units=len(S), method=name, draw=draw, recall=recall_at_k(s, S))
             if ks is not None: r["curve"] = recall_curve(s, S, ks)
@@ -520,6 +522,23 @@ def testbed_attack(model, split, images, labels, n_members: int = 100, seed: int
     return dict(backend=sim, prefix=int(prefix), indices=idx, groups=groups, extracted=torch.tensor(df["extracted"].to_numpy().copy()),
                 entry=dict(source="run here", n_members=n_members, seed=seed))
 
+def cached_attack(model, split, images, labels, seed: int = 0, folder=None) -> dict:
+    "`testbed_attack`, saved in `folder` under the fingerprint of the model, the split and the seed (and read from there when it matches)."
+    from memloc.extraction import make_backend
+    key = fingerprint("attack", model_fingerprint(model), split.members, split.canaries, split.non_members, int(seed))
+    f = None if folder is None else Path(folder) / f"attack-{key}.pt"
+    if f is not None and f.is_file():
+        ck = torch.load(f, map_location="cpu", weights_only=True)
+        return dict(backend=make_backend(ck["backend"]).with_threshold(float(ck["threshold"]), ck["how"]), prefix=int(ck["prefix"]),
+                    indices=ck["indices"], groups=list(ck["groups"]), extracted=ck["extracted"], entry=ck["entry"])
+    a = testbed_attack(model, split, images, labels, seed=seed)
+    if f is not None:
+        tmp = f.with_name(f.name + ".tmp")
+        torch.save(dict(backend=a["backend"].name, threshold=a["backend"].threshold, how=a["backend"].source,
+                        prefix=a["prefix"], indices=a["indices"], groups=a["groups"], extracted=a["extracted"], entry=a["entry"]), tmp)
+        os.replace(tmp, f)
+    return a
+
 def study_inputs(cfg: dict, testbed: str, name: str, family: str):
     "One model of the study: `(model, split, load, members, attack, attack source)`; on the miniature, `testbed`'s model, and the extraction stage's attack where it ran on `testbed`, else `testbed_attack`."
     profile, device = cfg["profile"], cfg["device"]
@@ -530,7 +549,7 @@ def study_inputs(cfg: dict, testbed: str, name: str, family: str):
         imgs, labs = load_digits(cfg["image_size"])
         model = model.to(device).eval()
         if testbed == cfg["main_testbed"]: att, src = load_attack(name, profile), "extraction stage"
-        else: att, src = testbed_attack(model, split, imgs, labs, seed=cfg["seed"]), "run here (the extraction stage's attack, calibrated as it is)"
+        else: att, src = cached_attack(model, split, imgs, labs, cfg["seed"], cfg.get("out")), "run here (the extraction stage's attack, calibrated as it is)"
         return model, split, (lambda ids: (imgs[ids], labs[ids])), split.members, att, src
     from memloc.config import load_settings
     from memloc.data import ImageFolder
@@ -544,11 +563,13 @@ def study_inputs(cfg: dict, testbed: str, name: str, family: str):
 
 # %% ../nbs/15_localization.ipynb #f0f19a84
 def _opts_key(opts: dict) -> dict:
-    "Options as JSON-able values: statistics and tensors by their fingerprint."
+    "Options as JSON-able values: statistics and tensors by their fingerprint, other objects (an `Augment`) by their type and attributes."
+    import inspect
     out = {}
     for k, v in opts.items():
         if hasattr(v, "state_dict") and hasattr(v, "compute"): v = fingerprint(v.sum, v.max, v.count)
         elif torch.is_tensor(v): v = fingerprint(v)
+        elif hasattr(v, "__dict__") and not inspect.isroutine(v): v = [type(v).__name__, {a: x for a, x in sorted(vars(v).items())}]
         out[k] = v
     return out
 
@@ -624,7 +645,7 @@ def study_task(task: dict) -> dict:
         nb, h = unit_grid(model)
         ks = sorted({max(1, round(q * nb * h / 100)) for q in cfg["recall_ks_pct"]})
         scored = {}
-        rec = implant_recall(imps, evidence_of, opts, cfg["random_draws"], ks, scores=scored)
+        rec = implant_recall(imps, evidence_of, opts, cfg["random_draws"], ks, scores=scored, folder=cfg["out"])
         mit = {}
         for imp in imps:
             ids = torch.as_tensor(imp.implant_ids)

@@ -127,6 +127,12 @@ def test_empirical_p_and_pareto():
     assert L.pareto_front([(1, 5), (2, 3), (3, 4), (4, 1)]) == [(1, 5), (2, 3), (4, 1)]
 
 
+def test_options_key_names_objects_by_value():
+    from memloc.data import Augment
+    assert L._opts_key(dict(augment=Augment(16, hflip=False))) == L._opts_key(dict(augment=Augment(16, hflip=False)))
+    assert L._opts_key(dict(augment=Augment(16, hflip=False))) != L._opts_key(dict(augment=Augment(16, hflip=True)))
+
+
 def test_fingerprint():
     assert L.fingerprint(torch.ones(2)) != L.fingerprint(torch.ones(3)) != L.fingerprint(torch.ones(2, dtype=torch.float64))
     assert L.fingerprint("a", 1) == L.fingerprint("a", 1) != L.fingerprint("a", 2)
@@ -166,12 +172,14 @@ def test_attack_and_fid_is_evaluate(mini_var):
         assert a == dict(extracted_indices=e["extracted_indices"], fid=None)
 
 
-def test_testbed_attack_is_the_extraction_stages(mini_var):
+def test_testbed_attack_is_the_extraction_stages(mini_var, tmp_path):
     model, split, imgs, labs, att = mini_var
-    mine = L.testbed_attack(model, split, imgs, labs)
+    mine = L.cached_attack(model, split, imgs, labs, 0, tmp_path)
     assert (mine["backend"].threshold, mine["prefix"]) == (att["backend"].threshold, att["prefix"])
     verdicts = lambda a: sorted(zip(torch.as_tensor(a["indices"]).tolist(), a["groups"], torch.as_tensor(a["extracted"]).tolist()))
     assert verdicts(mine) == verdicts(att)
+    again = L.cached_attack(model, split, imgs, labs, 0, tmp_path)            # from the file
+    assert len(list(tmp_path.glob("attack-*.pt"))) == 1 and verdicts(again) == verdicts(att) and (again["backend"].name, again["backend"].threshold, again["backend"].source) == (mine["backend"].name, mine["backend"].threshold, mine["backend"].source)
 
 
 def test_benchmark_draws(monkeypatch):
