@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .intervention import as_units, evaluate, scale_units, select_units, unit_grid, unit_scores
+from .intervention import as_units, scale_units, select_units, unit_grid, unit_scores
 from .unitmem import UnitCapture, measure
 from .var_scales import _autocast, model_fingerprint
 
@@ -29,9 +29,10 @@ __all__ = ['METHODS', 'COLORS', 'audit_sets', 'Evidence', 'Method', 'register_me
            'tf_loss', 'tf_prob', 'PlantedToy', 'planted_evidence', 'unitmem_scores', 'unit_values',
            'activation_contrast', 'attribution', 'gradient_scores', 'learned_mask', 'random_scores', 'top_units',
            'recall_at_k', 'recall_curve', 'load_implants_or_none', 'implant_recall', 'fingerprint', 'probe_fingerprint',
-           'ResultCache', 'count_in', 'mitigation', 'empirical_p', 'testbed_model', 'training_points', 'unitmem_stats',
-           'audit_probe', 'method_scores', 'benchmark', 'results_entry', 'random_entry', 'headline_table',
-           'pareto_front', 'plot_pareto', 'plot_recall']
+           'ResultCache', 'count_in', 'attack_and_fid', 'mitigation', 'empirical_p', 'testbed_model', 'training_points',
+           'unitmem_stats', 'audit_probe', 'testbed_attack', 'cached_attack', 'study_inputs', 'method_scores',
+           'benchmark', 'study_task', 'run_tasks', 'results_entry', 'random_entry', 'headline_table', 'pareto_front',
+           'plot_pareto', 'plot_recall']
 
 # %% ../nbs/15_localization.ipynb #e859fc41
 def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(...)`: indices, groups, extracted
@@ -356,6 +357,7 @@ def implant_recall(implants,                   # implants: .seed, .rate, .model,
                    random_draws: int = 10,
                    ks=None,                    # also Recall@k at these k
                    scores: dict | None = None, # filled with {(seed, rate, method): unit scores} of the methods, for reuse
+                   folder=None,                # cache the methods' scores there (`method_scores`)
                   ) -> pd.DataFrame:
     "Recall@|S| (and Recall@k) of every method and random draw on every implant: one row per (implant, method, draw)."
     rows = []
@@ -363,7 +365,7 @@ def implant_recall(implants,                   # implants: .seed, .rate, .model,
         ev, S = evidence_of(imp), as_units(imp.units, unit_grid(imp.model))
         runs = [(n, None, o) for n, o in methods.items()] + [("random", d, dict(seed=d)) for d in range(random_draws)]
         for name, draw, opts in runs:
-            s = localize(name, imp.model, ev, **opts)
+            s = localize(name, imp.model, ev, **opts) if draw is not None or folder is None else method_scores(name, imp.model, ev, opts, folder)[0]
             if scores is not None and draw is None: scores[(int(imp.seed), float(imp.rate), name)] = s
             r = dict(seed=int(imp.seed), rate=float(imp.rate), n_units=len(S), method=name, draw=draw, recall=recall_at_k(s, S))
             if ks is not None: r["curve"] = recall_curve(s, S, ks)
@@ -386,25 +388,49 @@ def probe_fingerprint(probe) -> str:
                        list(probe.prefixes), ref, probe.profile, probe.seed, probe.sampler)
 
 class ResultCache:
-    "Results in a JSON file, each under the fingerprint of what it was computed from; `get` computes what is missing."
-    def __init__(self, path=None):
+    "Results in a file (`.pt`, which `memloc reproduce` carries into a rerun, or `.json`), each under the fingerprint of what it was computed from; `get` computes what is missing."
+    def __init__(self, path=None, data: dict | None = None):
         self.path, self.hits, self.misses = (None if path is None else Path(path)), 0, 0
-        self.data = json.loads(self.path.read_text()) if self.path is not None and self.path.is_file() else {}
+        self.data, self.added = (dict(data) if data is not None else self._read()), {}
+    def _read(self) -> dict:
+        p = self.path
+        if p is None or not p.is_file(): return {}
+        if p.suffix == ".pt": return torch.load(p, map_location="cpu", weights_only=True)["results"]
+        return json.loads(p.read_text())
     def get(self, key: str, compute: Callable):
         if key in self.data: self.hits += 1; return self.data[key]
         self.misses += 1
-        self.data[key] = v = compute()
+        self.data[key] = self.added[key] = v = compute()
         return v
+    def merge(self, added: dict, hits: int = 0, misses: int = 0):
+        "Take in the results another cache computed (a worker's `added`)."
+        self.data.update(added); self.added.update(added); self.hits += hits; self.misses += misses
     def save(self):
         if self.path is None: return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, sort_keys=True)); os.replace(tmp, self.path)
+        if self.path.suffix == ".pt": torch.save({"results": self.data}, tmp)
+        else: tmp.write_text(json.dumps(self.data, sort_keys=True))
+        os.replace(tmp, self.path)
 
 # %% ../nbs/15_localization.ipynb #01ed877e
 def count_in(ev: dict, ids) -> int:
     "How many of the data set indices `ids` an `evaluate` result counts as extracted."
     return len(set(ev["extracted_indices"]) & {int(i) for i in ids})
+
+@torch.no_grad()
+def attack_and_fid(model, probe, n_samples: int = 0) -> dict:
+    "What this benchmark reads of stage 4's `evaluate`, by the same calls: the indices the attack extracts (`extract`) and the FID of `n_samples` samples (`sample_and_score`; None without); the candidate scores it does not read are not computed."
+    from memloc.extraction import extract, tokenize_all
+    if probe.tokens is None: probe.tokens = tokenize_all(model, probe.images, probe.batch_size)   # the tokenizer is never scaled
+    df = extract(model, probe.images, probe.labels, probe.indices, probe.groups, probe.backend, probe.prefixes, probe.batch_size,
+                 tokens_NL=probe.tokens)
+    out = dict(extracted_indices=sorted({int(i) for i in df["index"][df.extracted]}), fid=None)
+    if n_samples:
+        from memloc.quality import sample_and_score
+        out["fid"] = sample_and_score(model, n_samples, probe.reference, probe.profile, probe.seed, probe.batch_size,
+                                      metrics=("fid",), **probe.sampler)["fid"]
+    return out
 
 def mitigation(model, scores: torch.Tensor, probe,
                targets, others,               # data set indices of the targets and the held-out memorized images
@@ -421,8 +447,7 @@ def mitigation(model, scores: torch.Tensor, probe,
     def run(units, f, n):
         key = fingerprint("evaluate", mk, pk, units, float(f), int(n))
         def compute():
-            with scale_units(model, units, f): ev = evaluate(model, probe, n, ("fid",))
-            return dict(extracted_indices=ev["extracted_indices"], fid=(ev.get("quality") or {}).get("fid"))
+            with scale_units(model, units, f): return attack_and_fid(model, probe, n)
         ev = cache.get(key, compute)
         return dict(targets_extracted=count_in(ev, targets), others_extracted=count_in(ev, others), fid=ev["fid"])
     rows = [dict(p=0.0, factor=1.0, n_units=0, **run(torch.zeros(0, 2, dtype=torch.long), 1.0, n_samples))]
@@ -486,13 +511,65 @@ def audit_probe(load: Callable,      # data set indices -> (images, labels)
     return Probe(*load(ids), ids, [group[i] for i in ids.tolist()], attack["backend"], [attack["prefix"]],
                  reference, profile, seed, batch_size)
 
+@torch.no_grad()
+def testbed_attack(model, split, images, labels, n_members: int = 100, seed: int = 0, backend: str = "pixel-ncc") -> dict:
+    "The extraction stage's attack on a testbed it did not run on, in `load_attack`'s form: its candidates (`attack_set`), its similarity calibrated on the non-members (`calibrated_similarity`), its headline prefix."
+    from memloc.extraction import attack_set, extract, headline_prefix_of
+    from memloc.implant import calibrated_similarity
+    idx, groups = attack_set(split, n_members, seed)
+    sim, prefix = calibrated_similarity(model, images, split, backend=backend, calib_members=n_members, seed=seed), headline_prefix_of(model)
+    df = extract(model, images[idx], labels[idx], idx, groups, sim, prefix)
+    return dict(backend=sim, prefix=int(prefix), indices=idx, groups=groups, extracted=torch.tensor(df["extracted"].to_numpy().copy()),
+                entry=dict(source="run here", n_members=n_members, seed=seed))
+
+def cached_attack(model, split, images, labels, seed: int = 0, folder=None) -> dict:
+    "`testbed_attack`, saved in `folder` under the fingerprint of the model, the split and the seed (and read from there when it matches)."
+    from memloc.extraction import make_backend
+    key = fingerprint("attack", model_fingerprint(model), split.members, split.canaries, split.non_members, int(seed))
+    f = None if folder is None else Path(folder) / f"attack-{key}.pt"
+    if f is not None and f.is_file():
+        ck = torch.load(f, map_location="cpu", weights_only=True)
+        return dict(backend=make_backend(ck["backend"]).with_threshold(float(ck["threshold"]), ck["how"]), prefix=int(ck["prefix"]),
+                    indices=ck["indices"], groups=list(ck["groups"]), extracted=ck["extracted"], entry=ck["entry"])
+    a = testbed_attack(model, split, images, labels, seed=seed)
+    if f is not None:
+        tmp = f.with_name(f.name + ".tmp")
+        torch.save(dict(backend=a["backend"].name, threshold=a["backend"].threshold, how=a["backend"].source,
+                        prefix=a["prefix"], indices=a["indices"], groups=a["groups"], extracted=a["extracted"], entry=a["entry"]), tmp)
+        os.replace(tmp, f)
+    return a
+
+def study_inputs(cfg: dict, testbed: str, name: str, family: str):
+    "One model of the study: `(model, split, load, members, attack, attack source)`; on the miniature, `testbed`'s model, and the extraction stage's attack where it ran on `testbed`, else `testbed_attack`."
+    profile, device = cfg["profile"], cfg["device"]
+    if profile == "mini":
+        from memloc.data import load_digits
+        from memloc.extraction import load_attack
+        model, split, _ = testbed_model(family, testbed)
+        imgs, labs = load_digits(cfg["image_size"])
+        model = model.to(device).eval()
+        if testbed == cfg["main_testbed"]: att, src = load_attack(name, profile), "extraction stage"
+        else: att, src = cached_attack(model, split, imgs, labs, cfg["seed"], cfg.get("out")), "run here (the extraction stage's attack, calibrated as it is)"
+        return model, split, (lambda ids: (imgs[ids], labs[ids])), split.members, att, src
+    from memloc.config import load_settings
+    from memloc.data import ImageFolder
+    from memloc.extraction import load_attack
+    from memloc.study import load_model, study_points
+    settings = load_settings(profile)
+    folder = ImageFolder(settings.path("data_root"), size=cfg["image_size"])
+    load = lambda ids: (torch.stack([folder[int(i)][0] for i in ids]), torch.tensor([folder[int(i)][1] for i in ids]))
+    members = study_points(profile, "members", cfg["subset_fraction"], cfg["seed"]).indices
+    return load_model(name, profile, device=device), None, load, members, load_attack(name, profile), "extraction stage"
+
 # %% ../nbs/15_localization.ipynb #f0f19a84
 def _opts_key(opts: dict) -> dict:
-    "Options as JSON-able values: statistics and tensors by their fingerprint."
+    "Options as JSON-able values: statistics and tensors by their fingerprint, other objects (an `Augment`) by their type and attributes."
+    import inspect
     out = {}
     for k, v in opts.items():
         if hasattr(v, "state_dict") and hasattr(v, "compute"): v = fingerprint(v.sum, v.max, v.count)
         elif torch.is_tensor(v): v = fingerprint(v)
+        elif hasattr(v, "__dict__") and not inspect.isroutine(v): v = [type(v).__name__, {a: x for a, x in sorted(vars(v).items())}]
         out[k] = v
     return out
 
@@ -514,7 +591,9 @@ def benchmark(model, evidence: Evidence, probe, sets: dict,
               methods: dict,                 # {name: options} (random excluded: it is the floor)
               top_ps=(0.5, 1, 2, 5, 10), factors=(0.5, 0.0),
               random_draws: int = 10, random_fid_draws: int = 2, n_samples: int = 100, fid_ps=None,
-              cache: ResultCache | None = None, folder=None) -> dict:
+              cache: ResultCache | None = None, folder=None,
+              draws=None,                    # which random draws (default: all `random_draws`)
+             ) -> dict:
     "Scores, their seconds and the mitigation rows of every method on one model, and of the random draws."
     mk, cache = model_fingerprint(model), cache or ResultCache()
     out = dict(scores={}, seconds={}, mitigation={}, random=[])
@@ -522,9 +601,95 @@ def benchmark(model, evidence: Evidence, probe, sets: dict,
     for name, opts in methods.items():
         out["scores"][name], out["seconds"][name] = method_scores(name, model, evidence, opts, folder, mk)
         out["mitigation"][name] = mit(out["scores"][name], n_samples)
-    for d in range(random_draws):
+    for d in (range(random_draws) if draws is None else draws):
         out["random"].append(mit(localize("random", model, seed=d), n_samples if d < random_fid_draws else 0))
     return out
+
+def _stats_for(cfg: dict, model, split, name: str):
+    "UnitMem's statistics of the study (stage 4's points and views), reused from stages 2-4 where saved: `(stats, source, seconds measuring)`."
+    from memloc.data import Augment
+    from memloc.config import load_settings
+    data, pts = training_points(cfg["profile"], split, cfg.get("unitmem_fraction", cfg["subset_fraction"]), cfg["seed"])
+    stem = f"{name}-{model_fingerprint(model)}-A{cfg['augmentations']}-seed{cfg['seed']}"   # the file names of stages 2-4
+    fig = load_settings(cfg["profile"]).path("figures_dir")
+    saved = [fig / "intervention" / f"{stem}.stats.pt"] + [fig / s / f"{stem}{e}" for s in ("var_scales", "rar_blocks") for e in (".values.pt", ".stats.pt")]
+    frac = cfg.get("unitmem_fraction", cfg["subset_fraction"])
+    own = Path(cfg["out"]) / f"{stem}-subset{frac:g}.stats.pt"       # this stage's own measurement (its points: the subset)
+    side = own.with_name(own.name.replace(".stats.pt", ".seconds.json"))
+    t0 = time.perf_counter()
+    st, src = unitmem_stats(model, data, pts, Augment(model.image_size, hflip=cfg["profile"] != "mini"), cfg["augmentations"], cfg["seed"],
+                            cfg["batch_size"], own, saved, cfg["dtype"])
+    sec = time.perf_counter() - t0
+    if src == "measured": side.write_text(json.dumps({"seconds": sec}))
+    elif src.endswith(own.name) and side.is_file(): src, sec = "measured (an earlier run of this stage)", json.loads(side.read_text())["seconds"]
+    else: sec = None                       # another stage's statistics: their measuring time is not known here
+    return st, src, len(pts), sec
+
+def study_task(task: dict) -> dict:
+    "One piece of the study, run in a worker process: `part` 'methods' (every method and its mitigation on one model), 'random' (some random draws on one model) or 'implants' (recall and mitigation on some implants of one family)."
+    cfg, testbed, name, family = task["cfg"], task["testbed"], task["name"], task["family"]
+    torch.set_num_threads(cfg.get("threads", 1))
+    cache, t0, c0 = ResultCache(data=task.get("cache") or {}), time.perf_counter(), time.process_time()
+    model, split, load, members, att, att_src = study_inputs(cfg, testbed, name, family)
+    out = dict(task={k: v for k, v in task.items() if k not in ("cfg", "cache")})
+    if task["part"] == "implants":
+        imps = load_implants_or_none(family, testbed)
+        imps = None if imps is None else [imps[i] for i in task["implants"]]
+        if not imps: return dict(out, recall=None, implant_mitigation={}, added={}, hits=0, misses=0, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+        def evidence_of(imp):
+            pool = members[~torch.isin(members, torch.as_tensor(imp.implant_ids))]
+            refs = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"] + int(imp.seed)))[:cfg["n_references"]]]
+            return Evidence(*load(torch.as_tensor(imp.implant_ids)), *load(refs.sort().values), cfg["batch_size"])
+        from memloc.data import Augment
+        opts = dict(cfg["method_options"], unitmem=dict(augment=Augment(model.image_size, hflip=False), n_views=cfg["augmentations"], seed=cfg["seed"]))
+        nb, h = unit_grid(model)
+        ks = sorted({max(1, round(q * nb * h / 100)) for q in cfg["recall_ks_pct"]})
+        scored = {}
+        rec = implant_recall(imps, evidence_of, opts, cfg["random_draws"], ks, scores=scored, folder=cfg["out"])
+        mit = {}
+        for imp in imps:
+            ids = torch.as_tensor(imp.implant_ids)
+            a = dict(att, indices=ids, groups=["member"] * len(ids))   # the attack's similarity and prefix, on the implants
+            pr = audit_probe(load, dict(targets=ids, others=torch.zeros(0, dtype=torch.long)), a, None, cfg["profile"], cfg["seed"], cfg["batch_size"])
+            k_pct = 100 * len(imp.units) / (nb * h)                    # top-|S| units
+            for m in opts:
+                s = scored[(int(imp.seed), float(imp.rate), m)]       # the scores the recall was measured on
+                rows = mitigation(imp.model, s, pr, ids, [], [k_pct], cfg["factors"], 0, None, cache)
+                mit.setdefault(m, []).append(dict(model=name, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
+        return dict(out, recall=rec.assign(model=name), ks=ks, n_units=nb * h, implant_mitigation=mit, added=cache.added, hits=cache.hits, misses=cache.misses,
+                    seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+    sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"])
+    ev = Evidence.of(load, sets, cfg["batch_size"])
+    probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"], cfg["batch_size"])
+    tb = cfg["testbeds"][testbed]
+    methods, record = {}, {}
+    if task["part"] == "methods":
+        st, st_src, n_pts, t_um = _stats_for(dict(cfg, unitmem_fraction=tb.get("unitmem_fraction", cfg["subset_fraction"])), model, split, name)
+        methods = dict(cfg["method_options"], unitmem=dict(stats=st))
+        record = dict(targets=sets["targets"].tolist(), others=sets["others"].tolist(), references=sets["references"].tolist(),
+                      attack=att_src, prefix=att["prefix"], threshold=att["backend"].threshold, backend=att["backend"].name,
+                      unitmem_statistics=st_src, unitmem_points=n_pts, unitmem_seconds=t_um)
+    b = benchmark(model, ev, probe, sets, methods, tb["top_ps"], cfg["factors"], tb["random_draws"], tb["random_fid_draws"],
+                  cfg["n_samples"], tb["fid_ps"], cache, cfg["out"], draws=task.get("draws", []))
+    b.pop("scores")
+    if task["part"] == "methods": record["seconds_per_method"] = dict(b["seconds"])
+    return dict(out, bench=b, record=record, added=cache.added, hits=cache.hits, misses=cache.misses, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+
+def run_tasks(fn: Callable, tasks: list, workers: int = 1) -> list:
+    "`fn(task)` for every task, results in the tasks' order: here when `workers` is 1, else in that many spawned processes (each one thread)."
+    if workers <= 1: return [fn(t) for t in tasks]
+    import concurrent.futures as cf, importlib, multiprocessing as mp
+    import memloc
+    if getattr(fn, "__module__", None) == "__main__":          # defined by running this notebook: a worker imports its exported twin
+        fn = getattr(importlib.import_module("memloc.localization"), fn.__name__)
+    root = str(Path(memloc.__file__).resolve().parent.parent)   # the workers import this checkout's memloc
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = root + ("" if not old else os.pathsep + old)
+    try:
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex: return list(ex.map(fn, tasks))
+    finally:
+        if old is None: os.environ.pop("PYTHONPATH", None)
+        else: os.environ["PYTHONPATH"] = old
 
 # %% ../nbs/15_localization.ipynb #986d59f0
 def _at(rows, p, f): return next(r for r in rows if r["p"] == p and r["factor"] == f)
