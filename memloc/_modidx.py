@@ -367,7 +367,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'memloc.localization._at': ('localization.html#_at', 'memloc/localization.py'),
                                      'memloc.localization._budget': ('localization.html#_budget', 'memloc/localization.py'),
                                      'memloc.localization._cut': ('localization.html#_cut', 'memloc/localization.py'),
-                                     'memloc.localization._device': ('localization.html#_device', 'memloc/localization.py'),
                                      'memloc.localization._opts_key': ('localization.html#_opts_key', 'memloc/localization.py'),
                                      'memloc.localization._span': ('localization.html#_span', 'memloc/localization.py'),
                                      'memloc.localization._stats_for': ('localization.html#_stats_for', 'memloc/localization.py'),

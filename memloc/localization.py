@@ -107,7 +107,7 @@ def localize(name: str, model, evidence: Evidence | None = None, **options) -> t
     return unit_scores(s.detach().double().cpu())
 
 # %% ../nbs/15_localization.ipynb #e0aec0e1
-def _device(model) -> torch.device: return next(iter(model.parameters())).device
+from .family import device_of as _device
 
 def _span(model) -> tuple[int, int]:
     "The token positions of all unit groups, `(begin, end)`."
@@ -514,10 +514,10 @@ def audit_probe(load: Callable,      # data set indices -> (images, labels)
 @torch.no_grad()
 def testbed_attack(model, split, images, labels, n_members: int = 100, seed: int = 0, backend: str = "pixel-ncc") -> dict:
     "The extraction stage's attack on a testbed it did not run on, in `load_attack`'s form: its candidates (`attack_set`), its similarity calibrated on the non-members (`calibrated_similarity`), its headline prefix."
-    from memloc.extraction import attack_set, extract, headline_prefix_of
+    from memloc.extraction import attack_set, extract
     from memloc.implant import calibrated_similarity
     idx, groups = attack_set(split, n_members, seed)
-    sim, prefix = calibrated_similarity(model, images, split, backend=backend, calib_members=n_members, seed=seed), headline_prefix_of(model)
+    sim, prefix = calibrated_similarity(model, images, split, backend=backend, calib_members=n_members, seed=seed), model.headline_prefix()
     df = extract(model, images[idx], labels[idx], idx, groups, sim, prefix)
     return dict(backend=sim, prefix=int(prefix), indices=idx, groups=groups, extracted=torch.tensor(df["extracted"].to_numpy().copy()),
                 entry=dict(source="run here", n_members=n_members, seed=seed))
