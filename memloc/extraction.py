@@ -201,18 +201,19 @@ def _missing(path, what: str, key: str):
     return FileNotFoundError(f"{what} not found at {path}. Put the file there, or set `{key}` in settings.ini "
                              f"(section [full]) to where it is; memloc never downloads weights.")
 
-def _sscd_path(path):
+def _sscd_path(path, profile: str):
     if path is not None: return Path(path)
     from memloc.config import load_settings
-    return load_settings("full").path("sscd_path")
+    return load_settings(profile).path("sscd_path")
 
 @register_backend("sscd")
-def sscd_torchscript(path: str | os.PathLike | None = None, # TorchScript file (default: settings.ini [full] sscd_path)
+def sscd_torchscript(path: str | os.PathLike | None = None, # TorchScript file (default: `profile`'s sscd_path)
                      device: str = "cpu",                    # where the network runs
                      size: int = 320,                        # input resolution
-                     threshold: float = SSCD_THRESHOLD) -> Similarity:
+                     threshold: float = SSCD_THRESHOLD,
+                     profile: str = "full") -> Similarity:   # the settings.ini profile whose sscd_path is the default
     "SSCD `sscd_disc_mixup` from Meta's TorchScript file: resize, ImageNet normalisation, L2-normalised 512-d."
-    path = _sscd_path(path)
+    path = _sscd_path(path, profile)
     if not path.is_file(): raise _missing(path, "SSCD TorchScript model (sscd_disc_mixup.torchscript.pt)", "sscd_path")
     net = torch.jit.load(str(path), map_location=device).eval()
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -430,9 +431,7 @@ def score_dataset(model, dataset, indices, batch_size: int = 64, num_workers: in
     return torch.cat(scores), torch.cat(labels)
 
 def full_models(settings, device: str = "cuda") -> dict:
-    "Loaders of the released checkpoints named in the profile: {name: () -> adapter}."
-    from memloc import rar as R, var as V
-    return {"var_d30": lambda: V.load_pretrained("d30", settings.path("var_vae_path"), settings.path("var_d30_path"), device),
-            "var_d16": lambda: V.load_pretrained("d16", settings.path("var_vae_path"), settings.path("var_d16_path"), device),
-            "rar_xxl": lambda: R.load_rar(settings.path("rar_xxl_path"), settings.path("rar_tokenizer_path"), "rar_xxl", device),
-            "rar_b": lambda: R.load_rar(settings.path("rar_b_path"), settings.path("rar_tokenizer_path"), "rar_b", device)}
+    "Loaders of the models the profile names (`var_models`, `rar_models`), through `memloc.study.load_model`: {name: () -> adapter}."
+    from memloc.study import load_model
+    names = [n for key in ("var_models", "rar_models") for n in settings.items_of(key)]
+    return {n: (lambda n=n: load_model(n, settings.profile, device)) for n in names}

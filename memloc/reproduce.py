@@ -27,10 +27,10 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
                      read_json, repo_root)
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'CHECKPOINTS', 'Stage', 'UsageError', 'available_stages',
+__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'MODEL_LISTS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
-           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'check_manifest',
-           'check_profile', 'reproduce', 'main']
+           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'profile_checkpoints',
+           'check_manifest', 'check_profile', 'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -294,11 +294,22 @@ def relativize(path: Path, root: Path):
     if new != text: path.write_text(new)
 
 # %% ../nbs/20_reproduce.ipynb #ba610c60
-CHECKPOINTS = {  # setting -> (family, preset, part) that --check compares the file with
-    "var_vae_path": ("var", "d16", "tokenizer"), "var_d16_path": ("var", "d16", "generator"),
-    "var_d30_path": ("var", "d30", "generator"), "rar_tokenizer_path": ("rar", "rar_b", "tokenizer"),
-    "rar_b_path": ("rar", "rar_b", "generator"), "rar_xxl_path": ("rar", "rar_xxl", "generator"),
-}
+MODEL_LISTS = ("var_models", "rar_models", "llamagen_models")  # the settings that name the models a profile studies
+
+def profile_checkpoints(settings: Settings) -> tuple[dict, list[str]]:
+    "({setting: (family, preset, part)} that --check compares each file with, problems): from the models the profile names and `memloc.study.FULL_MODELS`."
+    from memloc.study import FULL_MODELS, MINI_MODELS
+    out, problems = {}, []
+    for lst in MODEL_LISTS:
+        for name in (settings.items_of(lst) if lst in settings else []):
+            if name in MINI_MODELS: continue                  # the miniature's: the testbed manifest checks them
+            if name not in FULL_MODELS:
+                problems.append(f"{settings.where(lst)}: {name!r} is not a model; models: {', '.join([*MINI_MODELS, *FULL_MODELS])}"); continue
+            fam, preset, tok_key, gen_key = FULL_MODELS[name]
+            for key, part in ((tok_key, "tokenizer"), (gen_key, "generator")):
+                if not settings.get(key, "").strip(): problems.append(f"{settings.where(key)}: missing (the {part} of {name}, which {lst} names)")
+                else: out.setdefault(key, (fam, preset, part))
+    return out, problems
 
 def check_manifest(path: Path) -> tuple[list[str], list[str]]:
     "(what was checked, problems) of a testbed manifest: valid JSON, and each entry's file present, of its family and of its sha256."
@@ -346,8 +357,10 @@ def check_profile(settings: Settings, stages: list[Stage] | None = None, root: P
             mp = root / REGIMES[tb]["out_dir"] / "manifest.json"
             if mp.is_file(): ok, bad = check_manifest(mp); checked += ok; problems += bad
             elif tb == settings["testbed"]: problems.append(f"{settings.where('testbed')} = {tb}: its manifest {mp} does not exist")
-    for key, (family, preset, part) in CHECKPOINTS.items():
-        if not settings.get(key, "").strip() or not settings.path(key).is_file(): continue   # a missing file is named above
+    checkpoints, bad = profile_checkpoints(settings)
+    problems += bad
+    for key, (family, preset, part) in checkpoints.items():
+        if not settings.path(key).is_file(): continue   # a missing file is named above
         from memloc.study import check_checkpoint
         try: checked.append(f"{key}: {check_checkpoint(settings.path(key), family, preset, part)}")
         except Exception as e: problems.append(f"{settings.where(key)} = {settings[key]}: {e}")
@@ -402,7 +415,13 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     r.add_argument("--force", action="store_true", help="run stages even if their inputs did not change")
     r.add_argument("--check", action="store_true", help="validate settings, paths, output folders, checksums and checkpoints; run nothing")
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
+    sm = sub.add_parser("smoke-assets", help="write the input files of profile [smoke] (tiny models, a small ImageNet-layout folder)")
+    sm.add_argument("root", nargs="?", default="runs/smoke/assets", help="where (default: runs/smoke/assets, where [smoke] reads them)")
     a = ap.parse_args(argv)
+    if a.cmd == "smoke-assets":
+        from memloc.config import resolve
+        from memloc.smoke import make_smoke_assets
+        make_smoke_assets(resolve(a.root)); return
     signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops a run as Ctrl-C does: the last good outputs stay
     signal.signal(signal.SIGINT, _interrupt)    # also where a background shell started the run with SIGINT ignored
     try:

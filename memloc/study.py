@@ -25,6 +25,10 @@ FULL_MODELS = {  # name -> (family, preset, tokenizer setting, generator setting
     "VAR-d30": ("var", "d30", "var_vae_path", "var_d30_path"),
     "RAR-B": ("rar", "rar_b", "rar_tokenizer_path", "rar_b_path"),
     "RAR-XXL": ("rar", "rar_xxl", "rar_tokenizer_path", "rar_xxl_path"),
+    # profile [smoke]: the released layouts at tiny widths (memloc.smoke writes their files)
+    "VAR-smoke": ("var", "smoke", "var_vae_path", "var_smoke_path"),
+    "RAR-smoke": ("rar", "rar_smoke", "rar_tokenizer_path", "rar_smoke_path"),
+    "LlamaGen-smoke": ("llamagen", "llamagen_smoke", "llamagen_vq_path", "llamagen_smoke_path"),
 }
 MINI_MODELS = ("var", "rar")
 
@@ -54,9 +58,12 @@ def load_model(name: str, profile: str = "mini", device: str | torch.device | No
             from memloc.var import VARModel, build_model, preset_config
             with torch.device("meta"): model = build_model(preset_config(preset))
             model = model.to_empty(device="cpu").load_checkpoints(s.path(tok_key), s.path(gen_key))
-        else:
+        elif fam == "rar":
             from memloc.rar import load_rar
             model = load_rar(s.path(gen_key), s.path(tok_key), preset)
+        else:
+            from memloc.llamagen import load_llamagen
+            model = load_llamagen(s.path(gen_key), s.path(tok_key), preset)
     return model.to(device).eval()
 
 def check_checkpoint(path, family: str, preset: str, part: str = "generator") -> str:
@@ -65,6 +72,7 @@ def check_checkpoint(path, family: str, preset: str, part: str = "generator") ->
     from memloc.checkpoints import CheckpointError, read_state_dict
     if family == "var": from memloc.var import build_model, preset_config
     elif family == "rar": from memloc.rar import build_model, rar_config as preset_config
+    elif family == "llamagen": from memloc.llamagen import build_model, llamagen_config as preset_config
     else: raise ValueError(f"unknown family {family!r}")
     with torch.device("meta"): model = build_model(preset_config(preset))
     own = getattr(model, part).state_dict()
