@@ -402,11 +402,11 @@ def attack_set(split, n_members: int | None = None, seed: int = 0):
     return idx, groups
 
 # %% ../nbs/04_extraction.ipynb #818e9428
-def load_attack(name: str, profile: str = "mini") -> dict:
+def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folder: where this stage wrote (default: the profile's)
     "The attack of model `name` as written by this stage: backend (with its threshold), prefix, indices, groups and extracted flags."
     import json
     from memloc.config import out_dir
-    folder = out_dir(profile, "extraction")
+    folder = out_dir(profile, "extraction") if folder is None else Path(folder)
     p = folder / "results.json"
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run nbs/04_extraction.ipynb for profile {profile!r} first")
     from memloc.config import read_json

@@ -415,7 +415,8 @@ def _quality_numbers(d):
     q = read_json(d, "quality.json")
     if not q: return None
     return (["model", "samples", "FID", "IS", "KID", "precision", "recall"],
-            [[m, e["n_samples"], _fmt(e["fid"], 3), _fmt(e["is_mean"], 3), _fmt(e["kid_mean"], 2), _fmt(e["precision"], 2), _fmt(e["recall"], 2)]
+            [[m, e["n_samples"], _fmt(e["fid"], 3), _fmt(e["is_mean"], 3), _fmt(e.get("kid_mean"), 2), _fmt(e.get("precision"), 2),
+              _fmt(e.get("recall"), 2)]   # full scale: FID and IS only
              for m, e in q["models"].items()])
 
 def _quality_text(d):

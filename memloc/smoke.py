@@ -98,6 +98,13 @@ def write_inception(path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
         fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    # random convolutions shrink the signal layer by layer, so every image would get the same features (FID 0, IS 1):
+    # the batch norms' running statistics are set from a few random images instead, so each layer passes on unit variance
+    bns = [m for m in fe.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns: m.reset_running_stats(); m.momentum = None           # a plain average over what it sees
+    fe.train()
+    with torch.no_grad(): fe(torch.randint(0, 256, (4, 3, 64, 64), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8))
+    fe.eval()
     torch.save(fe.state_dict(), path)
     return path
 
