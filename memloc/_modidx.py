@@ -531,6 +531,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'memloc.report._adaptation_numbers': ('report.html#_adaptation_numbers', 'memloc/report.py'),
                                'memloc.report._adaptation_text': ('report.html#_adaptation_text', 'memloc/report.py'),
                                'memloc.report._anchor': ('report.html#_anchor', 'memloc/report.py'),
+                               'memloc.report._canary_cell': ('report.html#_canary_cell', 'memloc/report.py'),
+                               'memloc.report._canary_clause': ('report.html#_canary_clause', 'memloc/report.py'),
                                'memloc.report._ci_verdict': ('report.html#_ci_verdict', 'memloc/report.py'),
                                'memloc.report._combine': ('report.html#_combine', 'memloc/report.py'),
                                'memloc.report._extraction_numbers': ('report.html#_extraction_numbers', 'memloc/report.py'),
