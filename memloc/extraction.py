@@ -415,7 +415,8 @@ def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folde
     e = res[name]
     df = pd.read_csv(folder / f"candidates_{name}.csv")
     df = df[df.prefix == e["prefix"]]
-    return dict(backend=make_backend(e["backend"]).with_threshold(e["threshold"], "from results.json"), prefix=int(e["prefix"]),
+    opts = {"profile": profile} if e["backend"] == "sscd" else {}   # SSCD's file: the profile's sscd_path
+    return dict(backend=make_backend(e["backend"], **opts).with_threshold(e["threshold"], "from results.json"), prefix=int(e["prefix"]),
                 indices=torch.tensor(df["index"].to_numpy().copy()), groups=list(df.group),
                 extracted=torch.tensor(df["extracted"].to_numpy().copy()), entry=e)
 

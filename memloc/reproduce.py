@@ -42,13 +42,14 @@ class Stage:
     settings: tuple | None = None  # the settings it takes (None: every one its parameters name)
     folders: tuple = ()  # (parameter, what) pairs the driver fills with a folder: "figures" (where the stage writes),
                          # "state" (its resumable state, <runs_dir>/tmp/<stage>) or "manifest" (the folder of manifest_path)
+    miniature: bool = False  # the miniature's own stage: run only where the profile names a testbed (not at full scale)
 
 TESTBED_FILES = tuple(f"data/mini/{t}/manifest.json" for t in ("long", "canary"))   # the miniature's testbeds
 IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("long", "canary"))   # and their implants
 
 STAGES = [
     Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
-          folders=(("fig_dir", "figures"),)),
+          folders=(("fig_dir", "figures"),), miniature=True),
     Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES),
     Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES),
     Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", TESTBED_FILES,
@@ -57,10 +58,10 @@ STAGES = [
     Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES),
     Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", TESTBED_FILES),
     Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES),
-    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", IMPLANT_FILES, settings=()),
+    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", IMPLANT_FILES, settings=(), miniature=True),
     Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", IMPLANT_FILES),
     Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", IMPLANT_FILES,
-          settings=("seed", "augmentations")),
+          settings=("seed", "augmentations"), miniature=True),
 ]
 
 class UsageError(ValueError):
@@ -377,6 +378,10 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
     settings = load_settings(profile, root / "settings.ini")
     available = available_stages(root, stages)
     chosen = select_stages(available, only, start)
+    if not settings.get("testbed", "").strip():                # full scale: the miniature's own stages have nothing to run on
+        mini_only = [s.name for s in chosen if s.miniature]
+        if mini_only: print(f"skipped (the miniature's own; profile [{profile}] names no testbed): {', '.join(mini_only)}")
+        chosen = [s for s in chosen if not s.miniature]
     checked = check_profile(settings, chosen, root)           # everything a run can know, before any stage starts
     if check:
         for line in checked: print("ok", line)

@@ -70,14 +70,15 @@ def write_checkpoints(root, seed: int = 0) -> dict:
 
 # %% ../nbs/22_smoke.ipynb #b9b09f8e
 class SSCDStandIn(nn.Module):
-    "SSCD's contract at a tiny width: ImageNet-normalised [B, 3, H, W] in, L2-normalised [B, 512] out."
-    def __init__(self, width: int = 16, dim: int = 512):
+    "SSCD's contract: ImageNet-normalised [B, 3, H, W] in, L2-normalised [B, 512] out; here the centred `grid` x `grid` thumbnail, rotated into 512-d."
+    def __init__(self, grid: int = 4, dim: int = 512):
         super().__init__()
-        self.conv = nn.Conv2d(3, width, 8, stride=8)
-        self.fc = nn.Linear(width, dim)
+        self.grid = grid
+        self.proj = nn.Linear(3 * grid * grid, dim, bias=False)
+        nn.init.orthogonal_(self.proj.weight)             # preserves cosines: near-copies score near 1, unrelated images spread about 0
     def forward(self, x):
-        h = F.relu(self.conv(x)).mean((2, 3))
-        return F.normalize(self.fc(h), dim=1)
+        h = F.adaptive_avg_pool2d(x, self.grid).flatten(1)
+        return F.normalize(self.proj(h - h.mean(1, keepdim=True)), dim=1)
 
 def write_sscd(path, seed: int = 0) -> Path:
     "The SSCD stand-in as a TorchScript file (`torch.jit.save`), as Meta publishes sscd_disc_mixup."

@@ -87,6 +87,7 @@ def test_imagenet_folder(assets):
     s = load_settings("smoke", ROOT / "settings.ini")
     for f in s.floats("subset_fractions") + [s.float("subset_fraction")]:   # every stage's subset keeps each class
         assert len(torch.unique(ds.targets[class_subset(ds.targets, f)])) == len(SMOKE_SYNSETS)
+    class_subset(ds.targets, min(s.floats("subset_fractions")), min_per_class=2)   # stage 5's smallest subset: two per class
 
 
 def _spec(fixtures_dir, family, model):
