@@ -172,3 +172,14 @@ def test_check_accepts_the_assets_and_names_a_wrong_file(assets, smoke_ini):
     with open(bad, "w") as f: cp.write(f)
     with pytest.raises(SettingsError, match="var_smoke_path"):
         check_profile(load_settings("smoke", bad), stages, ROOT)
+
+
+def test_reproduce_check_skips_the_miniature_stages(assets, smoke_ini, capsys):
+    from memloc.reproduce import reproduce
+    root = smoke_ini.parent
+    if not (root / "nbs").exists(): (root / "nbs").symlink_to(ROOT / "nbs")
+    assert reproduce("smoke", check=True, progress=False, root=root) == {}
+    out = capsys.readouterr().out
+    assert "skipped (the miniature's own; profile [smoke] names no testbed): testbed, implant, ground_truth" in out
+    assert "ok extraction: parameters" in out and "ok ground_truth: parameters" not in out
+    assert "ok llamagen_smoke_path: 18 keys match the generator of LLAMAGEN llamagen_smoke" in out
