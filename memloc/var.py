@@ -592,13 +592,17 @@ RELEASED_VQVAE = dict(vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 
 RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
     "VAR-d16": ("d16", "var_vae_path", "var_d16_path"),
     "VAR-d30": ("d30", "var_vae_path", "var_d30_path"),
+    "VAR-smoke": ("smoke", "var_vae_path", "var_smoke_path"),       # profile [smoke]: the released layout at tiny widths (memloc.smoke)
 }
 
 def preset_config(name: str, num_classes: int | None = None) -> dict:
-    "Config dict for 'd16', 'd20', 'd24', 'd30', 'tiny' or 'mini'."
+    "Config dict for 'd16', 'd20', 'd24', 'd30', 'smoke', 'tiny' or 'mini'."
     if name in ("d16", "d20", "d24", "d30"):
         vq = VQVAEConfig(**RELEASED_VQVAE)
         vr = var_preset(int(name[1:]), num_classes or 1000)
+    elif name == "smoke":   # the released layout (keys, 256 px, 10 scales) at the smallest widths: a CPU dry run of the full path
+        vq = VQVAEConfig(**{**RELEASED_VQVAE, "ch": 32})
+        vr = VARConfig(num_classes=num_classes or 1000, depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0)
     elif name == "tiny":
         vq = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, patch_nums=(1, 2, 3, 4))
         vr = VARConfig(vocab_size=64, Cvae=8, num_classes=num_classes or 10, depth=2, embed_dim=64, num_heads=2, patch_nums=(1, 2, 3, 4))
@@ -607,7 +611,7 @@ def preset_config(name: str, num_classes: int | None = None) -> dict:
         vq = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=pns)
         vr = VARConfig(vocab_size=512, Cvae=16, num_classes=num_classes or 10, depth=6, embed_dim=64, num_heads=4, patch_nums=pns,
                        drop_path_rate=0.0)
-    else: raise ValueError(f"unknown VAR preset {name!r}; known: d16, d20, d24, d30, tiny, mini")
+    else: raise ValueError(f"unknown VAR preset {name!r}; known: d16, d20, d24, d30, smoke, tiny, mini")
     vr.vocab_size, vr.Cvae = vq.vocab_size, vq.z_channels
     return {"family": "var", "vqvae": asdict(vq), "var": asdict(vr)}
 
