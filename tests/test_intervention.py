@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from memloc.intervention import (AllTokens, Probe, evaluate, n_selected, random_like, run_setting, scale_units,
+from memloc.stats import top_count
+from memloc.intervention import (AllTokens, Probe, evaluate, random_like, run_setting, scale_units,
                                  select_units, setting_rows, unit_grid, unit_scores)
 
 torch.set_num_threads(1)
@@ -96,7 +97,7 @@ def test_selection_matches_a_brute_force_ranking():
     g = torch.Generator().manual_seed(3)
     sc = torch.rand(6, 256, generator=g, dtype=torch.float64)
     sel = select_units(sc, 10)
-    assert len(sel) == n_selected(10, 6 * 256) == 154
+    assert len(sel) == top_count(10, 6 * 256) == 154
     thr = sc.flatten().sort(descending=True).values[153]
     assert set(map(tuple, sel.tolist())) == set(map(tuple, (sc >= thr).nonzero().tolist()))
 
@@ -149,7 +150,7 @@ def test_tiny_end_to_end_on_a_random_weight_rar(rar_model):
     before = evaluate(rar_model, probe)
     res = run_setting(rar_model, scores, probe, p=5, seeds=(0, 1))
     assert same(rar_model, snap)
-    assert res["n_units"] == len(res["units"]) == len(res["lowest_units"]) == n_selected(5, 6 * 256)
+    assert res["n_units"] == len(res["units"]) == len(res["lowest_units"]) == top_count(5, 6 * 256)
     assert [r["seed"] for r in res["random"]] == [0, 1] and res["random"][0]["units"] != res["random"][1]["units"]
     assert before["candidates"] == {"canary": 2, "member": 2, "non_member": 2}
     assert evaluate(rar_model, probe) == before                                # deterministic, weights restored
