@@ -202,18 +202,19 @@ def _missing(path, what: str, key: str):
     return FileNotFoundError(f"{what} not found at {path}. Put the file there, or set `{key}` in settings.ini "
                              f"(section [full]) to where it is; memloc never downloads weights.")
 
-def _sscd_path(path):
+def _sscd_path(path, profile: str):
     if path is not None: return Path(path)
     from memloc.config import load_settings
-    return load_settings("full").path("sscd_path")
+    return load_settings(profile).path("sscd_path")
 
 @register_backend("sscd")
-def sscd_torchscript(path: str | os.PathLike | None = None, # TorchScript file (default: settings.ini [full] sscd_path)
+def sscd_torchscript(path: str | os.PathLike | None = None, # TorchScript file (default: `profile`'s sscd_path)
                      device: str = "cpu",                    # where the network runs
                      size: int = 320,                        # input resolution
-                     threshold: float = SSCD_THRESHOLD) -> Similarity:
+                     threshold: float = SSCD_THRESHOLD,
+                     profile: str = "full") -> Similarity:   # the settings.ini profile whose sscd_path is the default
     "SSCD `sscd_disc_mixup` from Meta's TorchScript file: resize, ImageNet normalisation, L2-normalised 512-d."
-    path = _sscd_path(path)
+    path = _sscd_path(path, profile)
     if not path.is_file(): raise _missing(path, "SSCD TorchScript model (sscd_disc_mixup.torchscript.pt)", "sscd_path")
     net = torch.jit.load(str(path), map_location=device).eval()
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -398,11 +399,11 @@ def calibrate_attack(model, images_N3HW, split, backend: str = "pixel-ncc", n_me
     return Calibration(sim, idx, grp, tok, nearest)
 
 # %% ../nbs/04_extraction.ipynb #818e9428
-def load_attack(name: str, profile: str = "mini") -> dict:
+def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folder: where this stage wrote (default: the profile's)
     "The attack of model `name` as written by this stage: backend (with its threshold), prefix, indices, groups and extracted flags."
     import json
     from memloc.config import out_dir
-    folder = out_dir(profile, "extraction")
+    folder = out_dir(profile, "extraction") if folder is None else Path(folder)
     p = folder / "results.json"
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run nbs/04_extraction.ipynb for profile {profile!r} first")
     from memloc.config import read_json
@@ -411,7 +412,8 @@ def load_attack(name: str, profile: str = "mini") -> dict:
     e = res[name]
     df = pd.read_csv(folder / f"candidates_{name}.csv")
     df = df[df.prefix == e["prefix"]]
-    return dict(backend=make_backend(e["backend"]).with_threshold(e["threshold"], "from results.json"), prefix=int(e["prefix"]),
+    opts = {"profile": profile} if e["backend"] == "sscd" else {}   # SSCD's file: the profile's sscd_path
+    return dict(backend=make_backend(e["backend"], **opts).with_threshold(e["threshold"], "from results.json"), prefix=int(e["prefix"]),
                 indices=torch.tensor(df["index"].to_numpy().copy()), groups=list(df.group),
                 extracted=torch.tensor(df["extracted"].to_numpy().copy()), entry=e)
 

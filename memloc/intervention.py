@@ -15,11 +15,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .stats import empirical_p
+from .stats import empirical_p, top_count
 
 # %% auto #0
-__all__ = ['QUALITY_KEYS', 'PAPER', 'unit_grid', 'as_units', 'scale_units', 'unit_scores', 'n_selected', 'select_units',
-           'random_like', 'AllTokens', 'Probe', 'evaluate', 'run_setting', 'setting_rows', 'reduction']
+__all__ = ['QUALITY_KEYS', 'PAPER', 'unit_grid', 'as_units', 'scale_units', 'unit_scores', 'select_units', 'random_like',
+           'AllTokens', 'Probe', 'evaluate', 'run_setting', 'setting_rows', 'reduction']
 
 # %% ../nbs/13_intervention.ipynb #bf675855
 def unit_grid(model) -> tuple[int, int]:
@@ -95,11 +95,6 @@ def unit_scores(um: torch.Tensor, # UnitMem [G, blocks, hidden] (or already [blo
     if not torch.isfinite(s).all(): raise ValueError("unit scores contain NaN or infinite values")
     return s
 
-def n_selected(p: float, n: int) -> int:
-    "Units in the top `p` percent of `n`: rounded half up, at least 1 when p > 0."
-    if not 0 <= p <= 100: raise ValueError(f"p is a percentage in [0, 100], got {p}")
-    return 0 if p == 0 else min(n, max(1, math.floor(p / 100 * n + 0.5)))
-
 def select_units(scores: torch.Tensor,   # [blocks, hidden] unit scores
                  p: float,               # percent of units
                  per_block: bool = False,# rank within each block (p% of every block)
@@ -111,9 +106,9 @@ def select_units(scores: torch.Tensor,   # [blocks, hidden] unit scores
     nb, h = s.shape
     order = lambda v: torch.argsort(-v, stable=True)   # descending, stable: lower index first on ties
     if per_block:
-        k = n_selected(p, h)
+        k = top_count(p, h)
         flat = torch.cat([b * h + order(s[b])[:k] for b in range(nb)])
-    else: flat = order(s.flatten())[:n_selected(p, nb * h)]
+    else: flat = order(s.flatten())[:top_count(p, nb * h)]
     return as_units(torch.stack([flat // h, flat % h], 1), (nb, h))
 
 # %% ../nbs/13_intervention.ipynb #0606869d

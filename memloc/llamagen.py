@@ -408,19 +408,22 @@ def load_pretrained(files: dict, config: dict | str, device="cpu") -> LlamaGenMo
 _RELEASED = dict(llamagen_b=(768, 12, 12, 256), llamagen_l=(1024, 24, 16, 256), llamagen_xl=(1280, 36, 20, 384),
                  llamagen_xxl=(1536, 48, 24, 384), llamagen_3b=(3200, 24, 32, 384))   # dim, layers, heads, released px
 
-def llamagen_config(name: str = "mini",             # llamagen_b, _l, _xl, _xxl, _3b (released sizes) or mini
+def llamagen_config(name: str = "mini",             # llamagen_b, _l, _xl, _xxl, _3b (released sizes), llamagen_smoke or mini
                     image_size: int | None = None,   # released sizes: 256 or 384 (default: the released file's)
                    ) -> dict:
-    "The plain config dict of a preset."
+    "The plain config dict of a preset (llamagen_smoke: the released layout at the smallest widths, a CPU dry run)."
     if name in _RELEASED:
         C, D, H, px = _RELEASED[name]; px = image_size or px
         tok = VQConfig(image_size=px)
         gen = GPTConfig(dim=C, n_layer=D, n_head=H, block_size=tok.grid ** 2)
+    elif name == "llamagen_smoke":
+        tok = VQConfig(ch=32, z_channels=32, codebook_size=1024, image_size=image_size or 256)
+        gen = GPTConfig(dim=64, n_layer=2, n_head=2, vocab_size=1024, block_size=tok.grid ** 2)
     elif name == "mini":
         tok = VQConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=16, codebook_size=256, show_usage=False, image_size=16)
         gen = GPTConfig(dim=64, n_layer=6, n_head=2, vocab_size=256, num_classes=10, block_size=64,
                         token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
-    else: raise ValueError(f"unknown LlamaGen preset {name!r}; choose from {[*_RELEASED, 'mini']}")
+    else: raise ValueError(f"unknown LlamaGen preset {name!r}; choose from {[*_RELEASED, 'llamagen_smoke', 'mini']}")
     return dict(family="llamagen", name=name, tokenizer=asdict(tok), generator=asdict(gen),
                 prefix_tokens=[0, 1, 5, 14, 30], prefix_ref_len=256, score_tokens=100)
 
@@ -429,6 +432,7 @@ RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator
     "LlamaGen-B": ("llamagen_b", "llamagen_vq_path", "llamagen_b_path"),        # c2i_B_256.pt
     "LlamaGen-L": ("llamagen_l", "llamagen_vq_path", "llamagen_l_path"),        # c2i_L_256.pt
     "LlamaGen-XXL": ("llamagen_xxl", "llamagen_vq_path", "llamagen_xxl_path"),  # c2i_XXL_384.pt: 384 px only
+    "LlamaGen-smoke": ("llamagen_smoke", "llamagen_vq_path", "llamagen_smoke_path"),  # profile [smoke] (memloc.smoke)
 }
 
 # %% ../nbs/02a_llamagen.ipynb #98f09bbb

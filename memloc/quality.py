@@ -22,8 +22,8 @@ from .config import load_settings, resolve
 # %% auto #0
 __all__ = ['DIGITS_EXTRACTOR', 'DigitsNet', 'digits_holdout', 'accuracy', 'train_digits_net', 'save_digits_net',
            'digits_net_path', 'load_digits_net', 'digits_net_metrics', 'FeatureExtractorDigits',
-           'register_digits_extractor', 'to_uint8', 'feature_settings', 'fidelity_metrics', 'sample_images',
-           'sample_and_score']
+           'register_digits_extractor', 'to_uint8', 'feature_settings', 'fidelity_metrics', 'fid_reference_stats',
+           'sample_images', 'sample_and_score']
 
 # %% ../nbs/05_quality.ipynb #7fd87c1d
 class DigitsNet(nn.Module):
@@ -173,8 +173,9 @@ def feature_settings(profile: str = "mini") -> dict:
         name = register_digits_extractor()
         w = str(s.path("feature_extractor_path"))
         return dict(feature_extractor=name, weights_path=w, prc_feature_extractor=name, prc_weights_path=w)
+    vgg = s.get("vgg16_path", "").strip()   # empty: no precision/recall (the full-scale stages compute FID and IS only)
     return dict(feature_extractor="inception-v3-compat", weights_path=_checked_weights(s.get("inception_path") or None, "inception_path"),
-                prc_feature_extractor="vgg16", prc_weights_path=_checked_weights(s.get("vgg16_path") or None, "vgg16_path"),
+                prc_feature_extractor="vgg16", prc_weights_path=_checked_weights(vgg, "vgg16_path") if vgg else None,
                 fid_stats_path=str(s.path("fid_stats_path")) if s.get("fid_stats_path") else None)
 
 _KEYS = {"frechet_inception_distance": "fid", "inception_score_mean": "is_mean", "inception_score_std": "is_std",
@@ -227,12 +228,60 @@ def fidelity_metrics(generated_N3HW,                  # generated images, float 
         out.update(_fid_against_stats(gen, fid_stats_path, feature_extractor, weights_path, batch_size, cuda))
     if "prc" in want:
         fe = prc_feature_extractor or feature_extractor
+        if fe != DIGITS_EXTRACTOR and (prc_weights_path or weights_path) is None:
+            raise FileNotFoundError(f"precision/recall needs local {fe} weights (settings `vgg16_path`): torch-fidelity would download them")
         out.update(torch_fidelity.calculate_metrics(input1=gen, input2=ref, prc=True, feature_extractor=fe,
                                                     feature_extractor_weights_path=prc_weights_path or weights_path, **common))
     res = {_KEYS[k]: float(v) for k, v in out.items() if k in _KEYS}
     return dict(res, n_generated=len(gen), n_reference=0 if ref is None else len(ref), feature_extractor=feature_extractor,
                 kid_subsets=kid_subsets if "kid" in want else None,
                 prc_feature_extractor=(prc_feature_extractor or feature_extractor) if "prc" in want else None, seed=seed)
+
+# %% ../nbs/05_quality.ipynb #c6a9e2b4
+class _FolderImages(torch.utils.data.Dataset):
+    "The images of an `ImageFolder` as uint8 [3, H, W], as torch-fidelity expects them."
+    def __init__(self, folder): self.folder = folder
+    def __len__(self): return len(self.folder)
+    def __getitem__(self, i): return to_uint8(self.folder[i][0][None])[0]
+
+def _folder_record(folder, feature_extractor: str, weights_path) -> dict:
+    "What reference statistics are computed from: the folder's files (names and sizes), the image size, the extractor and its weights."
+    import hashlib
+    h = hashlib.sha256()
+    for f, y in folder.samples: h.update(f"{Path(f).relative_to(folder.root).as_posix()}\t{y}\t{Path(f).stat().st_size}\n".encode())
+    w = hashlib.sha256(Path(weights_path).read_bytes()).hexdigest() if weights_path is not None else None
+    return dict(n_images=len(folder), n_classes=len(folder.classes), files_sha256=h.hexdigest(), image_size=folder.size,
+                feature_extractor=feature_extractor, weights_sha256=w)
+
+def fid_reference_stats(data_root,                  # an ImageNet-layout training folder (`<class>/<image>`)
+                        out_path,                   # the .npz to write (mu, sigma, record)
+                        weights_path=None,          # the extractor's local weights (Inception: settings `inception_path`)
+                        image_size: int = 256,      # images are resized and center-cropped to this, as the models see them
+                        feature_extractor: str = "inception-v3-compat",
+                        batch_size: int = 64,
+                        cuda: bool = False,
+                        force: bool = False) -> Path:  # recompute even if `out_path` was computed from the same inputs
+    "FID's reference statistics of a training folder: mu and sigma of its features, computed once and cached in `out_path` with a record of what they came from."
+    from memloc.data import ImageFolder
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+    if feature_extractor == DIGITS_EXTRACTOR: register_digits_extractor()
+    else: weights_path = _checked_weights(weights_path, "inception_path")
+    folder = ImageFolder(resolve(data_root), size=image_size)
+    record = _folder_record(folder, feature_extractor, weights_path)
+    out = resolve(out_path)
+    if out.is_file() and not force:
+        with np.load(out) as old:
+            if "record" in old and json.loads(str(old["record"])) == record: return out
+    layer = "features" if feature_extractor == DIGITS_EXTRACTOR else "2048"
+    fe = create_feature_extractor(feature_extractor, [layer], cuda=cuda, feature_extractor_weights_path=weights_path, verbose=False)
+    feats = get_featuresdict_from_dataset(_FolderImages(folder), fe, batch_size, cuda, True, False)[layer]
+    st = fid_features_to_statistics(feats.double())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, mu=st["mu"], sigma=st["sigma"], record=np.array(json.dumps(record, sort_keys=True)))
+    os.replace(tmp, out)
+    return out
 
 # %% ../nbs/05_quality.ipynb #cdb7d7c8
 @torch.no_grad()

@@ -340,16 +340,19 @@ _RELEASED = dict(rar_b=(768, 24, 3072, 16.0, 2.75, 1.0), rar_l=(1024, 24, 4096, 
                  rar_xl=(1280, 32, 5120, 6.9, 1.5, 1.02), rar_xxl=(1408, 40, 6144, 8.0, 1.2, 1.02))
 
 def rar_config(name: str = "mini") -> dict:
-    "The plain config dict of a preset: rar_b, rar_l, rar_xl, rar_xxl (released sizes) or mini."
+    "The plain config dict of a preset: rar_b, rar_l, rar_xl, rar_xxl (released sizes), rar_smoke or mini."
     if name in _RELEASED:
         C, D, I, g, p, t = _RELEASED[name]
         tok = VQGANConfig()
         gen = RARConfig(hidden_size=C, num_hidden_layers=D, intermediate_size=I, guidance_scale=g, guidance_scale_pow=p, randomize_temperature=t)
+    elif name == "rar_smoke":   # the released layout (keys, 256 px, 16x16 tokens) at the smallest widths: a CPU dry run
+        tok = VQGANConfig(hidden_channels=32, z_channels=32)
+        gen = RARConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
     elif name == "mini":
         tok = VQGANConfig(hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=16, num_embeddings=256, image_size=16)
         gen = RARConfig(hidden_size=64, num_hidden_layers=6, num_attention_heads=2, intermediate_size=256, image_seq_len=64,
                         condition_num_classes=10, codebook_size=256, guidance_scale=2.0, guidance_scale_pow=1.0)
-    else: raise ValueError(f"unknown RAR preset {name!r}; choose from {[*_RELEASED, 'mini']}")
+    else: raise ValueError(f"unknown RAR preset {name!r}; choose from {[*_RELEASED, 'rar_smoke', 'mini']}")
     return dict(family="rar", name=name, tokenizer=asdict(tok), generator=asdict(gen),
                 prefix_tokens=[0, 1, 5, 14, 30], prefix_ref_len=256, score_tokens=100)
 
@@ -475,6 +478,7 @@ def load_pretrained(files: dict, config: dict | str, device="cpu") -> RARModel:
 RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
     "RAR-B": ("rar_b", "rar_tokenizer_path", "rar_b_path"),
     "RAR-XXL": ("rar_xxl", "rar_tokenizer_path", "rar_xxl_path"),
+    "RAR-smoke": ("rar_smoke", "rar_tokenizer_path", "rar_smoke_path"),   # profile [smoke]: the released layout at tiny widths (memloc.smoke)
 }
 preset_config = rar_config   # the family's common name for its presets
 

@@ -420,7 +420,8 @@ def _quality_numbers(d):
     q = read_json(d, "quality.json")
     if not q: return None
     return (["model", "samples", "FID", "IS", "KID", "precision", "recall"],
-            [[m, e["n_samples"], _fmt(e["fid"], 3), _fmt(e["is_mean"], 3), _fmt(e["kid_mean"], 2), _fmt(e["precision"], 2), _fmt(e["recall"], 2)]
+            [[m, e["n_samples"], _fmt(e["fid"], 3), _fmt(e["is_mean"], 3), _fmt(e.get("kid_mean"), 2), _fmt(e.get("precision"), 2),
+              _fmt(e.get("recall"), 2)]   # full scale: FID and IS only
              for m, e in q["models"].items()])
 
 def _quality_text(d):
@@ -456,6 +457,14 @@ def _adaptation_text(d, run):
     return (f"UnitMem's top cells point (argmax) at a canary in {', '.join(parts)}, where canaries are "
             f"{rows[0][3]:.1%} of the measured points: " + ("above" if all(s > c for _, _, s, c in rows) else "not consistently above") + " their share.")
 
+def _canary_cell(c) -> str:
+    "How many top units peak on a canary; empty at full scale, where there are no canaries (`canary` is None)."
+    return "" if not c else f"{c['top_units_on_canaries']} of {c['top_units']} (chance {c['chance']:.1%})"
+
+def _canary_clause(c, top_p) -> str:
+    return "" if not c else (f"; {c['top_units_on_canaries']} of its {c['top_units']} top-{top_p}% units peak on a canary "
+                             f"({c['share']:.1%}, against {c['chance']:.1%} by chance)")
+
 def _var_numbers(d):
     r = read_json(d)
     if not r: return None
@@ -464,14 +473,13 @@ def _var_numbers(d):
         t, c = e["test"], e["canary"]
         rows.append([m, f"{t['rho']:.2f} [{t['rho_ci'][0]:.2f}, {t['rho_ci'][1]:.2f}]",
                      f"{t['slope']:+.3f} [{t['slope_ci'][0]:+.3f}, {t['slope_ci'][1]:+.3f}]",
-                     f"{_fmt(t['depth'][0], 3)} -> {_fmt(t['depth'][-1], 3)}", f"{c['top_units_on_canaries']} of {c['top_units']} (chance {c['chance']:.1%})"])
+                     f"{_fmt(t['depth'][0], 3)} -> {_fmt(t['depth'][-1], 3)}", _canary_cell(c)])
     return (["model", "Spearman rho, depth vs scale [95% CI]", "slope, blocks per scale [95% CI]", "depth, coarsest -> finest scale",
              "top units on a canary"], rows)
 
 def _var_text(d):
     r = read_json(d)
-    parts = [f"{m}: {e['test']['verdict']}; {e['canary']['top_units_on_canaries']} of its {e['canary']['top_units']} top-{e['top_p']}% units "
-             f"peak on a canary ({e['canary']['share']:.1%}, against {e['canary']['chance']:.1%} by chance)" for m, e in r["models"].items()]
+    parts = [f"{m}: {e['test']['verdict']}" + _canary_clause(e["canary"], e["top_p"]) for m, e in r["models"].items()]
     return "The mean block depth of UnitMem per scale, with bootstrap intervals over the points. " + "; ".join(parts) + "."
 
 def _rar_numbers(d):
@@ -481,13 +489,14 @@ def _rar_numbers(d):
     for m, e in r["models"].items():
         t, c = e["test"], e["canary"]
         rows.append([m, f"{t['late_top_units']} of {t['top_units']}", f"{t['share']:.2f} [{t['share_ci'][0]:.2f}, {t['share_ci'][1]:.2f}]",
-                     f"{t['chance']:.2f}", f"{c['top_units_on_canaries']} of {c['top_units']} (chance {c['chance']:.1%})"])
+                     f"{t['chance']:.2f}", _canary_cell(c)])
     return (["model", "top units in the second half", "share [95% CI]", "chance", "top units on a canary"], rows)
 
 def _rar_text(d):
     r = read_json(d)
     parts = [f"{m}: {e['test']['verdict']}, the share of the top units rising from {e['top_share_per_block'][0]:.2f} in block 0 to "
-             f"{e['top_share_per_block'][-1]:.2f} in the last block; {e['canary']['top_units_on_canaries']} of them peak on a canary"
+             f"{e['top_share_per_block'][-1]:.2f} in the last block"
+             + (f"; {e['canary']['top_units_on_canaries']} of them peak on a canary" if e["canary"] else "")
              for m, e in r["models"].items()]
     return "; ".join(parts) + "."
 

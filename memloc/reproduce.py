@@ -29,7 +29,7 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
 # %% auto #0
 __all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
-           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'checkpoint_settings',
+           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'profile_checkpoints',
            'check_manifest', 'unread_settings', 'check_profile', 'reproduce', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
@@ -42,13 +42,14 @@ class Stage:
     settings: tuple | None = None  # the settings it takes (None: every one its parameters name)
     folders: tuple = ()  # (parameter, what) pairs the driver fills with a folder: "figures" (where the stage writes),
                          # "state" (its resumable state, <runs_dir>/tmp/<stage>) or "manifest" (the folder of manifest_path)
+    miniature: bool = False  # the miniature's own stage: run only where the profile names a testbed (not at full scale)
 
 TESTBED_FILES = tuple(f"data/mini/{t}/manifest.json" for t in ("long", "canary"))   # the miniature's testbeds
 IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("long", "canary"))   # and their implants
 
 STAGES = [
     Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
-          folders=(("fig_dir", "figures"),)),
+          folders=(("fig_dir", "figures"),), miniature=True),
     Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES),
     Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES),
     Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", TESTBED_FILES,
@@ -57,10 +58,10 @@ STAGES = [
     Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES),
     Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", TESTBED_FILES),
     Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES),
-    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", IMPLANT_FILES, settings=()),
+    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", IMPLANT_FILES, settings=(), miniature=True),
     Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", IMPLANT_FILES),
     Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", IMPLANT_FILES,
-          settings=("seed", "augmentations")),
+          settings=("seed", "augmentations"), miniature=True),
 ]
 
 class UsageError(ValueError):
@@ -312,14 +313,20 @@ def relativize(path: Path, root: Path):
     if new != text: path.write_text(new)
 
 # %% ../nbs/20_reproduce.ipynb #ba610c60
-def checkpoint_settings() -> dict:
-    "setting -> (family, preset, part) that --check compares the file with: both files of every released model (a shared tokenizer: its first model's preset)."
-    from memloc.family import released_models
-    out = {}
-    for r in released_models().values():
-        out.setdefault(r.tokenizer_key, (r.family, r.preset, "tokenizer"))
-        out.setdefault(r.generator_key, (r.family, r.preset, "generator"))
-    return out
+def profile_checkpoints(settings: Settings) -> tuple[dict, list[str]]:
+    "({setting: (family, preset, part)} that --check compares each file with, problems): the released models the profile's model lists name (`memloc.study.profile_models`)."
+    from memloc.family import FAMILIES, released_models
+    from memloc.study import profile_models
+    out, problems, released = {}, [], released_models()
+    for lst, name in profile_models(settings, with_lists=True):
+        if name in FAMILIES: continue                     # the miniature's: the testbed manifest checks them
+        if name not in released:
+            problems.append(f"{settings.where(lst)}: {name!r} is not a model; models: {', '.join([*FAMILIES, *released])}"); continue
+        r = released[name]
+        for key, part in ((r.tokenizer_key, "tokenizer"), (r.generator_key, "generator")):
+            if not settings.get(key, "").strip(): problems.append(f"{settings.where(key)}: missing (the {part} of {name}, which {lst} names)")
+            else: out.setdefault(key, (r.family, r.preset, part))
+    return out, problems
 
 def check_manifest(path: Path) -> tuple[list[str], list[str]]:
     "(what was checked, problems) of a testbed manifest: valid JSON, and each entry's file present, of its family and of its sha256."
@@ -377,8 +384,10 @@ def check_profile(settings: Settings, stages: list[Stage] | None = None, root: P
             mp = root / REGIMES[tb]["out_dir"] / "manifest.json"
             if mp.is_file(): ok, bad = check_manifest(mp); checked += ok; problems += bad
             elif tb == settings["testbed"]: problems.append(f"{settings.where('testbed')} = {tb}: its manifest {mp} does not exist")
-    for key, (family, preset, part) in checkpoint_settings().items():
-        if not settings.get(key, "").strip() or not settings.path(key).is_file(): continue   # a missing file is named above
+    checkpoints, bad = profile_checkpoints(settings)
+    problems += bad
+    for key, (family, preset, part) in checkpoints.items():
+        if not settings.path(key).is_file(): continue   # a missing file is named above
         from memloc.study import check_checkpoint
         try: checked.append(f"{key}: {check_checkpoint(settings.path(key), family, preset, part)}")
         except Exception as e: problems.append(f"{settings.where(key)} = {settings[key]}: {e}")
@@ -395,6 +404,10 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
     settings = load_settings(profile, root / "settings.ini")
     available = available_stages(root, stages)
     chosen = select_stages(available, only, start)
+    if not settings.get("testbed", "").strip():                # full scale: the miniature's own stages have nothing to run on
+        mini_only = [s.name for s in chosen if s.miniature]
+        if mini_only: print(f"skipped (the miniature's own; profile [{profile}] names no testbed): {', '.join(mini_only)}")
+        chosen = [s for s in chosen if not s.miniature]
     checked = check_profile(settings, chosen, root)           # everything a run can know, before any stage starts
     for k in unread_settings(settings, available, root): print(f"warning: {settings.where(k)} is read by no stage or module")
     if check:
@@ -434,7 +447,13 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     r.add_argument("--force", action="store_true", help="run stages even if their inputs did not change")
     r.add_argument("--check", action="store_true", help="validate settings, paths, output folders, checksums and checkpoints; run nothing")
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
+    sm = sub.add_parser("smoke-assets", help="write the input files of profile [smoke] (tiny models, a small ImageNet-layout folder)")
+    sm.add_argument("root", nargs="?", default="runs/smoke/assets", help="where (default: runs/smoke/assets, where [smoke] reads them)")
     a = ap.parse_args(argv)
+    if a.cmd == "smoke-assets":
+        from memloc.config import resolve
+        from memloc.smoke import make_smoke_assets
+        make_smoke_assets(resolve(a.root)); return
     signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops a run as Ctrl-C does: the last good outputs stay
     signal.signal(signal.SIGINT, _interrupt)    # also where a background shell started the run with SIGINT ignored
     try:

@@ -17,8 +17,8 @@ from .data import ImageFolder, MiniSplit, PointDataset, class_subset, load_digit
 from .family import FAMILIES, family_module, model_family, released_models
 
 # %% auto #0
-__all__ = ['mini_manifest', 'load_model', 'model_split', 'check_checkpoint', 'Points', 'mini_split', 'study_points',
-           'unit_points']
+__all__ = ['mini_manifest', 'load_model', 'model_split', 'profile_models', 'check_checkpoint', 'Points', 'mini_split',
+           'study_points', 'unit_points']
 
 # %% ../nbs/06_study.ipynb #57553c83
 def mini_manifest(testbed: str | None = None) -> Path:
@@ -66,6 +66,11 @@ def model_split(name: str, profile: str = "mini", testbed: str | None = None) ->
     if name in manifest: return MiniSplit.from_dict(manifest[name]["split"])
     from memloc.data import make_split
     return make_split(load_digits(load_settings(profile).int("image_size"))[1])
+
+def profile_models(settings, with_lists: bool = False) -> list:
+    "The models a profile studies: its `<family>_models` lists in the registry's order (with `with_lists`: `(list's key, name)` pairs)."
+    pairs = [(f"{fam}_models", n) for fam in FAMILIES for n in (settings.items_of(f"{fam}_models") if f"{fam}_models" in settings else [])]
+    return pairs if with_lists else [n for _, n in pairs]
 
 def check_checkpoint(path, family: str, preset: str, part: str = "generator") -> str:
     "Confirm that checkpoint `path` holds exactly the keys and shapes of `part` ('generator' or 'tokenizer') of `family`'s `preset`, without building its weights."

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .stats import top_count
+
 # %% auto #0
 __all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'StaleStats',
            'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content', 'stale_meta', 'load_stats',
@@ -436,7 +438,7 @@ def canary_share(um: torch.Tensor,      # UnitMem per cell
                  top: float = 0.01,     # share of cells called "top"
                 ) -> tuple[float, int]:
     "Share of the top-`top` UnitMem cells whose argmax point is a canary, and how many cells that is."
-    k = max(1, int(round(top * um.numel())))
+    k = top_count(100 * top, um.numel())
     cells = um.flatten().topk(k).indices
     test = is_canary if callable(is_canary) else (lambda i: int(i) in is_canary)
     return sum(bool(test(int(i))) for i in argmax.flatten()[cells]) / k, k

@@ -21,7 +21,7 @@ __all__ = ['RELEASED_VQVAE', 'RELEASED_MODELS', 'VQVAEConfig', 'VARConfig', 'var
            'Downsample2x', 'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks', 'phi_index', 'PhiPartiallyShared',
            'VectorQuantizer2', 'VQVAE', 'FFN', 'SelfAttention', 'drop_path', 'AdaLNSelfAttn', 'AdaLNBeforeHead', 'VAR',
            'sample_tokens', 'var_generate', 'VARModel', 'build_model', 'load_pretrained', 'preset_config',
-           'fixtures_dir', 'load_fixture', 'mini_config', 'tokenizer_loss', 'train_options']
+           'fixtures_dir', 'load_fixture', 'fixture_call', 'mini_config', 'tokenizer_loss', 'train_options']
 
 # %% ../nbs/01_var.ipynb #a7e60f9b
 @dataclass
@@ -592,13 +592,17 @@ RELEASED_VQVAE = dict(vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 
 RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
     "VAR-d16": ("d16", "var_vae_path", "var_d16_path"),
     "VAR-d30": ("d30", "var_vae_path", "var_d30_path"),
+    "VAR-smoke": ("smoke", "var_vae_path", "var_smoke_path"),       # profile [smoke]: the released layout at tiny widths (memloc.smoke)
 }
 
 def preset_config(name: str, num_classes: int | None = None) -> dict:
-    "Config dict for 'd16', 'd20', 'd24', 'd30', 'tiny' or 'mini'."
+    "Config dict for 'd16', 'd20', 'd24', 'd30', 'smoke', 'tiny' or 'mini'."
     if name in ("d16", "d20", "d24", "d30"):
         vq = VQVAEConfig(**RELEASED_VQVAE)
         vr = var_preset(int(name[1:]), num_classes or 1000)
+    elif name == "smoke":   # the released layout (keys, 256 px, 10 scales) at the smallest widths: a CPU dry run of the full path
+        vq = VQVAEConfig(**{**RELEASED_VQVAE, "ch": 32})
+        vr = VARConfig(num_classes=num_classes or 1000, depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0)
     elif name == "tiny":
         vq = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, patch_nums=(1, 2, 3, 4))
         vr = VARConfig(vocab_size=64, Cvae=8, num_classes=num_classes or 10, depth=2, embed_dim=64, num_heads=2, patch_nums=(1, 2, 3, 4))
@@ -607,7 +611,7 @@ def preset_config(name: str, num_classes: int | None = None) -> dict:
         vq = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=pns)
         vr = VARConfig(vocab_size=512, Cvae=16, num_classes=num_classes or 10, depth=6, embed_dim=64, num_heads=4, patch_nums=pns,
                        drop_path_rate=0.0)
-    else: raise ValueError(f"unknown VAR preset {name!r}; known: d16, d20, d24, d30, tiny, mini")
+    else: raise ValueError(f"unknown VAR preset {name!r}; known: d16, d20, d24, d30, smoke, tiny, mini")
     vr.vocab_size, vr.Cvae = vq.vocab_size, vq.z_channels
     return {"family": "var", "vqvae": asdict(vq), "var": asdict(vr)}
 
@@ -636,6 +640,50 @@ def load_fixture(name: str = "var_tiny"):
     load_strict(model.tokenizer, {k[6:]: v for k, v in sd.items() if k.startswith("vqvae.")}, "vqvae", f"{name}:vqvae")
     load_strict(model.generator, {k[4:]: v for k, v in sd.items() if k.startswith("var.")}, "var", f"{name}:var")
     return model.eval(), {k: v for k, v in sd.items() if not k.startswith(("vqvae.", "var."))}, meta
+
+# %% ../nbs/01_var.ipynb #25bb4d2a
+import ast, re
+
+def _call_kwargs(text: str, fn: str) -> dict | None:
+    "Literal keyword arguments of the first call `fn(...)` written in `text`, or None if there is none."
+    m = re.search(rf"(?<![\w]){re.escape(fn)}\(", text)
+    if m is None: return None
+    depth, i = 1, m.end()
+    while i < len(text) and depth:
+        depth += {"(": 1, ")": -1}.get(text[i], 0); i += 1
+    if depth: raise ValueError(f"unbalanced parentheses in the fixture's call {text[m.start():]!r}")
+    call = ast.parse(text[m.start(): i].replace(fn, "f", 1), mode="eval").body
+    out = {}
+    for k in call.keywords:
+        try: v = ast.literal_eval(k.value)
+        except ValueError: continue                       # a name (label_B=label_B), not a value
+        if v is not Ellipsis: out[k.arg] = v
+    return out
+
+def _same_with(text: str) -> dict:
+    "The overrides of a description that reads 'same with a=1, b=2.0 ...'."
+    if not text.startswith("same with"): return {}
+    return {k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=(-?\d[\d.e+-]*|True|False|None)", text.split(":")[0])}
+
+def fixture_call(meta: dict, fn: str, tensor: str | None = None) -> dict:
+    "The literal keyword arguments of the official call `fn` that made a fixture (its JSON `meta`): the call written in "
+    "`tensor`'s description, or, when that reads 'same with k=v', the call above it with those values; without `tensor`, "
+    "the first call to `fn` in the call sequence or the descriptions."
+    tensors = meta.get("tensors", [])
+    names, descs = [t["name"] for t in tensors], [t.get("description", "") for t in tensors]
+    if tensor is not None:
+        if tensor not in names: raise KeyError(f"the fixture {meta.get('file', '?')} has no tensor {tensor!r}")
+        over = {}
+        for d in reversed(descs[: names.index(tensor) + 1]):
+            kw = _call_kwargs(d, fn)
+            if kw: return {**kw, **over}
+            over = {**_same_with(d), **over}
+        raise KeyError(f"no call to {fn}() above the fixture tensor {tensor!r}")
+    for text in list(meta.get("call_sequence", [])) + descs:
+        kw = _call_kwargs(text, fn)
+        if kw: return kw
+    raise KeyError(f"the fixture {meta.get('file', '?')} records no call to {fn}() with literal arguments")
+
 
 # %% ../nbs/01_var.ipynb #7aabeec0
 from .family import nearest_code

@@ -14,6 +14,8 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
+from .stats import top_count
+
 from .unitmem import (StaleStats, UnitCapture, UnitMemStats, augment_fingerprint, measure, point_hashes, stale_content,
                             stale_meta, weights_fingerprint)
 
@@ -159,7 +161,7 @@ def top_mask(um: torch.Tensor, # UnitMem per unit, any shape
             ) -> torch.Tensor:
     "Boolean mask of the globally top-`top_p`% units (at least one)."
     if not 0 < top_p <= 100: raise ValueError(f"top_p is a percentage in (0, 100], got {top_p}")
-    k = max(1, int(round(top_p / 100 * um.numel())))
+    k = top_count(top_p, um.numel())
     m = torch.zeros(um.numel(), dtype=torch.bool)
     m[um.flatten().double().cpu().topk(k).indices] = True
     return m.view(um.shape)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from memloc.checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
 from memloc.llamagen import (GPTConfig, LlamaGen, LlamaGenModel, VQConfig, VQModel, build_model, guided_at, llamagen_config,
                              llamagen_generate, tokenizer_loss, load_llamagen, precompute_freqs_cis_2d, read_released)
+from memloc.var import fixture_call
 
 torch.set_num_threads(1)
 FX = Path(os.environ.get("MEMLOC_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"))
@@ -42,13 +43,19 @@ def fx():
     load_strict(m.tokenizer, _strip(S, "vq."), "llamagen_vq"); load_strict(m.generator, _strip(S, "gpt."), "llamagen")
     return m.eval(), S, J
 
-def _gen_runs(J):
-    "The fixture's generation calls, parsed from its call sequence: ({case: (cfg_scale, cfg_interval)}, sampling keywords, new tokens)."
+def _gen_cases():
+    "The fixture's generation runs (gen.{case}.*), read at collection."
+    p = FX / "llamagen_tiny.json"
+    if not p.exists(): return ["missing"]
+    return sorted({t["name"].split(".")[1] for t in json.loads(p.read_text())["tensors"] if t["name"].startswith("gen.")})
+
+def _gen_call(J, case):
+    "The official generate() call that made gen.{case}.*: ((cfg_scale, cfg_interval), sampling keywords, new tokens)."
+    kw = fixture_call(J, "generate", f"gen.{case}.ids_BN")
+    if kw["top_k"] != 1 or not kw["sample_logits"]: pytest.skip(f"the fixture samples ({kw}): its ids follow the official RNG stream")
     line = next(s for s in J["call_sequence"] if "generate(gpt" in s)
-    runs = {case: (float(s), float(i)) for s, i, case in re.findall(r"\(([-\d.]+), ([-\d.]+)\) \[(\w+)\]", line)}
-    kw = {k: float(v) for k, v in re.findall(r"\b(temperature|top_k|top_p)=([-\d.]+)", line)}
-    kw["top_k"] = int(kw["top_k"])
-    return runs, kw, int(re.search(r"generate\(gpt, labels, (\d+)", line).group(1))
+    n_new = int(re.search(r"generate\(gpt, labels, (\d+)", line).group(1))
+    return (kw["cfg_scale"], kw["cfg_interval"]), {k: kw[k] for k in ("temperature", "top_k", "top_p")}, n_new
 
 # ---------------------------------------------------------------- full-size key specs
 def _spec_models():
@@ -146,11 +153,11 @@ def test_training_path(fx):
     _close(m.loss(codes, labels), S["tf_train.loss"])
 
 # ---------------------------------------------------------------- generation
-@pytest.mark.parametrize("case", ["nocfg", "cfg", "cfgint"])
+@pytest.mark.parametrize("case", _gen_cases())
 def test_generation(fx, case):
     m, S, J = fx
-    runs, kw, n_new = _gen_runs(J)
-    (scale, interval), labels, g = runs[case], S["input.labels_B"], m.generator
+    (scale, interval), kw, n_new = _gen_call(J, case)
+    labels, g = S["input.labels_B"], m.generator
     assert n_new == m.seq_len
     ids, raw, used = llamagen_generate(g, labels, scale, interval, greedy=True, return_logits=True)
     assert torch.equal(ids, S[f"gen.{case}.ids_BN"])
@@ -171,7 +178,7 @@ def test_generation(fx, case):
 def test_prefix_forced(fx, k):
     "Greedy continuation of the first k greedy tokens is the greedy sequence itself; a wrong prefix stays forced."
     m, S, J = fx
-    (scale, interval) = _gen_runs(J)[0]["cfg"]
+    (scale, interval) = _gen_call(J, "cfg")[0]
     ref, labels = S["gen.cfg.ids_BN"], S["input.labels_B"]; k = k % m.seq_len
     assert torch.equal(m.generate(labels, prefix_BL=ref, n_prefix=k, cfg=scale, cfg_interval=interval, greedy=True), ref)
     wrong = (ref + 1) % m.vocab_size
@@ -344,3 +351,22 @@ def test_stages_run_unchanged():
         assert torch.equal(greedy_from_prefix(m, tok, lab, pre), greedy_from_prefix(m, tok, lab, pre, cached=False)), pre
     st = measure(m, (img, lab), n_views=1, progress=False)
     assert st.shape == (1, 6, 256) and st.count == 4
+
+def _edited(J, old, new):
+    "The fixture JSON with the text `old` (which must be there) replaced by `new`."
+    s = json.dumps(J)
+    assert old in s, old
+    return json.loads(s.replace(old, new))
+
+def test_generation_check_follows_the_json(fx):
+    "The check runs the calls the JSON records: another seed (the ids do not depend on it) passes; a JSON that records another "
+    "guidance scale or interval than its outputs were made with fails."
+    m, S, J = fx
+    seed = J["seeds"]["gen_seed"]
+    test_generation((m, S, _edited(J, '"gen_seed": %d' % seed, '"gen_seed": %d' % (seed + 8))), "cfg")
+    (scale, _), _, _ = _gen_call(J, "cfg")
+    (_, interval), _, _ = _gen_call(J, "cfgint")
+    for case, old, new in (("cfg", f"same with cfg_scale={scale!r}", f"same with cfg_scale={scale + 2.0!r}"),
+                           ("cfgint", f"cfg_interval={interval!r}", f"cfg_interval={interval + 4!r}")):
+        wrong = _edited(J, old, new)
+        with pytest.raises(AssertionError): test_generation((m, S, wrong), case)

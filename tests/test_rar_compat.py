@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from memloc.rar import (RAR, RARConfig, MaskGITVQGAN, VQGANConfig, CheckpointError, build_model, cfg_schedule, load_rar,
                         load_strict, random_ratio_at, rar_config, rar_generate, raster_orders, read_state_dict, sample_orders)
+from memloc.var import fixture_call
 
 torch.set_num_threads(1)
 FX = Path(os.environ.get("MEMLOC_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"))
@@ -30,6 +31,12 @@ def rar_fx():
                     condition_num_classes=g["condition_num_classes"], codebook_size=J["config"]["model"]["vq_model"]["codebook_size"])
     model = load_strict(RAR(cfg), _strip(S, "rar."), "rar").eval()
     return model, S, J
+
+def _gen_call(J, case):
+    "The official generate() call that made gen.{case}.*: guidance scale and power, temperature (greedy when one-hot)."
+    kw = fixture_call(J, "generate", f"gen.{case}.ids_BN")
+    if not J["checks"].get("gen_probs_exactly_one_hot"): pytest.skip(f"the fixture samples ({kw}): its ids follow the official RNG stream")
+    return kw
 
 def _tok_cfg(c, q):
     return VQGANConfig(c["hidden_channels"], tuple(c["channel_mult"]), c["num_res_blocks"], c["z_channels"], q["num_embeddings"],
@@ -63,7 +70,9 @@ def test_state_dict_spec(name):
 
 def test_released_presets_match_spec():
     models = json.loads(_need("rar_state_dict_spec.json").read_text())["models"]
-    for name in ("rar_b", "rar_xxl"):
+    names = [n for n in models if n.startswith("rar_")]
+    assert names
+    for name in names:
         with torch.device("meta"): m = build_model(name)
         assert sum(p.numel() for p in m.generator.parameters()) == models[name]["total_parameters"]
         assert sum(p.numel() for p in m.tokenizer.parameters()) == models["maskgit_vqgan"]["total_parameters"]
@@ -108,31 +117,35 @@ def test_rar_teacher_forced(rar_fx, case):
         torch.testing.assert_close(got[k[len(case) + 1:]], S[k], atol=ATOL, rtol=0, msg=k)
 
 # ---------------------------------------------------------------- RAR generation
-@pytest.mark.parametrize("case,gs", [("cfg", 4.0), ("nocfg", 0.0)])
-def test_rar_generation(rar_fx, case, gs):
+@pytest.mark.parametrize("case", ["cfg", "nocfg"])
+def test_rar_generation(rar_fx, case):
     model, S, J = rar_fx
+    kw = _gen_call(J, case)
+    gs, pw = kw["guidance_scale"], kw["guidance_scale_pow"]
     labels, N = S["input.labels_B"], model.cfg.image_seq_len
-    ids, raw = rar_generate(model, labels, guidance_scale=gs, guidance_scale_pow=2.75, greedy=True, return_logits=True)
+    ids, raw = rar_generate(model, labels, guidance_scale=gs, guidance_scale_pow=pw, greedy=True, return_logits=True)
     assert torch.equal(ids, S[f"gen.{case}.ids_BN"])
-    ref_raw = S["gen.cfg.raw_last_logits_2BNV" if gs else "gen.nocfg.raw_last_logits_BNV"]
+    ref_raw = S[f"gen.{case}.raw_last_logits_2BNV" if gs else f"gen.{case}.raw_last_logits_BNV"]
     torch.testing.assert_close(raw, ref_raw, atol=ATOL, rtol=0)
-    # the sampling path at temperature 1e-6 (one-hot probabilities), without KV cache, any seed
-    ids2 = rar_generate(model, labels, guidance_scale=gs, guidance_scale_pow=2.75, temperature=1e-6, kv_cache=False,
-                        generator=torch.Generator().manual_seed(123))
+    # the official sampling path (its temperature: one-hot probabilities), the other cache setting, the fixture's seed
+    ids2 = rar_generate(model, labels, guidance_scale=gs, guidance_scale_pow=pw, temperature=kw["randomize_temperature"],
+                        kv_cache=not kw["kv_cache"], generator=torch.Generator().manual_seed(J["seeds"]["gen_seed"]))
     assert torch.equal(ids2, ids)
-    if gs:
-        sched = torch.cat([cfg_schedule(s, N, gs, 2.75) for s in range(N)])
-        torch.testing.assert_close(sched, S["gen.cfg.cfg_scale_N"], atol=1e-6, rtol=0)
+    if f"gen.{case}.cfg_scale_N" in S:
+        sched = torch.cat([cfg_schedule(s, N, gs, pw) for s in range(N)])
+        torch.testing.assert_close(sched, S[f"gen.{case}.cfg_scale_N"], atol=1e-6, rtol=0)
 
 @pytest.mark.parametrize("k", [1, 5, -1])
 def test_rar_prefix_forced(rar_fx, k):
     "Greedy continuation of the first k greedy tokens is the greedy sequence itself."
-    model, S, _ = rar_fx
+    model, S, J = rar_fx
+    kw = _gen_call(J, "cfg")
+    gs, pw = kw["guidance_scale"], kw["guidance_scale_pow"]
     ref = S["gen.cfg.ids_BN"]; k = k % model.cfg.image_seq_len
-    out = rar_generate(model, S["input.labels_B"], guidance_scale=4.0, guidance_scale_pow=2.75, greedy=True, prefix_Bn=ref[:, :k])
+    out = rar_generate(model, S["input.labels_B"], guidance_scale=gs, guidance_scale_pow=pw, greedy=True, prefix_Bn=ref[:, :k])
     assert torch.equal(out, ref)
     wrong = (ref[:, :k] + 1) % model.cfg.codebook_size
-    out2 = rar_generate(model, S["input.labels_B"], guidance_scale=4.0, guidance_scale_pow=2.75, greedy=True, prefix_Bn=wrong)
+    out2 = rar_generate(model, S["input.labels_B"], guidance_scale=gs, guidance_scale_pow=pw, greedy=True, prefix_Bn=wrong)
     assert torch.equal(out2[:, :k], wrong)
 
 def test_decoded_generation(rar_fx, tok_fx):
@@ -232,3 +245,22 @@ def test_orders_and_annealing():
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"): rar_config("rar_huge")
+
+def _edited(J, old, new):
+    "The fixture JSON with the text `old` (which must be there) replaced by `new`."
+    s = json.dumps(J)
+    assert old in s, old
+    return json.loads(s.replace(old, new))
+
+def test_generation_check_follows_the_json(rar_fx):
+    "The check runs the call the JSON records: another seed and cache setting (the ids do not depend on them) pass; a JSON "
+    "that records another guidance scale or power than its outputs were made with fails."
+    model, S, J = rar_fx
+    seed = J["seeds"]["gen_seed"]
+    other = _edited(_edited(J, '"gen_seed": %d' % seed, '"gen_seed": %d' % (seed + 8)), "kv_cache=True", "kv_cache=False")
+    test_rar_generation((model, S, other), "cfg"); test_rar_generation((model, S, other), "nocfg")
+    kw = fixture_call(J, "generate", "gen.cfg.ids_BN")
+    for k in ("guidance_scale", "guidance_scale_pow"):
+        old, new = f"{k}={kw[k]!r},", f"{k}={kw[k] + 1.5!r},"
+        wrong = _edited(J, old, new)
+        with pytest.raises(AssertionError): test_rar_generation((model, S, wrong), "cfg")

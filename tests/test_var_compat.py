@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from memloc.var import (VAR, VQVAE, CheckpointError, VARConfig, VQVAEConfig, build_model, fixtures_dir, load_fixture,
+from memloc.var import (VAR, VQVAE, CheckpointError, VARConfig, VQVAEConfig, build_model, fixture_call, fixtures_dir, load_fixture,
                         read_state_dict, load_strict, phi_index, preset_config, sample_tokens)
 
 ATOL = 2e-5
@@ -13,7 +13,8 @@ needs_fixtures = pytest.mark.skipif(not (FIX / "var_tiny.safetensors").is_file()
 
 
 def _spec():
-    return json.loads((FIX / "var_state_dict_spec.json").read_text())["models"]
+    p = FIX / "var_state_dict_spec.json"
+    return json.loads(p.read_text())["models"] if p.is_file() else {}
 
 
 def _build_meta(name, m):
@@ -33,7 +34,7 @@ def _build_meta(name, m):
 
 
 @needs_fixtures
-@pytest.mark.parametrize("name", ["vqvae", "var_d16", "var_d20", "var_d24", "var_d30"])
+@pytest.mark.parametrize("name", sorted(_spec()) or ["missing"])
 def test_state_dict_matches_spec(name):
     m = _spec()[name]
     model = _build_meta(name, m)
@@ -42,11 +43,15 @@ def test_state_dict_matches_spec(name):
     assert sum(p.numel() for p in model.parameters()) == m["total_parameters"]
     params = {n for n, _ in model.named_parameters()}
     assert {r[0] for r in m["state_dict"] if r[3] == "parameter"} == params
-    if name == "vqvae": assert [phi_index(si, 10, 4) for si in range(10)] == m["derived"]["phi_index_per_scale"]
+    if name == "vqvae":
+        a = m["constructor_args"]; S = len(a["v_patch_nums"])
+        assert [phi_index(si, S, a["share_quant_resi"]) for si in range(S)] == m["derived"]["phi_index_per_scale"]
 
 
+@needs_fixtures
 def test_presets_match_released_counts():
-    counts = {"d16": 310_283_520, "d30": 2_010_020_356}
+    counts = {name[4:]: m["total_parameters"] for name, m in _spec().items() if name.startswith("var_")}
+    assert counts
     for name, n in counts.items():
         cfg = preset_config(name)
         with torch.device("meta"): v = VAR(VARConfig(**{**cfg["var"], "patch_nums": tuple(cfg["var"]["patch_nums"])}))
@@ -60,65 +65,53 @@ def tiny():
 
 
 @needs_fixtures
-def test_tiny_tokenization(tiny):
+def test_tiny_latent_and_adapter_tokens(tiny):
+    "The encoder's latent, and the adapter's [0, 1] entry point (01_var asserts the per-scale ids and f_hat)."
     model, fx, _ = tiny
-    q = model.tokenizer.quantize
     with torch.no_grad():
         f = model.tokenizer.img_to_f(fx["input.img_B3HW"])
-        assert torch.allclose(f, fx["enc.f_BChw"], atol=ATOL)
-        idx = q.f_to_idx(f)
-        fh = torch.stack(q.f_to_idx(f, to_fhat=True))
         tok = model.tokenize(fx["input.img_B3HW"].add(1).div(2))
-    for si, ids in enumerate(idx): assert torch.equal(ids, fx[f"enc.idx_Bl.{si}"])
+    assert torch.allclose(f, fx["enc.f_BChw"], atol=ATOL)
     assert torch.equal(tok, fx["enc.idx_BL"])
-    assert torch.allclose(fh, fx["enc.fhat_cumulative_SBChw"], atol=ATOL)
 
 
 @needs_fixtures
 def test_tiny_teacher_forcing_and_hooks(tiny):
+    "Block inputs and outputs and the head norm (01_var asserts the teacher-forcing input, fc1, act and the logits)."
     model, fx, _ = tiny
     tok, lab = fx["enc.idx_BL"], fx["input.label_B"]
     got = {}
     hooks = [mod.register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o))
              for n, mod in model.generator.named_modules() if n.endswith(("ffn.fc1", "ffn.act", "head_nm")) or n.count(".") == 1 and n.startswith("blocks.")]
     hooks.append(model.generator.blocks[0].register_forward_pre_hook(lambda m, a: got.__setitem__("in", a[0])))
-    with torch.no_grad():
-        x = model.var_input(tok)
-        logits = model.logits(tok, lab)
+    with torch.no_grad(): model.logits(tok, lab)
     for h in hooks: h.remove()
-    assert torch.allclose(x, fx["tf.x_BLCv_wo_first_l"], atol=ATOL)
     assert torch.allclose(got["in"], fx["tf.x_BLC_in"], atol=ATOL)
     n_blocks = len(model.generator.blocks)
     assert len(model.mlp_blocks()) == n_blocks
-    for i in range(n_blocks):
-        assert torch.allclose(got[f"blocks.{i}.ffn.fc1"], fx[f"tf.blocks.{i}.ffn.fc1_out"], atol=ATOL)
-        assert torch.allclose(got[f"blocks.{i}.ffn.act"], fx[f"tf.blocks.{i}.ffn.act_out"], atol=ATOL)
-        assert torch.allclose(got[f"blocks.{i}"], fx[f"tf.blocks.{i}.out"], atol=ATOL)
+    for i in range(n_blocks): assert torch.allclose(got[f"blocks.{i}"], fx[f"tf.blocks.{i}.out"], atol=ATOL)
     assert torch.allclose(got["head_nm"], fx["tf.head_nm_out"], atol=ATOL)
-    assert torch.allclose(logits, fx["tf.logits_BLV"], atol=ATOL)
     # the tanh form matters: exact GELU would be off by more than the tolerance
     assert (torch.nn.functional.gelu(got["blocks.0.ffn.fc1"]) - fx["tf.blocks.0.ffn.act_out"]).abs().max() > ATOL
 
 
 @needs_fixtures
-def test_tiny_reconstruction_and_greedy_sampling(tiny):
-    model, fx, _ = tiny
+def test_tiny_official_sampling_call(tiny):
+    "The official sampling call (its cfg, top-k, top-p and seed) gives the official tokens (01_var asserts the greedy path's "
+    "tokens, guided logits and images)."
+    model, fx, meta = tiny
+    ar = fixture_call(meta, "autoregressive_infer_cfg")                 # the official call that made ar.*
+    if ar["top_k"] != 1 or ar.get("more_smooth"): pytest.skip(f"the fixture samples ({ar}): its tokens follow the official RNG stream")
     with torch.no_grad():
-        recon = model.tokenizer.idx_to_img(model.split(fx["enc.idx_BL"]))
-        ids, glog = model.generate(fx["input.label_B"], cfg=1.0, greedy=True, return_logits=True)
-        img = model.decode(ids)
-    assert torch.allclose(recon, fx["dec.recon_B3HW"], atol=ATOL)
-    assert torch.equal(ids, fx["ar.idx_BL"])
-    assert torch.allclose(glog, fx["ar.guided_logits_BLV"], atol=ATOL)
-    assert torch.allclose(img, fx["ar.img_B3HW"], atol=ATOL)
-    # top_k=1 sampling with any generator is the greedy path
-    with torch.no_grad(): ids_k1 = model.generate(fx["input.label_B"], cfg=1.0, top_k=1, generator=torch.Generator().manual_seed(3))
+        ids_k1 = model.generate(fx["input.label_B"], cfg=ar["cfg"], top_k=ar["top_k"], top_p=ar["top_p"],
+                                generator=torch.Generator().manual_seed(ar["g_seed"]))
     assert torch.equal(ids_k1, fx["ar.idx_BL"])
 
 
 @needs_fixtures
 def test_kv_cache_equals_masked_forward_and_prefix(tiny):
-    model, fx, _ = tiny
+    model, fx, meta = tiny
+    be = meta["var"]["begin_ends"]                                      # the fixture's scale layout
     lab, tok = fx["input.label_B"], fx["enc.idx_BL"]
     with torch.no_grad():
         ids, glog = model.generate(lab, cfg=0.0, greedy=True, return_logits=True)
@@ -129,8 +122,8 @@ def test_kv_cache_equals_masked_forward_and_prefix(tiny):
             assert torch.equal(out[:, :n], tok[:, :n])
             b = n                                            # logits after the prefix are the teacher-forced ones of `out`
             assert torch.allclose(lg[:, b:], model.logits(out, lab)[:, b:], atol=ATOL)
-    with pytest.raises(ValueError, match="scale boundary"): model.generate(lab, prefix_BL=tok, n_prefix=3)
-    assert model.prefix_lengths() == [0, 1, 5, 14, 30] and model.score_range() == (14, 30)
+    with pytest.raises(ValueError, match="scale boundary"): model.generate(lab, prefix_BL=tok, n_prefix=be[-1][0] + 1)
+    assert model.prefix_lengths() == [0] + [e for _, e in be[:4]] and model.score_range() == tuple(be[-1])
 
 
 def test_sampling_filters_and_generator():
@@ -263,3 +256,21 @@ def test_tokenizer_is_exact_under_bf16_autocast():
     assert torch.equal(tok, tok_bf)
     assert x_bf.dtype == torch.float32 and torch.equal(x, x_bf)
     assert dec_bf.dtype == torch.float32
+
+
+def _edited(meta, old, new):
+    "The fixture JSON with the text `old` (which must be there) replaced by `new`."
+    s = json.dumps(meta)
+    assert old in s, old
+    return json.loads(s.replace(old, new))
+
+
+@needs_fixtures
+def test_sampling_check_follows_the_json(tiny):
+    "The check runs the call the JSON records: another seed (the outputs do not depend on it) passes; a JSON that records "
+    "another guidance scale than its outputs were made with fails."
+    model, fx, meta = tiny
+    ar = fixture_call(meta, "autoregressive_infer_cfg")
+    test_tiny_official_sampling_call((model, fx, _edited(meta, f"g_seed={ar['g_seed']},", f"g_seed={ar['g_seed'] + 11},")))
+    wrong = _edited(meta, f"cfg={ar['cfg']!r},", f"cfg={ar['cfg'] + 2.0!r},")
+    with pytest.raises(AssertionError): test_tiny_official_sampling_call((model, fx, wrong))
