@@ -766,6 +766,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'memloc.unitmem.matching_stats': ('adaptation.html#matching_stats', 'memloc/unitmem.py'),
                                 'memloc.unitmem.measure': ('adaptation.html#measure', 'memloc/unitmem.py'),
                                 'memloc.unitmem.point_hashes': ('adaptation.html#point_hashes', 'memloc/unitmem.py'),
+                                'memloc.unitmem.precision_of': ('adaptation.html#precision_of', 'memloc/unitmem.py'),
                                 'memloc.unitmem.stale_content': ('adaptation.html#stale_content', 'memloc/unitmem.py'),
                                 'memloc.unitmem.stale_meta': ('adaptation.html#stale_meta', 'memloc/unitmem.py'),
                                 'memloc.unitmem.unitmem': ('adaptation.html#unitmem', 'memloc/unitmem.py'),

@@ -20,7 +20,7 @@ from .stats import top_count
 # %% auto #0
 __all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'StaleStats',
            'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content', 'stale_meta', 'load_stats',
-           'matching_stats', 'measure', 'canary_share']
+           'precision_of', 'matching_stats', 'measure', 'canary_share']
 
 # %% ../nbs/10_adaptation.ipynb #7df162c3
 def _check_points(n: int, what: str = "UnitMem"):
@@ -334,10 +334,17 @@ def load_stats(path: str | os.PathLike) -> tuple[UnitMemStats, list[int], dict]:
     ck = _load_run(path)
     return ck["stats"], ck["done"], ck["meta"]
 
+def precision_of(model) -> str:
+    "The precision a forward pass of `model` runs in here: the autocast dtype where autocast is on for its device, else its weights' dtype."
+    from memloc.family import device_of
+    dev = device_of(model).type
+    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else next(model.parameters()).dtype
+    return str(dt).removeprefix("torch.")
+
 def _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp) -> dict:
-    "What a `measure` run is: its settings and the fingerprints of its weights and augmentation."
+    "What a `measure` run is: its settings, its precision (a bfloat16 run is not a float32 one) and the fingerprints of its weights and augmentation."
     return {"shape": list(cap.shape), "n_views": n_views, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
-            "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp}
+            "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp, "precision": precision_of(model)}
 
 def matching_stats(path,                  # a statistics file saved by `measure` (e.g. by another stage)
                    model: nn.Module, dataset, points, augment=None, n_views: int = 10, seed: int = 0, abs: bool = True,

@@ -144,7 +144,7 @@ def unit_stats(model, dataset, points, augment=None, n_views: int = 10, batch_si
                keep_values: bool = True,  # keep per-point values (small models) or stream statistics only
                dtype: str = "float32"):
     "`(UnitMemStats, per-point values or None)` of `model` over `points`: kept values on the miniature, streamed statistics at full scale."
-    stem = f"{name}-{model_fingerprint(model)}-A{n_views}-seed{seed}"   # another checkpoint or setting gets its own file
+    stem = f"{name}-{model_fingerprint(model)}-A{n_views}-seed{seed}" + ("" if dtype == "float32" else f"-{dtype}")   # another checkpoint, setting or precision: its own file
     if keep_values:
         path = None if folder is None else Path(folder) / f"{stem}.values.pt"
         vals = point_values(model, dataset, points, augment, n_views, batch_size, seed, path, dtype=dtype)

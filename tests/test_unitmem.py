@@ -342,3 +342,18 @@ def test_matching_stats_for_reuse_by_another_stage(tmp_path):
     got, why = matching_stats(tmp_path / "s.pt", model, data, range(12), **{**kw, "augment": Augment(8, hflip=True)})
     assert got is None and "augment" in why
     assert matching_stats(tmp_path / "none.pt", model, data, range(12), **kw)[0] is None
+
+
+def test_a_bfloat16_run_is_not_reused_as_float32(tmp_path):
+    "The precision is part of what a run is: statistics measured under bf16 autocast are not resumed, or matched, by a float32 run."
+    from memloc.unitmem import matching_stats, precision_of
+    model, data, run, st = _saved_run(tmp_path)                   # a float32 run, saved
+    assert precision_of(model) == "float32"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision_of(model) == "bfloat16"
+        with pytest.raises(StaleStats, match="precision: saved 'float32', this run 'bfloat16'"):
+            measure(model, data, **run, stats_path=tmp_path / "s.pt")
+        bf = measure(model, data, **run, stats_path=tmp_path / "bf.pt")
+    got, why = matching_stats(tmp_path / "bf.pt", model, data, run.get("points", range(len(data[0]))), run.get("augment"),
+                              run["n_views"], run.get("seed", 0))
+    assert got is None and "precision" in why
