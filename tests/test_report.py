@@ -99,7 +99,8 @@ def test_ground_truth_rows_and_sections_follow_the_numbers(tmp_path):
     recall, regime = row["UnitMem finds implanted units"], row["The testbed is in the released models' regime"]
     assert recall["verdict"] == "**long: supported; canary: not supported**" and "Recall@|S| 0.50" in recall["miniature, long testbed"]
     assert regime["verdict"] == "**long: supported; canary: not supported**"
-    assert "removes the implants" in rows[6][0] and rows[6][-1] == "**long: supported; canary: not supported**"
+    removal = next(r for r in rows if "removes the implants" in r[0])
+    assert removal[-1] == "**long: supported; canary: not supported**"
     var_cut = dict(zip(header, rows[2]))   # the canary column's intervention: the ground truth's canaries, 8 -> 7 (random 7.1)
     assert "canaries, top 10% by 0.5: 8 -> 7" in var_cut["miniature, canary testbed"] and var_cut["verdict"] == "**not supported**"
     md = _page(figs)
@@ -112,7 +113,8 @@ def test_ground_truth_rows_and_sections_follow_the_numbers(tmp_path):
     gt["testbeds"]["canary"]["var"] = _testbed(400, 0.02, 0.9, after_top=2)   # the contrast now in the regime, and its cut beating random
     figs = _figures(tmp_path / "b", gt, _localization(11, 0.6))
     rows = summary(figs, None, STAGES + ["ground_truth"])[1]
-    assert rows[7][-1] == "**supported**" and rows[2][-1] == "**long: not supported; canary: supported**"
+    regime = next(r for r in rows if r[0].startswith("The testbed is in the released models' regime"))
+    assert regime[-1] == "**supported**" and rows[2][-1] == "**long: not supported; canary: supported**"
     md = _page(figs)
     assert "no method beats random units at the top 10%" in md
 def test_figures_redraw_from_the_saved_tables(tmp_path):
@@ -122,6 +124,7 @@ def test_figures_redraw_from_the_saved_tables(tmp_path):
         written += figures.draw(s, tmp_path / s, formats=("png",))
     assert sorted(p.name for p in written) == sorted(
         ["extracted_vs_prefix.png", "var_depth.png", "var_maps.png", "var_classes.png", "rar_profile.png", "rar_classes.png",
+         "llamagen_profile.png", "llamagen_classes.png",
          "headline.png", "sweep.png", "consistency.png", "mitigation.png"])
     assert all(p.stat().st_size > 10_000 for p in written)
 
