@@ -4,6 +4,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from fixture_json import edited
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -352,21 +353,15 @@ def test_stages_run_unchanged():
     st = measure(m, (img, lab), n_views=1, progress=False)
     assert st.shape == (1, 6, 256) and st.count == 4
 
-def _edited(J, old, new):
-    "The fixture JSON with the text `old` (which must be there) replaced by `new`."
-    s = json.dumps(J)
-    assert old in s, old
-    return json.loads(s.replace(old, new))
-
 def test_generation_check_follows_the_json(fx):
     "The check runs the calls the JSON records: another seed (the ids do not depend on it) passes; a JSON that records another "
     "guidance scale or interval than its outputs were made with fails."
     m, S, J = fx
     seed = J["seeds"]["gen_seed"]
-    test_generation((m, S, _edited(J, '"gen_seed": %d' % seed, '"gen_seed": %d' % (seed + 8))), "cfg")
+    test_generation((m, S, edited(J, '"gen_seed": %d' % seed, '"gen_seed": %d' % (seed + 8))), "cfg")
     (scale, _), _, _ = _gen_call(J, "cfg")
     (_, interval), _, _ = _gen_call(J, "cfgint")
     for case, old, new in (("cfg", f"same with cfg_scale={scale!r}", f"same with cfg_scale={scale + 2.0!r}"),
                            ("cfgint", f"cfg_interval={interval!r}", f"cfg_interval={interval + 4!r}")):
-        wrong = _edited(J, old, new)
+        wrong = edited(J, old, new)
         with pytest.raises(AssertionError): test_generation((m, S, wrong), case)

@@ -3,6 +3,7 @@ import json, os
 from pathlib import Path
 
 import pytest
+from fixture_json import edited
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -246,21 +247,15 @@ def test_orders_and_annealing():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"): rar_config("rar_huge")
 
-def _edited(J, old, new):
-    "The fixture JSON with the text `old` (which must be there) replaced by `new`."
-    s = json.dumps(J)
-    assert old in s, old
-    return json.loads(s.replace(old, new))
-
 def test_generation_check_follows_the_json(rar_fx):
     "The check runs the call the JSON records: another seed and cache setting (the ids do not depend on them) pass; a JSON "
     "that records another guidance scale or power than its outputs were made with fails."
     model, S, J = rar_fx
     seed = J["seeds"]["gen_seed"]
-    other = _edited(_edited(J, '"gen_seed": %d' % seed, '"gen_seed": %d' % (seed + 8)), "kv_cache=True", "kv_cache=False")
+    other = edited(edited(J, '"gen_seed": %d' % seed, '"gen_seed": %d' % (seed + 8)), "kv_cache=True", "kv_cache=False")
     test_rar_generation((model, S, other), "cfg"); test_rar_generation((model, S, other), "nocfg")
     kw = fixture_call(J, "generate", "gen.cfg.ids_BN")
     for k in ("guidance_scale", "guidance_scale_pow"):
         old, new = f"{k}={kw[k]!r},", f"{k}={kw[k] + 1.5!r},"
-        wrong = _edited(J, old, new)
+        wrong = edited(J, old, new)
         with pytest.raises(AssertionError): test_rar_generation((model, S, wrong), "cfg")

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from fixture_json import edited
 import torch
 
 from memloc.var import (VAR, VQVAE, CheckpointError, VARConfig, VQVAEConfig, build_model, fixture_call, fixtures_dir, load_fixture,
@@ -258,12 +259,6 @@ def test_tokenizer_is_exact_under_bf16_autocast():
     assert dec_bf.dtype == torch.float32
 
 
-def _edited(meta, old, new):
-    "The fixture JSON with the text `old` (which must be there) replaced by `new`."
-    s = json.dumps(meta)
-    assert old in s, old
-    return json.loads(s.replace(old, new))
-
 
 @needs_fixtures
 def test_sampling_check_follows_the_json(tiny):
@@ -271,6 +266,6 @@ def test_sampling_check_follows_the_json(tiny):
     "another guidance scale than its outputs were made with fails."
     model, fx, meta = tiny
     ar = fixture_call(meta, "autoregressive_infer_cfg")
-    test_tiny_official_sampling_call((model, fx, _edited(meta, f"g_seed={ar['g_seed']},", f"g_seed={ar['g_seed'] + 11},")))
-    wrong = _edited(meta, f"cfg={ar['cfg']!r},", f"cfg={ar['cfg'] + 2.0!r},")
+    test_tiny_official_sampling_call((model, fx, edited(meta, f"g_seed={ar['g_seed']},", f"g_seed={ar['g_seed'] + 11},")))
+    wrong = edited(meta, f"cfg={ar['cfg']!r},", f"cfg={ar['cfg'] + 2.0!r},")
     with pytest.raises(AssertionError): test_tiny_official_sampling_call((model, fx, wrong))
