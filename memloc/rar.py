@@ -20,7 +20,7 @@ __all__ = ['RELEASED_MODELS', 'preset_config', 'VQGANConfig', 'ResBlock', 'VQGAN
            'raster_orders', 'sample_orders', 'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config', 'RARModel',
            'build_model', 'load_rar', 'load_pretrained', 'mini_config', 'tokenizer_loss', 'train_options']
 
-# %% ../nbs/02_rar.ipynb #536cdd8f
+# %% ../nbs/02_rar.ipynb #32c05cb7
 @dataclass
 class VQGANConfig:
     hidden_channels: int = 128                 # channels of the first level
@@ -36,7 +36,9 @@ class VQGANConfig:
     @property
     def grid(self) -> int: return self.image_size // self.downsample
 
+# %% ../nbs/02_rar.ipynb #6236b513
 def _norm(c): return nn.GroupNorm(32, c, eps=1e-6)
+
 def _conv(cin, cout, k=3, bias=False): return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)  # SAME padding, stride 1
 
 class ResBlock(nn.Module):
@@ -59,7 +61,7 @@ class _Level(nn.Module):
         self.block = nn.ModuleList(blocks)
         if upsample_ch is not None: self.upsample_conv = _conv(upsample_ch, upsample_ch, bias=True)
 
-# %% ../nbs/02_rar.ipynb #ac8da9b9
+# %% ../nbs/02_rar.ipynb #2b7a5605
 class VQGANEncoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
@@ -79,6 +81,7 @@ class VQGANEncoder(nn.Module):
         for b in self.mid: h = b(h)
         return self.conv_out(F.silu(self.norm_out(h)))          # B z h w
 
+# %% ../nbs/02_rar.ipynb #ff60d168
 class VQGANDecoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
@@ -102,6 +105,7 @@ class VQGANDecoder(nn.Module):
             if i > 0: h = self.up[i].upsample_conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
 
+# %% ../nbs/02_rar.ipynb #4279f50e
 class VectorQuantizer(nn.Module):
     def __init__(self, n: int, dim: int):
         super().__init__()
@@ -120,7 +124,7 @@ class VectorQuantizer(nn.Module):
         B, N = codes_BN.shape; s = math.isqrt(N)
         return self.embedding(codes_BN).view(B, s, s, -1).permute(0, 3, 1, 2).contiguous()
 
-# %% ../nbs/02_rar.ipynb #ec8413d2
+# %% ../nbs/02_rar.ipynb #166dcb4a
 class MaskGITVQGAN(nn.Module):
     "MaskGIT VQGAN: images in [0,1] <-> row-major codes."
     def __init__(self, cfg: VQGANConfig = VQGANConfig()):
@@ -140,7 +144,10 @@ class MaskGITVQGAN(nn.Module):
         "Images (B, 3, H, W) in [0, 1] from codes."
         return self.decoder(self.quantize.lookup(codes_BN)).clamp(0.0, 1.0)
 
-# %% ../nbs/02_rar.ipynb #07f47f37
+# %% ../nbs/02_rar.ipynb #e050116c
+from .checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
+
+# %% ../nbs/02_rar.ipynb #933d87a6
 @dataclass
 class RARConfig:
     hidden_size: int = 768                  # width C
@@ -157,9 +164,10 @@ class RARConfig:
     randomize_temperature: float = 1.0
 
 def _ln(d, affine=True): return nn.LayerNorm(d, eps=1e-6, elementwise_affine=affine)
+
 def modulate(x, shift, scale): return x * (1 + scale) + shift
 
-# %% ../nbs/02_rar.ipynb #7d6df99f
+# %% ../nbs/02_rar.ipynb #6b2611b2
 class Attention(nn.Module):
     def __init__(self, C: int, H: int):
         super().__init__()
@@ -180,6 +188,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
 
+# %% ../nbs/02_rar.ipynb #bb087d7d
 class Mlp(nn.Module):
     def __init__(self, C: int, I: int):
         super().__init__()
@@ -209,7 +218,7 @@ class FinalAdaLN(nn.Module):
         scale, shift = self.adaLN_modulation(c_BTC).chunk(2, dim=-1)     # scale first
         return modulate(self.norm_final(x_BTC), shift, scale)
 
-# %% ../nbs/02_rar.ipynb #dabf0636
+# %% ../nbs/02_rar.ipynb #d73b39cc
 class RAR(nn.Module):
     def __init__(self, cfg: RARConfig = RARConfig()):
         super().__init__()
@@ -266,7 +275,7 @@ class RAR(nn.Module):
         logits, _ = self(seq_BN, cond_B, orders_BN)
         return logits[:, 1:], seq_BN
 
-# %% ../nbs/02_rar.ipynb #0bd0feee
+# %% ../nbs/02_rar.ipynb #c108e51c
 def random_ratio_at(step: float, anneal_start: float, anneal_end: float) -> float:
     "RAR's random ratio at `step`: 1 before `anneal_start`, linear to 0 at `anneal_end`, 0 after."
     if anneal_end <= anneal_start: return 1.0 if step < anneal_start else 0.0
@@ -285,7 +294,7 @@ def sample_orders(B: int, N: int, random_ratio: float, generator: torch.Generato
         if rand[b] < random_ratio: out[b] = torch.randperm(N, generator=generator)
     return out.to(device)
 
-# %% ../nbs/02_rar.ipynb #d50290a6
+# %% ../nbs/02_rar.ipynb #f56cb85f
 def cfg_schedule(step: int, N: int, guidance_scale: float, power: float) -> torch.Tensor:
     "RAR's guidance scale at `step` (float32, as the official code computes it)."
     s = (1 - torch.cos(((step / N) ** (torch.ones(1) * power)) * math.pi)) * 1 / 2
@@ -306,6 +315,7 @@ def sample_next(logits_BV, temperature=1.0, top_k=0, top_p=0.0, greedy=False, ge
     probs = logits_BV.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator)
 
+# %% ../nbs/02_rar.ipynb #2ac4383b
 @torch.no_grad()
 def rar_generate(model: RAR, labels_B, guidance_scale=0.0, guidance_scale_pow=2.75, temperature=1.0, top_k=0, top_p=0.0,
                  greedy=False, prefix_Bn=None, generator=None, kv_cache=True, return_logits=False):
@@ -332,10 +342,7 @@ def rar_generate(model: RAR, labels_B, guidance_scale=0.0, guidance_scale_pow=2.
         ids = torch.cat([ids, sample_next(last, temperature, top_k, top_p, greedy, generator)], 1)
     return (ids, torch.stack(raw, 1) if raw else None) if return_logits else ids
 
-# %% ../nbs/02_rar.ipynb #e050116c
-from .checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
-
-# %% ../nbs/02_rar.ipynb #654075ac
+# %% ../nbs/02_rar.ipynb #48bd9768
 _RELEASED = dict(rar_b=(768, 24, 3072, 16.0, 2.75, 1.0), rar_l=(1024, 24, 4096, 15.5, 2.5, 1.02),
                  rar_xl=(1280, 32, 5120, 6.9, 1.5, 1.02), rar_xxl=(1408, 40, 6144, 8.0, 1.2, 1.02))
 
@@ -359,7 +366,7 @@ def rar_config(name: str = "mini") -> dict:
 def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-# %% ../nbs/02_rar.ipynb #ac690d0a
+# %% ../nbs/02_rar.ipynb #1bbfa11b
 class RARModel(nn.Module):
     "The RAR family adapter: MaskGIT VQGAN `tokenizer` + RAR `generator`."
     family = "rar"
@@ -456,6 +463,7 @@ class RARModel(nn.Module):
     def generation_steps(self): return [(l, l + 1) for l in range(self.seq_len)]   # one token per step
     def headline_prefix(self): return max(self.prefix_lengths())          # the longest prefix, as the paper's headline
 
+# %% ../nbs/02_rar.ipynb #d6b1e29a
 def build_model(config: dict | str = "mini", device=None) -> RARModel:
     "A `RARModel` from a config dict (or a preset name), in eval mode."
     if isinstance(config, str): config = rar_config(config)
@@ -480,15 +488,17 @@ RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator
     "RAR-XXL": ("rar_xxl", "rar_tokenizer_path", "rar_xxl_path"),
     "RAR-smoke": ("rar_smoke", "rar_tokenizer_path", "rar_smoke_path"),   # profile [smoke]: the released layout at tiny widths (memloc.smoke)
 }
+
 preset_config = rar_config   # the family's common name for its presets
 
-# %% ../nbs/02_rar.ipynb #dea3f0fe
+# %% ../nbs/02_rar.ipynb #83512e90
 from .family import nearest_code
 
 def mini_config() -> dict:
     "The miniature's configuration: the `mini` preset."
     return rar_config("mini")
 
+# %% ../nbs/02_rar.ipynb #748b6117
 def tokenizer_loss(tok, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
     "MaskGIT VQGAN training loss without the GAN: MSE reconstruction (in [0,1]) + codebook + beta * commitment."
     z = tok.encoder(img_B3HW)

@@ -17,13 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['RELEASED_VQVAE', 'RELEASED_MODELS', 'VQVAEConfig', 'VARConfig', 'var_preset', 'Normalize', 'ResnetBlock', 'AttnBlock',
-           'Downsample2x', 'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks', 'phi_index', 'PhiPartiallyShared',
-           'VectorQuantizer2', 'VQVAE', 'FFN', 'SelfAttention', 'drop_path', 'AdaLNSelfAttn', 'AdaLNBeforeHead', 'VAR',
-           'sample_tokens', 'var_generate', 'VARModel', 'build_model', 'load_pretrained', 'preset_config',
-           'fixtures_dir', 'load_fixture', 'fixture_call', 'mini_config', 'tokenizer_loss', 'train_options']
+__all__ = ['RELEASED_VQVAE', 'RELEASED_MODELS', 'VQVAEConfig', 'VARConfig', 'var_preset', 'preset_config', 'Normalize',
+           'ResnetBlock', 'AttnBlock', 'Downsample2x', 'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks',
+           'phi_index', 'PhiPartiallyShared', 'VectorQuantizer2', 'VQVAE', 'FFN', 'SelfAttention', 'drop_path',
+           'AdaLNSelfAttn', 'AdaLNBeforeHead', 'VAR', 'sample_tokens', 'var_generate', 'VARModel', 'build_model',
+           'load_pretrained', 'fixtures_dir', 'load_fixture', 'fixture_call', 'mini_config', 'tokenizer_loss',
+           'train_options']
 
-# %% ../nbs/01_var.ipynb #a7e60f9b
+# %% ../nbs/01_var.ipynb #d9923562
 @dataclass
 class VQVAEConfig:
     vocab_size: int = 4096               # V: codebook entries
@@ -45,6 +46,7 @@ class VQVAEConfig:
     @property
     def image_size(self): return self.patch_nums[-1] * self.downsample
 
+# %% ../nbs/01_var.ipynb #991fe0ac
 @dataclass
 class VARConfig:
     vocab_size: int = 4096               # V (from the VQ-VAE)
@@ -72,7 +74,37 @@ def var_preset(depth: int, num_classes: int = 1000, **kw) -> VARConfig:
     return VARConfig(num_classes=num_classes, depth=depth, embed_dim=64 * depth, num_heads=depth,
                      drop_path_rate=0.1 * depth / 24, **kw)
 
-# %% ../nbs/01_var.ipynb #d28f0333
+# %% ../nbs/01_var.ipynb #b89de039
+RELEASED_VQVAE = dict(vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                      share_quant_resi=4, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
+
+RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
+    "VAR-d16": ("d16", "var_vae_path", "var_d16_path"),
+    "VAR-d30": ("d30", "var_vae_path", "var_d30_path"),
+    "VAR-smoke": ("smoke", "var_vae_path", "var_smoke_path"),       # profile [smoke]: the released layout at tiny widths (memloc.smoke)
+}
+
+def preset_config(name: str, num_classes: int | None = None) -> dict:
+    "Config dict for 'd16', 'd20', 'd24', 'd30', 'smoke', 'tiny' or 'mini'."
+    if name in ("d16", "d20", "d24", "d30"):
+        vq = VQVAEConfig(**RELEASED_VQVAE)
+        vr = var_preset(int(name[1:]), num_classes or 1000)
+    elif name == "smoke":   # the released layout (keys, 256 px, 10 scales) at the smallest widths: a CPU dry run of the full path
+        vq = VQVAEConfig(**{**RELEASED_VQVAE, "ch": 32})
+        vr = VARConfig(num_classes=num_classes or 1000, depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0)
+    elif name == "tiny":
+        vq = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, patch_nums=(1, 2, 3, 4))
+        vr = VARConfig(vocab_size=64, Cvae=8, num_classes=num_classes or 10, depth=2, embed_dim=64, num_heads=2, patch_nums=(1, 2, 3, 4))
+    elif name == "mini":
+        pns = (1, 2, 3, 4, 6, 8)
+        vq = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=pns)
+        vr = VARConfig(vocab_size=512, Cvae=16, num_classes=num_classes or 10, depth=6, embed_dim=64, num_heads=4, patch_nums=pns,
+                       drop_path_rate=0.0)
+    else: raise ValueError(f"unknown VAR preset {name!r}; known: d16, d20, d24, d30, smoke, tiny, mini")
+    vr.vocab_size, vr.Cvae = vq.vocab_size, vq.z_channels
+    return {"family": "var", "vqvae": asdict(vq), "var": asdict(vr)}
+
+# %% ../nbs/01_var.ipynb #7ca71c38
 def Normalize(c): return nn.GroupNorm(32, c, eps=1e-6, affine=True)
 
 class ResnetBlock(nn.Module):
@@ -109,6 +141,7 @@ class Upsample2x(nn.Module):
     def __init__(self, c): super().__init__(); self.conv = nn.Conv2d(c, c, 3, 1, 1)
     def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
+# %% ../nbs/01_var.ipynb #39436b92
 class Encoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -139,6 +172,7 @@ class Encoder(nn.Module):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
+# %% ../nbs/01_var.ipynb #bfed89c6
 class Decoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -169,7 +203,7 @@ class Decoder(nn.Module):
             if hasattr(lvl, "upsample"): h = lvl.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-# %% ../nbs/01_var.ipynb #84938386
+# %% ../nbs/01_var.ipynb #182b1f2a
 class Phi(nn.Conv2d):
     def __init__(self, c, resi_ratio):
         super().__init__(c, c, 3, 1, 1); self.resi_ratio = abs(resi_ratio)
@@ -189,6 +223,7 @@ class PhiPartiallyShared(nn.Module):
         super().__init__(); self.qresi_ls = nn.ModuleList([Phi(c, resi_ratio) for _ in range(K)])
     def phi(self, si, S): return self.qresi_ls[phi_index(si, S, len(self.qresi_ls))]
 
+# %% ../nbs/01_var.ipynb #2c069ae1
 class VectorQuantizer2(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -256,6 +291,7 @@ class VectorQuantizer2(nn.Module):
         pn1 = self.patch_nums[si + 1]
         return f_hat, F.interpolate(f_hat, size=(pn1, pn1), mode="area")
 
+# %% ../nbs/01_var.ipynb #4f7b1b33
 class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -272,7 +308,7 @@ class VQVAE(nn.Module):
     def fhat_to_img(self, f_hat): return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
     def idx_to_img(self, idx_Bl: list): return self.fhat_to_img(self.quantize.idx_to_fhat(idx_Bl))
 
-# %% ../nbs/01_var.ipynb #65b21cb0
+# %% ../nbs/01_var.ipynb #5bbb113a
 class FFN(nn.Module):
     def __init__(self, c, hidden):
         super().__init__()
@@ -311,6 +347,7 @@ class SelfAttention(nn.Module):
         o_BHLc = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         return self.proj(o_BHLc.transpose(1, 2).reshape(B, L, C))
 
+# %% ../nbs/01_var.ipynb #7f8db83a
 def drop_path(x, p, training, generator=None):
     if p == 0.0 or not training: return x
     keep = torch.rand(x.shape[0], 1, 1, device=x.device, generator=generator) >= p
@@ -341,7 +378,7 @@ class AdaLNBeforeHead(nn.Module):
         scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
         return self.ln_wo_grad(x_BLC).mul(scale.add(1)).add_(shift)
 
-# %% ../nbs/01_var.ipynb #eade0d42
+# %% ../nbs/01_var.ipynb #b14ab507
 class VAR(nn.Module):
     def __init__(self, cfg: VARConfig):
         super().__init__()
@@ -411,7 +448,7 @@ class VAR(nn.Module):
             for b in self.blocks: x_BLC = b(x_BLC, cond_BD, bias)
         return self.get_logits(x_BLC, cond_BD)
 
-# %% ../nbs/01_var.ipynb #5b211d57
+# %% ../nbs/01_var.ipynb #fc3836e0
 def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=0.0, greedy=False, generator=None):
     "Tokens [B, l] from logits [B, l, V]."
     if greedy: return logits_BlV.argmax(-1)
@@ -427,7 +464,7 @@ def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=0.0, greedy=False,
         logits = logits.masked_fill(remove.scatter(-1, order, remove), -torch.inf)
     return torch.multinomial(logits.softmax(-1).view(-1, V), 1, generator=generator).view(B, l)
 
-# %% ../nbs/01_var.ipynb #f30f112b
+# %% ../nbs/01_var.ipynb #8e6058b9
 @torch.no_grad()
 def var_generate(var: VAR, quant: VectorQuantizer2, label_B, prefix_BL=None, n_prefix=0, cfg=0.0,
                  temperature=1.0, top_k=0, top_p=0.0, greedy=False, generator=None, return_logits=False):
@@ -477,7 +514,7 @@ def var_generate(var: VAR, quant: VectorQuantizer2, label_B, prefix_BL=None, n_p
 # %% ../nbs/01_var.ipynb #f4bc2242
 from .checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
 
-# %% ../nbs/01_var.ipynb #7c81d5bc
+# %% ../nbs/01_var.ipynb #b0eea7aa
 def _cfg(cls, d):
     d = dict(d)
     for k in ("ch_mult", "patch_nums"):
@@ -570,6 +607,7 @@ class VARModel(nn.Module):
         if var_path is not None: load_strict(self.generator, read_state_dict(var_path), "var", str(var_path))
         return self
 
+# %% ../nbs/01_var.ipynb #565be6ff
 def build_model(config: dict) -> VARModel:
     "A VARModel from its `config` dict (as in `VARModel.config`)."
     if config.get("family", "var") != "var": raise ValueError(f"config is for family {config.get('family')!r}, not 'var'")
@@ -585,36 +623,7 @@ def load_pretrained(files: dict, config: dict | str, device="cpu") -> VARModel:
     if left: raise CheckpointError(f"not filled by the checkpoints: {left[:10]}")
     return model.to(device).eval()
 
-# %% ../nbs/01_var.ipynb #bfd7d3f0
-RELEASED_VQVAE = dict(vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
-                      share_quant_resi=4, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
-
-RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
-    "VAR-d16": ("d16", "var_vae_path", "var_d16_path"),
-    "VAR-d30": ("d30", "var_vae_path", "var_d30_path"),
-    "VAR-smoke": ("smoke", "var_vae_path", "var_smoke_path"),       # profile [smoke]: the released layout at tiny widths (memloc.smoke)
-}
-
-def preset_config(name: str, num_classes: int | None = None) -> dict:
-    "Config dict for 'd16', 'd20', 'd24', 'd30', 'smoke', 'tiny' or 'mini'."
-    if name in ("d16", "d20", "d24", "d30"):
-        vq = VQVAEConfig(**RELEASED_VQVAE)
-        vr = var_preset(int(name[1:]), num_classes or 1000)
-    elif name == "smoke":   # the released layout (keys, 256 px, 10 scales) at the smallest widths: a CPU dry run of the full path
-        vq = VQVAEConfig(**{**RELEASED_VQVAE, "ch": 32})
-        vr = VARConfig(num_classes=num_classes or 1000, depth=2, embed_dim=64, num_heads=2, drop_path_rate=0.0)
-    elif name == "tiny":
-        vq = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, patch_nums=(1, 2, 3, 4))
-        vr = VARConfig(vocab_size=64, Cvae=8, num_classes=num_classes or 10, depth=2, embed_dim=64, num_heads=2, patch_nums=(1, 2, 3, 4))
-    elif name == "mini":
-        pns = (1, 2, 3, 4, 6, 8)
-        vq = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=pns)
-        vr = VARConfig(vocab_size=512, Cvae=16, num_classes=num_classes or 10, depth=6, embed_dim=64, num_heads=4, patch_nums=pns,
-                       drop_path_rate=0.0)
-    else: raise ValueError(f"unknown VAR preset {name!r}; known: d16, d20, d24, d30, smoke, tiny, mini")
-    vr.vocab_size, vr.Cvae = vq.vocab_size, vq.z_channels
-    return {"family": "var", "vqvae": asdict(vq), "var": asdict(vr)}
-
+# %% ../nbs/01_var.ipynb #3d9630f6
 def fixtures_dir() -> Path:
     "Compatibility fixtures: `$MEMLOC_FIXTURES`, else `../shared/fixtures` beside the repository."
     if os.environ.get("MEMLOC_FIXTURES"): return Path(os.environ["MEMLOC_FIXTURES"])
@@ -641,7 +650,7 @@ def load_fixture(name: str = "var_tiny"):
     load_strict(model.generator, {k[4:]: v for k, v in sd.items() if k.startswith("var.")}, "var", f"{name}:var")
     return model.eval(), {k: v for k, v in sd.items() if not k.startswith(("vqvae.", "var."))}, meta
 
-# %% ../nbs/01_var.ipynb #25bb4d2a
+# %% ../nbs/01_var.ipynb #35fa8c26
 import ast, re
 
 def _call_kwargs(text: str, fn: str) -> dict | None:
@@ -665,6 +674,7 @@ def _same_with(text: str) -> dict:
     if not text.startswith("same with"): return {}
     return {k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=(-?\d[\d.e+-]*|True|False|None)", text.split(":")[0])}
 
+# %% ../nbs/01_var.ipynb #0e7994d1
 def fixture_call(meta: dict, fn: str, tensor: str | None = None) -> dict:
     "The literal keyword arguments of the official call `fn` that made a fixture (its JSON `meta`): the call written in "
     "`tensor`'s description, or, when that reads 'same with k=v', the call above it with those values; without `tensor`, "
@@ -684,8 +694,7 @@ def fixture_call(meta: dict, fn: str, tensor: str | None = None) -> dict:
         if kw: return kw
     raise KeyError(f"the fixture {meta.get('file', '?')} records no call to {fn}() with literal arguments")
 
-
-# %% ../nbs/01_var.ipynb #7aabeec0
+# %% ../nbs/01_var.ipynb #00547969
 from .family import nearest_code
 
 def mini_config() -> dict:
@@ -693,6 +702,7 @@ def mini_config() -> dict:
     c = preset_config("mini"); c["vqvae"].update(using_sa=False, using_mid_sa=False)
     return c
 
+# %% ../nbs/01_var.ipynb #ebdea0ac
 def tokenizer_loss(vae, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list | None = None) -> torch.Tensor:
     "VAR multi-scale VQ-VAE training loss: MSE reconstruction (in [-1,1]) + mean over scales of codebook + beta * commitment."
     q = vae.quantize

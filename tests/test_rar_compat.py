@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from memloc.rar import (RAR, RARConfig, MaskGITVQGAN, VQGANConfig, CheckpointError, build_model, cfg_schedule, load_rar,
-                        load_strict, random_ratio_at, rar_config, rar_generate, raster_orders, read_state_dict, sample_orders)
+                        load_strict, rar_config, rar_generate, read_state_dict)
 from memloc.var import fixture_call
 
 torch.set_num_threads(1)
@@ -235,14 +235,6 @@ def test_adapter_mini():
     with pytest.raises(ValueError): m.generate(labels, n_prefix=3)
     with pytest.raises(ValueError): m.logits(tokens, torch.tensor([0, 4, 10]))
     with pytest.raises(ValueError): m.tokenize(torch.rand(1, 3, 32, 32))
-
-def test_orders_and_annealing():
-    assert [random_ratio_at(s, 100, 200) for s in (0, 100, 150, 200, 300)] == [1.0, 1.0, 0.5, 0.0, 0.0]
-    a = sample_orders(8, 16, 0.5, torch.Generator().manual_seed(0)); b = sample_orders(8, 16, 0.5, torch.Generator().manual_seed(0))
-    assert torch.equal(a, b) and all(torch.equal(r.sort().values, torch.arange(16)) for r in a)
-    assert torch.equal(sample_orders(4, 16, 0.0, torch.Generator()), raster_orders(4, 16))
-    assert not any(torch.equal(r, torch.arange(16)) for r in sample_orders(4, 16, 1.0, torch.Generator().manual_seed(1)))
-    with pytest.raises(ValueError): sample_orders(2, 4, 1.5)
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"): rar_config("rar_huge")

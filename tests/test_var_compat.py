@@ -6,7 +6,7 @@ from fixture_json import edited
 import torch
 
 from memloc.var import (VAR, VQVAE, CheckpointError, VARConfig, VQVAEConfig, build_model, fixture_call, fixtures_dir, load_fixture,
-                        read_state_dict, load_strict, phi_index, preset_config, sample_tokens)
+                        read_state_dict, load_strict, phi_index, preset_config)
 
 ATOL = 2e-5
 FIX = fixtures_dir()
@@ -127,19 +127,6 @@ def test_kv_cache_equals_masked_forward_and_prefix(tiny):
     assert model.prefix_lengths() == [0] + [e for _, e in be[:4]] and model.score_range() == tuple(be[-1])
 
 
-def test_sampling_filters_and_generator():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 50, generator=g)
-    a = sample_tokens(logits, top_k=5, generator=torch.Generator().manual_seed(1))
-    b = sample_tokens(logits, top_k=5, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
-    top5 = logits.topk(5, dim=-1).indices
-    assert (top5 == a[..., None]).any(-1).all()
-    s = sample_tokens(logits, top_p=1e-6, generator=torch.Generator().manual_seed(2))   # tiny p keeps only the argmax
-    assert torch.equal(s, logits.argmax(-1))
-    assert torch.equal(sample_tokens(logits, greedy=True), logits.argmax(-1))
-
-
 def test_mini_preset_generic_sizes():
     torch.manual_seed(0)
     m = build_model(preset_config("mini")).eval()
@@ -257,7 +244,6 @@ def test_tokenizer_is_exact_under_bf16_autocast():
     assert torch.equal(tok, tok_bf)
     assert x_bf.dtype == torch.float32 and torch.equal(x, x_bf)
     assert dec_bf.dtype == torch.float32
-
 
 
 @needs_fixtures
