@@ -134,6 +134,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'memloc.extraction.results_entry': ('extraction.html#results_entry', 'memloc/extraction.py'),
                                    'memloc.extraction.run_attack': ('extraction.html#run_attack', 'memloc/extraction.py'),
                                    'memloc.extraction.save_results': ('extraction.html#save_results', 'memloc/extraction.py'),
+                                   'memloc.extraction.scan_candidates': ('extraction.html#scan_candidates', 'memloc/extraction.py'),
+                                   'memloc.extraction.scan_state': ('extraction.html#scan_state', 'memloc/extraction.py'),
                                    'memloc.extraction.score_dataset': ('extraction.html#score_dataset', 'memloc/extraction.py'),
                                    'memloc.extraction.select_candidates': ('extraction.html#select_candidates', 'memloc/extraction.py'),
                                    'memloc.extraction.sscd_onnx': ('extraction.html#sscd_onnx', 'memloc/extraction.py'),

@@ -5,6 +5,7 @@
 # %% ../nbs/04_extraction.ipynb #c5222ceb
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,8 @@ __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUP
            'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix', 'Similarity',
            'register_backend', 'make_backend', 'pixel_ncc', 'digits_cnn', 'sscd_torchscript', 'sscd_onnx',
            'calibrate_threshold', 'extract', 'summarize', 'run_attack', 'results_entry', 'save_results', 'plot_grid',
-           'attack_set', 'Calibration', 'calibrate_attack', 'load_attack', 'score_dataset']
+           'attack_set', 'Calibration', 'calibrate_attack', 'load_attack', 'score_dataset', 'scan_candidates',
+           'scan_state']
 
 # %% ../nbs/04_extraction.ipynb #c7bbcba0
 class LookupModel(nn.Module):
@@ -419,11 +421,37 @@ def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folde
 
 # %% ../nbs/04_extraction.ipynb #5be9a11e
 @torch.no_grad()
-def score_dataset(model, dataset, indices, batch_size: int = 64, num_workers: int = 8):
-    "Candidate scores of `dataset[indices]` (items `(image, label)`), streamed: (scores float64 [N], labels [N])."
-    from torch.utils.data import DataLoader, Subset
-    dl = DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    scores, labels = [], []
-    for x, y in dl:
-        scores.append(candidate_scores(model, x, y, batch_size)); labels.append(y)
-    return torch.cat(scores), torch.cat(labels)
+def score_dataset(model,                # a family adapter
+                  dataset,              # items `(image, label)`, e.g. `memloc.data.ImageFolder`
+                  indices,              # the dataset positions to score
+                  batch_size: int = 64, # images per forward pass (and per saved batch)
+                  num_workers: int = 8, # DataLoader processes that read and resize the images
+                  state_dir=None,       # where the scan saves its progress and resumes (None: nothing saved)
+                  save_every: int = 50, # batches per saved part
+                  progress: bool = True):
+    "Candidate scores of `dataset[indices]`, streamed (`memloc.shard.run_batches`: split across torchrun ranks, saved, resumed): (scores float64 [N], labels [N])."
+    from torch.utils.data import DataLoader
+    from memloc.shard import run_batches
+    from memloc.unitmem import precision_of, weights_fingerprint
+    idx = [int(i) for i in indices]
+    if not idx: return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
+    loader = lambda batches: DataLoader(dataset, batch_sampler=[[idx[i] for i in b] for b in batches], num_workers=num_workers)
+    def compute(items, xy):
+        x, y = xy
+        return {"scores": candidate_scores(model, x, y, batch_size), "labels": torch.as_tensor(y)}
+    meta = dict(task="candidate scores", weights=weights_fingerprint(model), score_range=list(model.score_range()),
+                precision=precision_of(model), data=str(getattr(dataset, "root", type(dataset).__name__)), items=len(dataset),
+                indices=hashlib.sha256(torch.tensor(idx, dtype=torch.int64).numpy().tobytes()).hexdigest())
+    out = run_batches(compute, len(idx), batch_size, state_dir, meta, save_every, loader, "candidate scan", progress)
+    return out["scores"], out["labels"]
+
+def scan_candidates(model, dataset, indices, per_class: int = 5, batch_size: int = 64, state_dir=None, num_workers: int = 8):
+    "The attack's candidates among `dataset[indices]`, streamed: the `per_class` best-scored of each class, the only images loaded: (their positions in `indices`, images, labels, scores)."
+    scores, labels = score_dataset(model, dataset, indices, batch_size, num_workers, state_dir)
+    sel = select_candidates(scores, labels, per_class)
+    images = torch.stack([dataset[int(indices[i])][0] for i in sel])
+    return sel, images, labels[sel], scores[sel]
+
+def scan_state(settings, name: str) -> Path:
+    "Where the candidate scan of model `name` saves its parts under `settings`: the extraction stage's state folder, which the later stages' scans of the same points reuse (a part is only read for the same weights, points and batch size)."
+    return settings.path("runs_dir") / "tmp" / "extraction" / name

@@ -285,17 +285,27 @@ def fid_reference_stats(data_root,                  # an ImageNet-layout trainin
 
 # %% ../nbs/05_quality.ipynb #cdb7d7c8
 @torch.no_grad()
-def sample_images(model, n_samples: int, seed: int = 0, batch_size: int = 64, **gen_opts):
-    "Class-balanced samples: (float images [n, 3, H, W] in [0,1] on the CPU, labels [n])."
+def sample_images(model, n_samples: int, seed: int = 0, batch_size: int = 64,
+                  state_dir=None,        # where the samples are saved as they are made, and resumed from (None: nothing saved)
+                  save_every: int = 20,  # batches per saved part
+                  progress: bool = False,
+                  **gen_opts):
+    "Class-balanced samples as the metrics read them: (uint8 images [n, 3, H, W] on the CPU, labels [n]). Batch b has its own generator, seeded by (seed, b), so a run split across torchrun ranks (`memloc.shard.run_batches`) or resumed makes the same images."
     from memloc.family import device_of
+    from memloc.shard import run_batches
+    from memloc.unitmem import precision_of, weights_fingerprint
     dev = device_of(model)
     labels = torch.arange(n_samples) % model.num_classes
-    g = torch.Generator(device=dev).manual_seed(seed)
-    out = []
-    for i in range(0, n_samples, batch_size):
-        y = labels[i:i + batch_size].to(dev)
-        out.append(model.decode(model.generate(y, generator=g, **gen_opts)).float().cpu())
-    return torch.cat(out).clamp(0, 1), labels
+    def compute(items, _):
+        g = torch.Generator(device=dev).manual_seed(seed * 100_003 + items.start // batch_size)
+        y = labels[items.start:items.stop].to(dev)
+        return {"images": to_uint8(model.decode(model.generate(y, generator=g, **gen_opts)).float())}
+    meta = dict(task="samples", weights=weights_fingerprint(model), seed=seed, precision=precision_of(model),
+                sampler=json.dumps({k: v for k, v in gen_opts.items() if k != "generator"}, sort_keys=True, default=str))
+    if "generator" in gen_opts: raise ValueError("sample_images seeds every batch itself (seed, batch); pass seed, not a generator")
+    if n_samples < 1: raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    out = run_batches(compute, n_samples, batch_size, state_dir, meta if state_dir else None, save_every, desc="samples", progress=progress)
+    return out["images"], labels
 
 def sample_and_score(model,                   # a family adapter
                      n_samples: int,          # images to generate (full scale: 50,000)
@@ -306,11 +316,13 @@ def sample_and_score(model,                   # a family adapter
                      metrics=("fid", "isc", "kid", "prc"),
                      kid_subsets: int = 100,  # KID's random subsets (of up to 1000 images)
                      cuda: bool | None = None,  # run the feature extractors on the GPU (default: if the model is there)
+                     state_dir=None,          # save the samples as they are made and resume (full scale; None: nothing saved)
+                     progress: bool = False,  # a progress bar with the time left
                      **gen_opts) -> dict:     # generate(): cfg, temperature, top_k, top_p
     "Generate `n_samples` class-balanced images and return FID, IS, KID, precision/recall (deterministic by seed)."
     from memloc.family import device_of
     fs = feature_settings(profile)
-    gen_images, _ = sample_images(model, n_samples, seed, batch_size, **gen_opts)
+    gen_images, _ = sample_images(model, n_samples, seed, batch_size, state_dir, progress=progress, **gen_opts)
     if cuda is None: cuda = device_of(model).type == "cuda"
     res = fidelity_metrics(gen_images, reference, fs["feature_extractor"], fs["weights_path"], fs["prc_feature_extractor"],
                            fs["prc_weights_path"], fs.get("fid_stats_path") if reference is None else None, metrics,

@@ -50,8 +50,10 @@ IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("
 STAGES = [
     Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
           folders=(("fig_dir", "figures"),), miniature=True),
-    Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES),
-    Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES),
+    Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES,
+          folders=(("state_dir", "state"),)),   # the candidate scan's saved progress
+    Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES,
+          folders=(("state_dir", "state"),)),   # the FID samples made so far
     Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", TESTBED_FILES,
           settings=("seed", "augmentations")),  # its demonstrations are sized by their own parameters
     Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", TESTBED_FILES),

@@ -5,6 +5,7 @@
 # %% ../nbs/00_shard.ipynb #479c4940
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -80,12 +81,17 @@ def run_batches(compute,                  # compute(items: range, inputs) -> {ke
     rank, world = rank_world()
     mine = shard_batches(n, batch_size, rank, world)
     header = _meta_text(meta or {}, batch_size, n)
-    state = None if state_dir is None else Path(state_dir)
+    state = None if state_dir is None else Path(state_dir) / hashlib.sha256(header.encode()).hexdigest()[:16]
     done = {}
-    if state is not None and state.is_dir():
-        done, stale = read_parts(state, header)
-        if stale and not recompute:
-            raise StaleRun(f"{state} holds parts of another run ({'; '.join(stale)}); pass recompute=True to ignore them, or another state_dir")
+    if state is not None:
+        if state.is_dir():
+            done, stale = read_parts(state, header)
+            if stale and not recompute:
+                raise StaleRun(f"{state} holds parts of another run ({'; '.join(stale)}); pass recompute=True to ignore them, or another state_dir")
+        else:   # every rank may get here at once: create and write idempotently
+            state.mkdir(parents=True, exist_ok=True)
+            tmp = state / f"run.json.{rank}.tmp"
+            tmp.write_text(json.dumps(json.loads(header), indent=1) + "\n"); os.replace(tmp, state / "run.json")
     todo = [b for b in mine if b.start // batch_size not in done]
     from tqdm.auto import tqdm
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not progress or rank != 0, unit="batch")

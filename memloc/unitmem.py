@@ -338,7 +338,8 @@ def precision_of(model) -> str:
     "The precision a forward pass of `model` runs in here: the autocast dtype where autocast is on for its device, else its weights' dtype."
     from memloc.family import device_of
     dev = device_of(model).type
-    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else next(model.parameters()).dtype
+    weights = [*model.parameters(), *model.buffers()]   # a model with no weights (a lookup) runs in float32
+    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else (weights[0].dtype if weights else torch.float32)
     return str(dt).removeprefix("torch.")
 
 def _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp) -> dict:
