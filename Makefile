@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= mini
 
-.PHONY: setup test check-sync nbdev-test pytest nbval reproduce report docs clean-runs
+.PHONY: setup test check-sync nbdev-test pytest nbval reproduce smoke report docs clean-runs
 
 setup: $(STAMP)
 
@@ -40,6 +40,17 @@ test: check-sync nbdev-test pytest nbval
 
 reproduce: $(STAMP)
 	$(BIN)/memloc reproduce --profile $(PROFILE)
+
+# The dry run of the full-scale path: profile [smoke] (tiny models in the released file formats, an
+# ImageNet-layout folder, SSCD and Inception stand-ins) through every stage's full-scale branch, on the
+# CPU, with every process offline (tests/offline); then tests/test_smoke_run.py checks what it wrote.
+SMOKE_ENV := PYTHONPATH=$(CURDIR)/tests/offline MEMLOC_OFFLINE_LOG=$(CURDIR)/runs/smoke/network.log
+smoke: $(STAMP)
+	rm -rf runs/smoke figures/smoke
+	mkdir -p runs/smoke
+	$(SMOKE_ENV) $(BIN)/memloc smoke-assets runs/smoke/assets
+	$(SMOKE_ENV) $(BIN)/memloc reproduce --profile smoke --no-progress
+	MEMLOC_SMOKE_RUN=1 $(BIN)/python -m pytest tests/test_smoke_run.py -q -p no:cacheprovider
 
 # The report again from the saved results, every figure redrawn from its table (no stage runs).
 report: $(STAMP)
