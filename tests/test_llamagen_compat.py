@@ -338,7 +338,7 @@ def test_stages_run_unchanged():
     tok = m.tokenize(img)
     for pre in m.prefix_lengths():
         assert torch.equal(greedy_from_prefix(m, tok, lab, pre), greedy_from_prefix(m, tok, lab, pre, cached=False)), pre
-    st = measure(m, (img, lab), n_views=1, progress=False)
+    st = measure(m, (img, lab), augmentations=1, progress=False)
     assert st.shape == (1, 6, 256) and st.count == 4
 
 def test_generation_check_follows_the_json(fx):
