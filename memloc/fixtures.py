@@ -32,8 +32,6 @@ def load_fixture(name: str,                 # e.g. "var_tiny", "rar_tiny", "mask
     return load_file(str(d / f"{name}.safetensors")), json.loads((d / f"{name}.json").read_text())
 
 # %% ../nbs/00_fixtures.ipynb #8b60d3c2
-import ast, re
-
 def _call_kwargs(text: str, fn: str) -> dict | None:
     "Literal keyword arguments of the first call `fn(...)` written in `text`, or None if there is none."
     m = re.search(rf"(?<![\w]){re.escape(fn)}\(", text)
