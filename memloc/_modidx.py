@@ -161,6 +161,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'memloc.family.family_module': ('family.html#family_module', 'memloc/family.py'),
                                'memloc.family.model_family': ('family.html#model_family', 'memloc/family.py'),
                                'memloc.family.nearest_code': ('family.html#nearest_code', 'memloc/family.py'),
+                               'memloc.family.per_family': ('family.html#per_family', 'memloc/family.py'),
                                'memloc.family.released_models': ('family.html#released_models', 'memloc/family.py')},
             'memloc.figures': { 'memloc.figures._candidates': ('figures.html#_candidates', 'memloc/figures.py'),
                                 'memloc.figures._families': ('figures.html#_families', 'memloc/figures.py'),
