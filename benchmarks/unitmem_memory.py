@@ -74,7 +74,7 @@ def peak_child(mode, n, views, batch, device):
     base = _peak(device)
     extra = 0
     if mode == "stream":
-        st = measure(model, (x, y), augment=aug, n_views=views, batch_size=batch, progress=False, device=device)
+        st = measure(model, (x, y), augment=aug, augmentations=views, batch_size=batch, progress=False, device=device)
         extra = st.nbytes()
         um = st.compute()
     else:

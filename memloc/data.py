@@ -326,15 +326,15 @@ class Augment:
             out.append(v.flip(-1) if flip else v)
         return torch.stack(out)
 
-    def iter_views(self, images, point_ids, n_views: int = 10, seed: int = 0):
-        "Yield `(a, views [B, 3, size, size])` for a = 0..n_views-1 (one view of every image at a time)."
-        if n_views < 1: raise ValueError(f"Augment: n_views must be >= 1, got {n_views}")
+    def iter_views(self, images, point_ids, augmentations: int = 10, seed: int = 0):
+        "Yield `(a, views [B, 3, size, size])` for a = 0..augmentations-1 (one view of every image at a time)."
+        if augmentations < 1: raise ValueError(f"Augment: augmentations must be >= 1, got {augmentations}")
         img, ids = self._prepare(images, point_ids)
-        for a in range(n_views): yield a, self._view(img, ids, a, seed)
+        for a in range(augmentations): yield a, self._view(img, ids, a, seed)
 
-    def views(self, images, point_ids, n_views: int = 10, seed: int = 0) -> torch.Tensor:
-        "All views at once: `[B, n_views, 3, size, size]`."
-        return torch.stack([v for _, v in self.iter_views(images, point_ids, n_views, seed)], dim=1)
+    def views(self, images, point_ids, augmentations: int = 10, seed: int = 0) -> torch.Tensor:
+        "All views at once: `[B, augmentations, 3, size, size]`."
+        return torch.stack([v for _, v in self.iter_views(images, point_ids, augmentations, seed)], dim=1)
 
     __call__ = views
 
@@ -342,14 +342,14 @@ class Augment:
 
 def augment_views(images,                 # [B, 3, H, W] in [0, 1]
                   point_ids,              # [B] dataset index of each image (seeds its views)
-                  n_views: int = 10,      # A: views per image
+                  augmentations: int = 10, # A: views per image
                   seed: int = 0,          # seed of the views
                   size: int | None = None,  # output side (default: the input's)
                   scale: float = 1.125,   # resize factor before the crop
                   hflip: bool = True,     # random horizontal flip (off for digits)
                  ) -> torch.Tensor:
-    "`[B, n_views, 3, size, size]` seeded augmented views (see `Augment`)."
-    return Augment(size or images.shape[-1], scale, hflip).views(images, point_ids, n_views, seed)
+    "`[B, augmentations, 3, size, size]` seeded augmented views (see `Augment`)."
+    return Augment(size or images.shape[-1], scale, hflip).views(images, point_ids, augmentations, seed)
 
 # %% ../nbs/00_data.ipynb #4991ee80
 def check_images(x: torch.Tensor,         # a batch of images, [B, 3, H, W]

@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['FAMILIES', 'family_module', 'ReleasedModel', 'released_models', 'model_family', 'FamilyAdapter', 'device_of',
-           'nearest_code']
+           'nearest_code', 'per_family']
 
 # %% ../nbs/00_family.ipynb #99120877
 FAMILIES = {            # family name -> the module that holds its model, adapter and training hooks
@@ -80,3 +80,16 @@ def nearest_code(z_NC: torch.Tensor, emb_VC: torch.Tensor) -> torch.Tensor:
     "Index of the nearest codebook row (squared Euclidean distance) for every row of `z_NC`."
     d_NV = z_NC.pow(2).sum(1, keepdim=True) + emb_VC.pow(2).sum(1) - 2 * z_NC @ emb_VC.T
     return d_NV.argmin(1)
+
+# %% ../nbs/00_family.ipynb #f2e6ab2f
+def per_family(params,               # a notebook's parameters (`globals()`) or any mapping of settings
+               name: str,            # the setting: each family's is `<family>_<name>`
+               families=None,        # the families that need it (default: every one in `FAMILIES`)
+              ) -> dict:
+    "Each family's own setting `<family>_<name>` from `params`: {family: value}; an error names the missing ones."
+    families = list(FAMILIES) if families is None else list(families)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown: raise ValueError(f"unknown model families {unknown}; expected some of {sorted(FAMILIES)}")
+    missing = [f"{f}_{name}" for f in families if f"{f}_{name}" not in params]
+    if missing: raise KeyError(f"no setting {', '.join(missing)}: each family needs its own `<family>_{name}`")
+    return {f: params[f"{f}_{name}"] for f in families}

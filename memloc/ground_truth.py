@@ -25,9 +25,9 @@ def unitmem_points(split: MiniSplit, labels, extra, per_class: int, seed: int = 
             for c in labels.unique().tolist()]
     return sorted(set(torch.cat([torch.as_tensor(extra, dtype=torch.long), *pick]).tolist()))
 
-def unitmem_units(model, images, labels, points, n_views: int = 4, seed: int = 0, batch_size: int = 64):
+def unitmem_units(model, images, labels, points, augmentations: int = 4, seed: int = 0, batch_size: int = 64):
     "UnitMem unit scores `[blocks, hidden]` (max over groups) and each unit's argmax point at its best group."
-    st = measure(model, (images, labels), Augment(model.image_size, hflip=False), n_views, batch_size,
+    st = measure(model, (images, labels), Augment(model.image_size, hflip=False), augmentations, batch_size,
                  points=points, seed=seed, progress=False)
     um = st.compute()
     best = um.argmax(0)
@@ -53,7 +53,7 @@ def regime_of(model, images, labels, split: MiniSplit, entry: dict, seed: int = 
 
 # %% ../nbs/16_ground_truth.ipynb #afb851e6
 @torch.no_grad()
-def testbed_checks(family: str, testbed: str, n_views: int = 4, seed: int = 0, per_class: int = 10,
+def testbed_checks(family: str, testbed: str, augmentations: int = 4, seed: int = 0, per_class: int = 10,
                    top_p: float = 10.0, factor: float = 0.5, canary_top_p: float = 1.0,
                    random_draws: int = 10, n_boot: int = 1000) -> dict:
     "The testbed's regime, its attack's extraction shares, UnitMem's canary share and the paper's intervention on the canaries."
@@ -66,7 +66,7 @@ def testbed_checks(family: str, testbed: str, n_views: int = 4, seed: int = 0, p
     can, non = split.canaries, split.non_members
     can_hit, non_hit = ext(can), ext(non)
     pts = unitmem_points(split, labels, can, per_class, seed)
-    scores, am = unitmem_units(model, images, labels, pts, n_views, seed)
+    scores, am = unitmem_units(model, images, labels, pts, augmentations, seed)
     top_c = select_units(scores, canary_top_p)
     cset = set(can.tolist())
     top = select_units(scores, top_p)
@@ -89,7 +89,7 @@ def testbed_checks(family: str, testbed: str, n_views: int = 4, seed: int = 0, p
 
 # %% ../nbs/16_ground_truth.ipynb #d4f986b3
 @torch.no_grad()
-def implant_checks(imp, n_views: int = 4, seed: int = 0, per_class: int = 10) -> dict:
+def implant_checks(imp, augmentations: int = 4, seed: int = 0, per_class: int = 10) -> dict:
     "UnitMem's Recall@|S|, argmax share on S, and the implants' extraction after scaling its top-|S| units."
     from memloc.implant import calibrated_similarity, extracted_ids
     model, rec = imp.model, imp.record
@@ -97,7 +97,7 @@ def implant_checks(imp, n_views: int = 4, seed: int = 0, per_class: int = 10) ->
     sim = calibrated_similarity(model, images, imp.split, exclude=imp.implant_ids, seed=imp.seed)
     ext = lambda: len(extracted_ids(model, images, labels, imp.implant_ids, sim, rec["prefix"])) / len(imp.implant_ids)
     pts = unitmem_points(imp.split, labels, imp.implant_ids, per_class, seed)
-    scores, am = unitmem_units(model, images, labels, pts, n_views, seed)
+    scores, am = unitmem_units(model, images, labels, pts, augmentations, seed)
     nb, h = unit_grid(model)
     flat = torch.argsort(-scores.flatten(), stable=True)[:len(imp.units)]   # UnitMem's top-|S| units
     top = torch.stack([flat // h, flat % h], 1)

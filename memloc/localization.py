@@ -204,7 +204,7 @@ def unitmem_scores(model, evidence: Evidence | None = None,
                    dataset=None,            # else measure on this `(images, labels)` (default: the evidence's images)
                    points=None,             # its indices to measure (default: all)
                    augment=None,            # `memloc.data.Augment` (None: one unaugmented view)
-                   n_views: int = 1,        # A: views per point
+                   augmentations: int = 1,  # A: views per point
                    seed: int = 0,
                    how: str = "max",        # over unit groups: "max" (stage 4) or "mean"
                    dtype: str = "float32"): # autocast dtype of the forward passes
@@ -215,7 +215,7 @@ def unitmem_scores(model, evidence: Evidence | None = None,
             dataset = (torch.cat([evidence.targets, evidence.references]), torch.cat([evidence.target_labels, evidence.reference_labels]))
         bs = 64 if evidence is None else evidence.batch_size
         with _autocast(_device(model), dtype):
-            stats = measure(model, dataset, augment=augment, n_views=n_views, batch_size=bs, points=points, seed=seed, progress=False)
+            stats = measure(model, dataset, augment=augment, augmentations=augmentations, batch_size=bs, points=points, seed=seed, progress=False)
     return unit_scores(stats.compute(), how)
 
 # %% ../nbs/15_localization.ipynb #ce4008cc
@@ -478,7 +478,7 @@ def training_points(profile: str, split=None, fraction: float = 1.0, seed: int =
     ids = p.indices if split is None else torch.cat([p.indices, split.canaries])
     return data, ids.unique().tolist()
 
-def unitmem_stats(model, dataset, points, augment, n_views: int, seed: int, batch_size: int = 64,
+def unitmem_stats(model, dataset, points, augment, augmentations: int, seed: int, batch_size: int = 64,
                   path=None,         # where to save (and resume) a new measurement
                   reuse=(),          # saved statistics of other stages to reuse if they are of the same run
                   dtype: str = "float32"):
@@ -490,14 +490,14 @@ def unitmem_stats(model, dataset, points, augment, n_views: int, seed: int, batc
         if str(f).endswith(".values.pt"):
             ck = torch.load(f, map_location="cpu", weights_only=True)
             m = ck["meta"]
-            if m.get("points") == list(points) and m.get("n_views") == n_views and m.get("seed") == seed and int(ck["done"]) == len(points)                and m.get("dtype", "float32") == "float32":
+            if m.get("points") == list(points) and m.get("augmentations") == augmentations and m.get("seed") == seed and int(ck["done"]) == len(points)                and m.get("dtype", "float32") == "float32":
                 return stats_from_values(ck["values"], points, batch_size), f"reused {Path(f).parent.name}/{Path(f).name}"
             continue
         st, done, meta = load_stats(f)
-        if sorted(done) == sorted(points) and meta.get("n_views") == n_views and meta.get("seed") == seed and meta.get("abs", True) and meta.get("world") == 1:
+        if sorted(done) == sorted(points) and meta.get("augmentations") == augmentations and meta.get("seed") == seed and meta.get("abs", True) and meta.get("world") == 1:
             return st, f"reused {Path(f).parent.name}/{Path(f).name}"
     with _autocast(_device(model), dtype):
-        st = measure(model, dataset, augment=augment, n_views=n_views, batch_size=batch_size, stats_path=path, points=points, seed=seed, progress=False)
+        st = measure(model, dataset, augment=augment, augmentations=augmentations, batch_size=batch_size, stats_path=path, points=points, seed=seed, progress=False)
     return st, "measured"
 
 def audit_probe(load: Callable,      # data set indices -> (images, labels)
@@ -610,7 +610,7 @@ def _stats_for(cfg: dict, model, split, name: str):
     from memloc.data import Augment
     from memloc.config import load_settings
     data, pts = training_points(cfg["profile"], split, cfg.get("unitmem_fraction", cfg["subset_fraction"]), cfg["seed"])
-    stem = f"{name}-{model_fingerprint(model)}-A{cfg['augmentations']}-seed{cfg['seed']}"   # the file names of stages 2-4
+    stem = f"{name}-{model_fingerprint(model)}-aug{cfg['augmentations']}-seed{cfg['seed']}"   # the file names of stages 2-4
     fig = load_settings(cfg["profile"]).path("figures_dir")
     saved = [fig / "intervention" / f"{stem}.stats.pt"] + [fig / s / f"{stem}{e}" for s in ("var_scales", "rar_blocks") for e in (".values.pt", ".stats.pt")]
     frac = cfg.get("unitmem_fraction", cfg["subset_fraction"])
@@ -641,7 +641,7 @@ def study_task(task: dict) -> dict:
             refs = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"] + int(imp.seed)))[:cfg["n_references"]]]
             return Evidence(*load(torch.as_tensor(imp.implant_ids)), *load(refs.sort().values), cfg["batch_size"])
         from memloc.data import Augment
-        opts = dict(cfg["method_options"], unitmem=dict(augment=Augment(model.image_size, hflip=False), n_views=cfg["augmentations"], seed=cfg["seed"]))
+        opts = dict(cfg["method_options"], unitmem=dict(augment=Augment(model.image_size, hflip=False), augmentations=cfg["augmentations"], seed=cfg["seed"]))
         nb, h = unit_grid(model)
         ks = sorted({max(1, round(q * nb * h / 100)) for q in cfg["recall_ks_pct"]})
         scored = {}

@@ -111,28 +111,28 @@ def merged_stats(level_stats: list[UnitMemStats]) -> list[UnitMemStats]:
 # %% ../nbs/14_subset_robustness.ipynb #4af58c99
 def reuse_values(path,            # a `<name>.values.pt` saved by stage 2 or 3 (`unit_stats`)
                  order,           # the point ids wanted, in this order
-                 n_views: int, seed: int, dtype: str = "float32",
+                 augmentations: int, seed: int, dtype: str = "float32",
                 ) -> torch.Tensor | None:
     "Per-point values of `order` from a complete saved run of the same views, seed and dtype; None if there is none."
     p = Path(path)
     if not p.is_file(): return None
     ck = torch.load(p, map_location="cpu", weights_only=True)
     meta, ids = ck.get("meta", {}), [int(i) for i in order]
-    if (meta.get("n_views"), meta.get("seed"), meta.get("dtype")) != (n_views, seed, dtype): return None
+    if (meta.get("augmentations"), meta.get("seed"), meta.get("dtype")) != (augmentations, seed, dtype): return None
     pts = meta.get("points", [])
     if sorted(pts) != sorted(ids) or int(ck.get("done", -1)) != len(pts): return None
     row = {p_: r for r, p_ in enumerate(pts)}
     return ck["values"][torch.tensor([row[i] for i in ids])]
 
 def verify_values(model, dataset, points, values: torch.Tensor, # saved values of `points` (their rows, same order)
-                  augment=None, n_views: int = 10, batch_size: int = 64, seed: int = 0, dtype: str = "float32",
+                  augment=None, augmentations: int = 10, batch_size: int = 64, seed: int = 0, dtype: str = "float32",
                   rtol: float = 1e-3, atol: float = 1e-5,
                  ) -> tuple[bool, float]:
     "Remeasure `points` and compare with saved `values` (stale files from other weights fail); also seconds per point and view."
     from memloc.var_scales import point_values
     t0 = time.perf_counter()
-    now = point_values(model, dataset, points, augment, n_views, batch_size, seed, dtype=dtype)
-    per_view = (time.perf_counter() - t0) / (len(points) * n_views)
+    now = point_values(model, dataset, points, augment, augmentations, batch_size, seed, dtype=dtype)
+    per_view = (time.perf_counter() - t0) / (len(points) * augmentations)
     return bool(torch.allclose(now, values.float(), rtol=rtol, atol=atol)), per_view
 
 def _level_files(folder, stem: str) -> dict:
@@ -154,7 +154,7 @@ def _seconds(folder, stem: str, dt: float, before: dict) -> float:
     return dt
 
 def level_stats(model, dataset, order, sizes: list[int],
-                augment=None, n_views: int = 10, batch_size: int = 64, seed: int = 0,
+                augment=None, augmentations: int = 10, batch_size: int = 64, seed: int = 0,
                 keep_values: bool = True,  # per-point values kept (exact derivation) or per-level statistics streamed
                 folder=None,               # where each level's values / statistics go (resumable); None: nowhere
                 name: str = "model",       # file stem (`unit_stats` adds the weights' fingerprint where it does)
@@ -166,12 +166,12 @@ def level_stats(model, dataset, order, sizes: list[int],
     from memloc.var_scales import unit_stats
     order = [int(i) for i in order]
     if values is not None:
-        times = [float("nan") if per_view_s is None else n * n_views * per_view_s for n in sizes]
+        times = [float("nan") if per_view_s is None else n * augmentations * per_view_s for n in sizes]
         return subset_stats_from_values(values, order, sizes, batch_size), times
     parts, secs = [], []
     for k, (a, b) in enumerate(zip([0, *sizes[:-1]], sizes)):
         before, t0 = _level_files(folder, f"{name}.level{k}"), time.perf_counter()
-        st, v = unit_stats(model, dataset, order[a:b], augment, n_views, batch_size, seed, folder=folder,
+        st, v = unit_stats(model, dataset, order[a:b], augment, augmentations, batch_size, seed, folder=folder,
                            name=f"{name}.level{k}", keep_values=keep_values, dtype=dtype)
         secs.append(_seconds(folder, f"{name}.level{k}", time.perf_counter() - t0, before))
         parts.append(v if keep_values else st)

@@ -342,13 +342,13 @@ def precision_of(model) -> str:
     dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else (weights[0].dtype if weights else torch.float32)
     return str(dt).removeprefix("torch.")
 
-def _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp) -> dict:
+def _run_meta(model, cap, augmentations, abs, seed, rank, world, aug_fp) -> dict:
     "What a `measure` run is: its settings, its precision (a bfloat16 run is not a float32 one) and the fingerprints of its weights and augmentation."
-    return {"shape": list(cap.shape), "n_views": n_views, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
+    return {"shape": list(cap.shape), "augmentations": augmentations, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
             "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp, "precision": precision_of(model)}
 
 def matching_stats(path,                  # a statistics file saved by `measure` (e.g. by another stage)
-                   model: nn.Module, dataset, points, augment=None, n_views: int = 10, seed: int = 0, abs: bool = True,
+                   model: nn.Module, dataset, points, augment=None, augmentations: int = 10, seed: int = 0, abs: bool = True,
                    batch_size: int = 64, verify_points: int = 256,
                   ) -> tuple[UnitMemStats | None, str]:
     "(the statistics at `path`, 'ok') if they are a complete run of exactly these weights, points, data, augmentation and settings; else (None, why not). Reads only."
@@ -357,7 +357,7 @@ def matching_stats(path,                  # a statistics file saved by `measure`
     try: ck = _load_run(p)
     except StaleStats as e: return None, str(e)
     pts = [int(i) for i in points]
-    stale = stale_meta(ck["meta"], _run_meta(model, UnitCapture(model, abs=abs), n_views, abs, seed, 0, 1, augment_fingerprint(augment)))
+    stale = stale_meta(ck["meta"], _run_meta(model, UnitCapture(model, abs=abs), augmentations, abs, seed, 0, 1, augment_fingerprint(augment)))
     if sorted(ck["done"]) != sorted(pts): stale.append(f"points: the file holds {len(ck['done'])} points, not this run's {len(pts)}")
     if not stale:
         why = stale_content(dataset, ck["done"], ck.get("content", torch.zeros(0)).tolist(), batch_size,
@@ -368,7 +368,7 @@ def matching_stats(path,                  # a statistics file saved by `measure`
 def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_blocks, unit_groups
             dataset,                   # (images [N,3,H,W] in [0,1], labels [N]) or a Dataset of (image, label)
             augment=None,              # `memloc.data.Augment`, or augment(images_B3HW, point_ids_B, view) -> images; None: none
-            n_views: int = 10,         # A: augmented views per point
+            augmentations: int = 10,   # A: augmented views per point
             batch_size: int = 64,      # points per forward pass (each pass holds one view of them)
             stats_path=None,           # where to save statistics + points done (and resume from)
             save_every: int = 50,      # save after this many batches
@@ -381,12 +381,12 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
             recompute: bool = False,   # a `stats_path` of another run (weights, data, augmentation, settings): measure anew, not stop
             verify_points: int = 256,  # on resuming from a Dataset, reread this many done points to check their content (tensors: all)
            ) -> UnitMemStats:
-    "Teacher-forced UnitMem statistics of `model` over `points` of `dataset`, A views each, saved and resumable (never from another run's file)."
+    "Teacher-forced UnitMem statistics of `model` over `points` of `dataset`, `augmentations` views each, saved and resumable (never from another run's file)."
     pts = list(range(len(dataset[0]) if isinstance(dataset, (tuple, list)) else len(dataset))) if points is None else [int(p) for p in points]
     _check_points(len(pts), "measure")
     if len(set(pts)) != len(pts): raise ValueError("measure: points contain duplicates")
-    if n_views < 1 or batch_size < 1 or save_every < 1: raise ValueError(f"n_views, batch_size and save_every must be >= 1, got {n_views}, {batch_size}, {save_every}")
-    if augment is None and n_views != 1: raise ValueError(f"n_views={n_views} identical views without an augment function; pass augment or n_views=1")
+    if augmentations < 1 or batch_size < 1 or save_every < 1: raise ValueError(f"augmentations, batch_size and save_every must be >= 1, got {augmentations}, {batch_size}, {save_every}")
+    if augment is None and augmentations != 1: raise ValueError(f"augmentations={augmentations} identical views without an augment function; pass augment or augmentations=1")
     aug_fp = augment_fingerprint(augment)
     if augment is not None and callable(getattr(augment, "view", None)):
         aug = augment; augment = lambda img, ids, v: aug.view(img, ids.cpu(), v, seed=seed)
@@ -394,7 +394,7 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
     pts = pts[rank::world]
     cap = UnitCapture(model, abs=abs)
     device = device or next(iter(model.parameters())).device
-    meta = _run_meta(model, cap, n_views, abs, seed, rank, world, aug_fp)
+    meta = _run_meta(model, cap, augmentations, abs, seed, rank, world, aug_fp)
     stats_device = torch.device(stats_device or device)
     stats, done, content = UnitMemStats(cap.shape, device=stats_device, signed=not abs), [], []
     path = None if stats_path is None else _rank_path(stats_path, rank, world)
@@ -425,13 +425,13 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
             hashes = point_hashes(img, lab).tolist()
             img, lab, idx = img.to(device), lab.to(device), pid.to(device)
             acc = None
-            for view in range(n_views):
+            for view in range(augmentations):
                 x = img if augment is None else augment(img, idx, view)
                 with torch.no_grad(), cap:
                     model.logits(model.tokenize(x), lab)
                 v = cap.values()
                 acc = v if acc is None else acc + v
-            stats.update(acc / n_views, pid)
+            stats.update(acc / augmentations, pid)
             done.extend(ids); content.extend(hashes)
             if path is not None and ((k + 1) % save_every == 0 or k + 1 == len(batches)): _save(path, stats, done, meta, content)
     finally: model.train(was_training)

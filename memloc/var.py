@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +20,7 @@ __all__ = ['RELEASED_VQVAE', 'RELEASED_MODELS', 'VQVAEConfig', 'VARConfig', 'var
            'ResnetBlock', 'AttnBlock', 'Downsample2x', 'Upsample2x', 'Encoder', 'Decoder', 'Phi', 'phi_ticks',
            'phi_index', 'PhiPartiallyShared', 'VectorQuantizer2', 'VQVAE', 'FFN', 'SelfAttention', 'drop_path',
            'AdaLNSelfAttn', 'AdaLNBeforeHead', 'VAR', 'sample_tokens', 'var_generate', 'VARModel', 'build_model',
-           'load_pretrained', 'fixtures_dir', 'load_fixture', 'fixture_call', 'mini_config', 'tokenizer_loss',
-           'train_options']
+           'load_pretrained', 'fixture_model', 'mini_config', 'tokenizer_loss', 'train_options']
 
 # %% ../nbs/01_var.ipynb #d9923562
 @dataclass
@@ -624,18 +622,10 @@ def load_pretrained(files: dict, config: dict | str, device="cpu") -> VARModel:
     return model.to(device).eval()
 
 # %% ../nbs/01_var.ipynb #3d9630f6
-def fixtures_dir() -> Path:
-    "Compatibility fixtures: `$MEMLOC_FIXTURES`, else `../shared/fixtures` beside the repository."
-    if os.environ.get("MEMLOC_FIXTURES"): return Path(os.environ["MEMLOC_FIXTURES"])
-    from memloc.config import repo_root
-    return repo_root().parent / "shared" / "fixtures"
-
-def load_fixture(name: str = "var_tiny"):
+def fixture_model(name: str = "var_tiny"):
     "(VARModel with the fixture's weights loaded strictly, dict of the fixture's other tensors, its JSON)."
-    import json
-    from safetensors.torch import load_file
-    d = fixtures_dir()
-    meta = json.loads((d / f"{name}.json").read_text())
+    from memloc.fixtures import load_fixture
+    sd, meta = load_fixture(name)
     vq_args, var_args = meta["vqvae"]["constructor_args"], meta["var"]["constructor_args"]
     dd = meta["vqvae"].get("encoder_decoder_override", {}).get("dd", {})
     vq = VQVAEConfig(vocab_size=vq_args["vocab_size"], z_channels=vq_args["z_channels"], ch=vq_args["ch"],
@@ -645,54 +635,9 @@ def load_fixture(name: str = "var_tiny"):
     vr = VARConfig(vocab_size=vq.vocab_size, Cvae=vq.z_channels, **{k: (tuple(v) if k == "patch_nums" else v) for k, v in var_args.items()
                    if k in ("num_classes", "depth", "embed_dim", "num_heads", "mlp_ratio", "norm_eps", "attn_l2_norm", "patch_nums", "drop_path_rate", "cond_drop_rate")})
     model = VARModel(vq, vr)
-    sd = load_file(str(d / f"{name}.safetensors"))
     load_strict(model.tokenizer, {k[6:]: v for k, v in sd.items() if k.startswith("vqvae.")}, "vqvae", f"{name}:vqvae")
     load_strict(model.generator, {k[4:]: v for k, v in sd.items() if k.startswith("var.")}, "var", f"{name}:var")
     return model.eval(), {k: v for k, v in sd.items() if not k.startswith(("vqvae.", "var."))}, meta
-
-# %% ../nbs/01_var.ipynb #35fa8c26
-import ast, re
-
-def _call_kwargs(text: str, fn: str) -> dict | None:
-    "Literal keyword arguments of the first call `fn(...)` written in `text`, or None if there is none."
-    m = re.search(rf"(?<![\w]){re.escape(fn)}\(", text)
-    if m is None: return None
-    depth, i = 1, m.end()
-    while i < len(text) and depth:
-        depth += {"(": 1, ")": -1}.get(text[i], 0); i += 1
-    if depth: raise ValueError(f"unbalanced parentheses in the fixture's call {text[m.start():]!r}")
-    call = ast.parse(text[m.start(): i].replace(fn, "f", 1), mode="eval").body
-    out = {}
-    for k in call.keywords:
-        try: v = ast.literal_eval(k.value)
-        except ValueError: continue                       # a name (label_B=label_B), not a value
-        if v is not Ellipsis: out[k.arg] = v
-    return out
-
-def _same_with(text: str) -> dict:
-    "The overrides of a description that reads 'same with a=1, b=2.0 ...'."
-    if not text.startswith("same with"): return {}
-    return {k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=(-?\d[\d.e+-]*|True|False|None)", text.split(":")[0])}
-
-# %% ../nbs/01_var.ipynb #0e7994d1
-def fixture_call(meta: dict, fn: str, tensor: str | None = None) -> dict:
-    "The literal keyword arguments of the official call `fn` that made a fixture (its JSON `meta`): the call written in "
-    "`tensor`'s description, or, when that reads 'same with k=v', the call above it with those values; without `tensor`, "
-    "the first call to `fn` in the call sequence or the descriptions."
-    tensors = meta.get("tensors", [])
-    names, descs = [t["name"] for t in tensors], [t.get("description", "") for t in tensors]
-    if tensor is not None:
-        if tensor not in names: raise KeyError(f"the fixture {meta.get('file', '?')} has no tensor {tensor!r}")
-        over = {}
-        for d in reversed(descs[: names.index(tensor) + 1]):
-            kw = _call_kwargs(d, fn)
-            if kw: return {**kw, **over}
-            over = {**_same_with(d), **over}
-        raise KeyError(f"no call to {fn}() above the fixture tensor {tensor!r}")
-    for text in list(meta.get("call_sequence", [])) + descs:
-        kw = _call_kwargs(text, fn)
-        if kw: return kw
-    raise KeyError(f"the fixture {meta.get('file', '?')} records no call to {fn}() with literal arguments")
 
 # %% ../nbs/01_var.ipynb #00547969
 from .family import nearest_code

@@ -37,9 +37,9 @@ def _load(dataset, ids):
     items = [dataset[int(i)] for i in ids]
     return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.as_tensor([int(it[1]) for it in items])
 
-def _values_meta(model, cap, pts, augment, n_views, seed, dtype) -> dict:
+def _values_meta(model, cap, pts, augment, augmentations, seed, dtype) -> dict:
     "What a `point_values` run is: its points and settings, and the fingerprints of its weights and augmentation."
-    return {"shape": list(cap.shape), "n_views": n_views, "seed": seed, "points": pts, "dtype": dtype,
+    return {"shape": list(cap.shape), "augmentations": augmentations, "seed": seed, "points": pts, "dtype": dtype,
             "weights": weights_fingerprint(model), "augment": augment_fingerprint(augment)}
 
 def _load_values(path) -> dict:
@@ -54,8 +54,8 @@ def _load_values(path) -> dict:
 def point_values(model,                 # family adapter (tokenize, logits, mlp_blocks, unit_groups)
                  dataset,               # (images [N,3,H,W], labels [N]) or a Dataset of (image, label)
                  points,                # dataset indices to measure, in order
-                 augment=None,          # `memloc.data.Augment` (or None with n_views=1)
-                 n_views: int = 10,     # A: views per point
+                 augment=None,          # `memloc.data.Augment` (or None with augmentations=1)
+                 augmentations: int = 10, # A: views per point
                  batch_size: int = 64,  # points per forward pass
                  seed: int = 0,         # the augmentation's seed
                  path=None,             # file to save to and resume from
@@ -68,10 +68,10 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
     pts = [int(p) for p in points]
     if len(pts) < 2: raise ValueError(f"point_values needs at least 2 points, got {len(pts)}")
     if len(set(pts)) != len(pts): raise ValueError("point_values: points contain duplicates")
-    if augment is None and n_views != 1: raise ValueError(f"n_views={n_views} identical views without an augment; pass augment or n_views=1")
+    if augment is None and augmentations != 1: raise ValueError(f"augmentations={augmentations} identical views without an augment; pass augment or augmentations=1")
     cap = UnitCapture(model)
     dev = next(iter(model.parameters())).device
-    meta = _values_meta(model, cap, pts, augment, n_views, seed, dtype)
+    meta = _values_meta(model, cap, pts, augment, augmentations, seed, dtype)
     out, done, content = torch.zeros(len(pts), *cap.shape), 0, []
     path = None if path is None else Path(path)
     if path is not None and path.exists():
@@ -98,20 +98,20 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
             content[s:s + len(ids)] = point_hashes(img, lab).tolist()
             img, lab, idx = img.to(dev), lab.to(dev), ids.to(dev)
             acc = None
-            for view in range(n_views):
+            for view in range(augmentations):
                 x = img if augment is None else augment.view(img, idx.cpu(), view, seed=seed)
                 with torch.no_grad():
                     tok = model.tokenize(x)                         # the tokenizer in float32: exact tokens
                     with _autocast(dev, dtype), cap: model.logits(tok, lab)
                 v = cap.values()
                 acc = v if acc is None else acc + v
-            out[s:s + len(ids)] = (acc / n_views).float().cpu()
+            out[s:s + len(ids)] = (acc / augmentations).float().cpu()
             if path is not None and ((k + 1) % save_every == 0 or k + 1 == len(starts)): save(s + len(ids))
     finally: model.train(was_training)
     if path is not None and done == len(pts): save(done)
     return out
 
-def matching_values(path, model, dataset, points, augment=None, n_views: int = 10, seed: int = 0, dtype: str = "float32",
+def matching_values(path, model, dataset, points, augment=None, augmentations: int = 10, seed: int = 0, dtype: str = "float32",
                     batch_size: int = 64, verify_points: int = 256) -> tuple[torch.Tensor | None, str]:
     "(the per-point values at `path`, 'ok') if they are a complete run of exactly these weights, points, data, augmentation and settings; else (None, why not). Reads only."
     p = Path(path)
@@ -119,7 +119,7 @@ def matching_values(path, model, dataset, points, augment=None, n_views: int = 1
     try: ck = _load_values(p)
     except StaleStats as e: return None, str(e)
     pts = [int(i) for i in points]
-    stale = stale_meta(ck["meta"], _values_meta(model, UnitCapture(model), pts, augment, n_views, seed, dtype))
+    stale = stale_meta(ck["meta"], _values_meta(model, UnitCapture(model), pts, augment, augmentations, seed, dtype))
     if int(ck["done"]) != len(pts): stale.append(f"done: {int(ck['done'])} of {len(pts)} points")
     if not stale:
         why = stale_content(dataset, pts, ck.get("content", torch.zeros(0)).tolist(), batch_size,
@@ -138,20 +138,20 @@ def model_fingerprint(model) -> str:
     "A short hash of the model's weights (the first 12 hex digits of `weights_fingerprint`): saved results name the model they came from."
     return weights_fingerprint(model)[:12]
 
-def unit_stats(model, dataset, points, augment=None, n_views: int = 10, batch_size: int = 64, seed: int = 0,
+def unit_stats(model, dataset, points, augment=None, augmentations: int = 10, batch_size: int = 64, seed: int = 0,
                folder=None,               # where the run's values / statistics file goes (resumable); None: nowhere
                name: str = "model",       # file name stem
                keep_values: bool = True,  # keep per-point values (small models) or stream statistics only
                dtype: str = "float32"):
     "`(UnitMemStats, per-point values or None)` of `model` over `points`: kept values on the miniature, streamed statistics at full scale."
-    stem = f"{name}-{model_fingerprint(model)}-A{n_views}-seed{seed}" + ("" if dtype == "float32" else f"-{dtype}")   # another checkpoint, setting or precision: its own file
+    stem = f"{name}-{model_fingerprint(model)}-aug{augmentations}-seed{seed}" + ("" if dtype == "float32" else f"-{dtype}")   # another checkpoint, setting or precision: its own file
     if keep_values:
         path = None if folder is None else Path(folder) / f"{stem}.values.pt"
-        vals = point_values(model, dataset, points, augment, n_views, batch_size, seed, path, dtype=dtype)
+        vals = point_values(model, dataset, points, augment, augmentations, batch_size, seed, path, dtype=dtype)
         return stats_from_values(vals, points, batch_size), vals
     path = None if folder is None else Path(folder) / f"{stem}.stats.pt"
     with _autocast(next(iter(model.parameters())).device, dtype):
-        st = measure(model, dataset, augment=augment, n_views=n_views, batch_size=batch_size, stats_path=path,
+        st = measure(model, dataset, augment=augment, augmentations=augmentations, batch_size=batch_size, stats_path=path,
                      points=points, seed=seed, progress=False)
     return UnitMemStats.from_state_dict(st.state_dict()), None   # on the CPU, wherever measure kept them
 

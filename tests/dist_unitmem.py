@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 dist.init_process_group("gloo")
 x, y = toy_data()
 stats = measure(ToyAdapter().double(), (x.double(), y),  # float64 model: per-point values do not depend on the batch
-                augment=shift_aug, n_views=3, batch_size=4,
+                augment=shift_aug, augmentations=3, batch_size=4,
                 stats_path=sys.argv[1] + "/run.pt", save_every=1, progress=False)
 if dist.get_rank() == 0: torch.save(stats.state_dict(), sys.argv[1] + "/reduced.pt")
 dist.destroy_process_group()

@@ -281,7 +281,7 @@ def test_augment_bad_input(digits):
     aug = Augment(16)
     with pytest.raises(ValueError, match="2 images but 3 point ids"): aug.views(x[:2], [0, 1, 2])
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"): aug.views(x[0], [0])
-    with pytest.raises(ValueError, match="n_views"): aug.views(x[:2], [0, 1], 0)
+    with pytest.raises(ValueError, match="augmentations"): aug.views(x[:2], [0, 1], 0)
 
 
 # ---- dataset ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from memloc.var import fixture_call, fixtures_dir
+from memloc.fixtures import fixture_call, fixtures_dir
 
 FIX, HERE = fixtures_dir(), Path(__file__).parent
 OURS = {"cfg_scale": "cfg", "randomize_temperature": "temperature"}      # the official keyword -> memloc's name for it

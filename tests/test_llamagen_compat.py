@@ -1,21 +1,20 @@
 "LlamaGen (c2i GPT and VQ tokenizer) against the official code's fixtures (MEMLOC_FIXTURES, default ../shared/fixtures)."
-import argparse, inspect, json, os, re
+import argparse, inspect, json, re
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 from fixture_json import edited
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from memloc.checkpoints import CheckpointError, checkpoint_family, load_strict, read_state_dict
 from memloc.llamagen import (GPTConfig, LlamaGen, LlamaGenModel, VQConfig, VQModel, build_model, guided_at, llamagen_config,
                              llamagen_generate, load_llamagen, precompute_freqs_cis_2d, read_released)
-from memloc.var import fixture_call
+from memloc.fixtures import fixture_call, fixtures_dir, load_fixture
 
 torch.set_num_threads(1)
-FX = Path(os.environ.get("MEMLOC_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"))
+FX = fixtures_dir()
 ATOL = 2e-5          # the fixtures README: float tensors (GPT outputs, VQ latents)
 ATOL_IMG = 5e-5      # the fixtures README: decoded images (|x| up to about 5, conv paths)
 
@@ -38,7 +37,7 @@ def _gpt_cfg(args): return GPTConfig(**{k: args[k] for k in GPTConfig.__dataclas
 @pytest.fixture(scope="module")
 def fx():
     "(adapter holding the fixture's VQ and GPT, the fixture tensors, the JSON)."
-    S, J = load_file(str(_need("llamagen_tiny.safetensors"))), json.loads(_need("llamagen_tiny.json").read_text())
+    _need("llamagen_tiny.safetensors"); S, J = load_fixture("llamagen_tiny", FX)
     cfg = dict(llamagen_config("mini"), name="llamagen_tiny", tokenizer=asdict(_vq_cfg(J)), generator=asdict(_gpt_cfg(J["gpt"]["constructor_args"])))
     m = LlamaGenModel(cfg)
     load_strict(m.tokenizer, _strip(S, "vq."), "llamagen_vq"); load_strict(m.generator, _strip(S, "gpt."), "llamagen")
@@ -338,7 +337,7 @@ def test_stages_run_unchanged():
     tok = m.tokenize(img)
     for pre in m.prefix_lengths():
         assert torch.equal(greedy_from_prefix(m, tok, lab, pre), greedy_from_prefix(m, tok, lab, pre, cached=False)), pre
-    st = measure(m, (img, lab), n_views=1, progress=False)
+    st = measure(m, (img, lab), augmentations=1, progress=False)
     assert st.shape == (1, 6, 256) and st.count == 4
 
 def test_generation_check_follows_the_json(fx):

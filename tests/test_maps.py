@@ -149,8 +149,8 @@ def test_point_values_resume_and_match_measure(tmp_path, digits):
     torch.manual_seed(0)
     model = rar.build_model("mini").eval()
     aug, pts = Augment(model.image_size, hflip=False), list(range(0, 40, 4))
-    whole = point_values(model, digits, pts, aug, n_views=2, batch_size=3, seed=0)
-    ref = measure(model, digits, augment=aug, n_views=2, batch_size=3, points=pts, seed=0, progress=False)
+    whole = point_values(model, digits, pts, aug, augmentations=2, batch_size=3, seed=0)
+    ref = measure(model, digits, augment=aug, augmentations=2, batch_size=3, points=pts, seed=0, progress=False)
     st = stats_from_values(whole, pts, batch_size=3)
     assert all(torch.equal(getattr(st, k), getattr(ref, k)) for k in ("sum", "max", "argmax"))
 
@@ -164,21 +164,21 @@ def test_point_values_resume_and_match_measure(tmp_path, digits):
             return aug.view(img, ids, v, seed=seed)
     path = tmp_path / "v.pt"
     with pytest.raises(RuntimeError, match="killed"):
-        point_values(model, digits, pts, Dies(), n_views=2, batch_size=3, seed=0, path=path, save_every=1)
+        point_values(model, digits, pts, Dies(), augmentations=2, batch_size=3, seed=0, path=path, save_every=1)
     assert torch.load(path, weights_only=True)["done"] == 6
-    resumed = point_values(model, digits, pts, aug, n_views=2, batch_size=3, seed=0, path=path, save_every=1)
+    resumed = point_values(model, digits, pts, aug, augmentations=2, batch_size=3, seed=0, path=path, save_every=1)
     assert torch.equal(resumed, whole)
     with pytest.raises(ValueError, match="another run"):
-        point_values(model, digits, pts, aug, n_views=1, batch_size=3, seed=0, path=path)
+        point_values(model, digits, pts, aug, augmentations=1, batch_size=3, seed=0, path=path)
     other = rar.build_model("mini").eval()                # other (random) weights: never the saved values
     with pytest.raises(ValueError, match="weights: saved"):
-        point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0, path=path)
+        point_values(other, digits, pts, aug, augmentations=2, batch_size=3, seed=0, path=path)
     imgs, labels = digits
     changed = (imgs.flip(-1), labels)
     with pytest.raises(ValueError, match="images or labels of points"):
-        point_values(model, changed, pts, aug, n_views=2, batch_size=3, seed=0, path=path)
-    fresh = point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0, path=path, recompute=True)
-    assert torch.equal(fresh, point_values(other, digits, pts, aug, n_views=2, batch_size=3, seed=0))
+        point_values(model, changed, pts, aug, augmentations=2, batch_size=3, seed=0, path=path)
+    fresh = point_values(other, digits, pts, aug, augmentations=2, batch_size=3, seed=0, path=path, recompute=True)
+    assert torch.equal(fresh, point_values(other, digits, pts, aug, augmentations=2, batch_size=3, seed=0))
 
 
 def test_full_pass_on_random_weight_models(tmp_path, digits):
@@ -243,9 +243,9 @@ def test_matching_values_for_reuse_by_another_stage(tmp_path, digits):
     torch.manual_seed(0)
     model = rar.build_model("mini").eval()
     aug, pts = Augment(model.image_size, hflip=False), list(range(0, 24, 4))
-    vals = point_values(model, digits, pts, aug, n_views=2, batch_size=3, path=tmp_path / "v.pt")
-    got, why = matching_values(tmp_path / "v.pt", model, digits, pts, aug, n_views=2)
+    vals = point_values(model, digits, pts, aug, augmentations=2, batch_size=3, path=tmp_path / "v.pt")
+    got, why = matching_values(tmp_path / "v.pt", model, digits, pts, aug, augmentations=2)
     assert why == "ok" and torch.equal(got, vals)
-    assert "augment" in matching_values(tmp_path / "v.pt", model, digits, pts, Augment(model.image_size, hflip=True), n_views=2)[1]
-    assert "weights" in matching_values(tmp_path / "v.pt", rar.build_model("mini").eval(), digits, pts, aug, n_views=2)[1]
-    assert "images or labels" in matching_values(tmp_path / "v.pt", model, (digits[0].flip(-1), digits[1]), pts, aug, n_views=2)[1]
+    assert "augment" in matching_values(tmp_path / "v.pt", model, digits, pts, Augment(model.image_size, hflip=True), augmentations=2)[1]
+    assert "weights" in matching_values(tmp_path / "v.pt", rar.build_model("mini").eval(), digits, pts, aug, augmentations=2)[1]
+    assert "images or labels" in matching_values(tmp_path / "v.pt", model, (digits[0].flip(-1), digits[1]), pts, aug, augmentations=2)[1]

@@ -1,19 +1,18 @@
 "RAR and MaskGIT VQGAN against the official code's fixtures (MEMLOC_FIXTURES, default ../shared/fixtures)."
-import json, os
-from pathlib import Path
+import json
 
 import pytest
 from fixture_json import edited
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from memloc.rar import (RAR, RARConfig, MaskGITVQGAN, VQGANConfig, CheckpointError, build_model, cfg_schedule, load_rar,
                         load_strict, rar_config, rar_generate, read_state_dict)
-from memloc.var import fixture_call
+from memloc.fixtures import fixture_call, fixtures_dir, load_fixture
 
 torch.set_num_threads(1)
-FX = Path(os.environ.get("MEMLOC_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"))
+FX = fixtures_dir()
 ATOL = 2e-5
 
 def _need(name):
@@ -25,7 +24,7 @@ def _strip(sd, prefix): return {k[len(prefix):]: v for k, v in sd.items() if k.s
 
 @pytest.fixture(scope="module")
 def rar_fx():
-    S, J = load_file(str(_need("rar_tiny.safetensors"))), json.loads(_need("rar_tiny.json").read_text())
+    _need("rar_tiny.safetensors"); S, J = load_fixture("rar_tiny", FX)
     g = J["config"]["model"]["generator"]
     cfg = RARConfig(hidden_size=g["hidden_size"], num_hidden_layers=g["num_hidden_layers"], num_attention_heads=g["num_attention_heads"],
                     intermediate_size=g["intermediate_size"], image_seq_len=g["image_seq_len"],
@@ -45,7 +44,7 @@ def _tok_cfg(c, q):
 
 @pytest.fixture(scope="module")
 def tok_fx():
-    T, J = load_file(str(_need("maskgit_tiny.safetensors"))), json.loads(_need("maskgit_tiny.json").read_text())
+    _need("maskgit_tiny.safetensors"); T, J = load_fixture("maskgit_tiny", FX)
     tok = MaskGITVQGAN(_tok_cfg(J["construction"]["conf"], J["construction"]["quantizer"]))
     return load_strict(tok, _strip(T, "tokenizer."), "maskgit").eval(), T
 

@@ -133,10 +133,10 @@ def test_derived_subsets_equal_measuring_each_subset_alone(digits):
     subsets = [[3, 8, 20], [3, 8, 11, 20, 30], [1, 3, 8, 11, 14, 20, 25, 30]]
     order, sizes = levels(subsets)
     aug = Augment(16, hflip=False)
-    kept, t = level_stats(model, (imgs, labs), order, sizes, aug, n_views=2, batch_size=1, seed=3)
-    streamed, _ = level_stats(model, (imgs, labs), order, sizes, aug, n_views=2, batch_size=1, seed=3, keep_values=False)
+    kept, t = level_stats(model, (imgs, labs), order, sizes, aug, augmentations=2, batch_size=1, seed=3)
+    streamed, _ = level_stats(model, (imgs, labs), order, sizes, aug, augmentations=2, batch_size=1, seed=3, keep_values=False)
     for sub, st, sm in zip(subsets, kept, streamed):
-        alone = measure(model, (imgs, labs), aug, n_views=2, batch_size=1, points=sorted(sub), seed=3, progress=False)
+        alone = measure(model, (imgs, labs), aug, augmentations=2, batch_size=1, points=sorted(sub), seed=3, progress=False)
         assert st.count == alone.count == len(sub)
         assert torch.equal(st.max, alone.max) and torch.equal(st.argmax, alone.argmax)
         torch.testing.assert_close(st.sum, alone.sum, rtol=1e-15, atol=0)     # float64 sums, another order of points
@@ -158,7 +158,7 @@ def test_reuse_values(tmp_path):
     vals = torch.arange(4 * 3, dtype=torch.float32).view(4, 3)
     pts = [2, 5, 7, 9]
     p = tmp_path / "var.values.pt"
-    torch.save({"values": vals, "done": 4, "meta": {"shape": [3], "n_views": 4, "seed": 0, "points": pts, "dtype": "float32"}}, p)
+    torch.save({"values": vals, "done": 4, "meta": {"shape": [3], "augmentations": 4, "seed": 0, "points": pts, "dtype": "float32"}}, p)
     got = reuse_values(p, [7, 2, 9, 5], 4, 0, "float32")
     assert torch.equal(got, vals[[2, 0, 3, 1]])
     assert reuse_values(p, [7, 2, 9, 5], 10, 0) is None          # other views
@@ -180,15 +180,15 @@ def test_tiny_end_to_end_random_weight_var(digits):
     subsets = [torch.cat([c0[:k], c1[:k]]) for k in (2, 3, 4)]
     fr = [0.5, 0.75, 1.0]
     order, sizes = levels(subsets, [labs[s] for s in subsets], fr)
-    stats, times = level_stats(model, (imgs, labs), order, sizes, Augment(16, hflip=False), n_views=2, batch_size=4)
+    stats, times = level_stats(model, (imgs, labs), order, sizes, Augment(16, hflip=False), augmentations=2, batch_size=4)
     ums = [s.compute() for s in stats]
     assert ums[0].shape == (len(model.unit_groups()), 6, 256)
     from memloc.var_scales import point_values
-    vals = point_values(model, (imgs, labs), order, Augment(16, hflip=False), n_views=2, batch_size=4)
-    ok, per_view = verify_values(model, (imgs, labs), order[:4], vals[:4], Augment(16, hflip=False), n_views=2, batch_size=4)
+    vals = point_values(model, (imgs, labs), order, Augment(16, hflip=False), augmentations=2, batch_size=4)
+    ok, per_view = verify_values(model, (imgs, labs), order[:4], vals[:4], Augment(16, hflip=False), augmentations=2, batch_size=4)
     assert ok and per_view > 0
-    assert not verify_values(model, (imgs, labs), order[:4], vals[:4] * 1.01, Augment(16, hflip=False), n_views=2, batch_size=4)[0]
-    reused, est = level_stats(model, (imgs, labs), order, sizes, n_views=2, batch_size=4, values=vals, per_view_s=per_view)
+    assert not verify_values(model, (imgs, labs), order[:4], vals[:4] * 1.01, Augment(16, hflip=False), augmentations=2, batch_size=4)[0]
+    reused, est = level_stats(model, (imgs, labs), order, sizes, augmentations=2, batch_size=4, values=vals, per_view_s=per_view)
     for a, b in zip(reused, stats):
         torch.testing.assert_close(a.compute(), b.compute(), rtol=1e-4, atol=1e-6); assert a.count == b.count  # other batches: float32 rounding
     assert est == pytest.approx([n * 2 * per_view for n in sizes])
@@ -214,8 +214,8 @@ def test_resumed_levels_keep_their_compute_time(tmp_path, digits):
     torch.manual_seed(0)
     model = rar.build_model("mini").eval()
     order, sizes = levels([[0, 1, 2], [0, 1, 2, 3, 4, 5]])
-    st1, t1 = level_stats(model, digits, order, sizes, n_views=1, batch_size=2, folder=tmp_path, name="rar")
-    st2, t2 = level_stats(model, digits, order, sizes, n_views=1, batch_size=2, folder=tmp_path, name="rar")
+    st1, t1 = level_stats(model, digits, order, sizes, augmentations=1, batch_size=2, folder=tmp_path, name="rar")
+    st2, t2 = level_stats(model, digits, order, sizes, augmentations=1, batch_size=2, folder=tmp_path, name="rar")
     assert len(list(tmp_path.glob("rar.level0*.seconds.json"))) == 1
     assert t2 == t1                                                   # loaded whole: the measured seconds
     for a, b in zip(st1, st2): assert torch.equal(a.compute(), b.compute())

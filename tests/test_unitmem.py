@@ -91,7 +91,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="non-finite"): UnitMemStats((2,)).update(torch.tensor([[1., float("inf")]]))
     with pytest.raises(ValueError, match="non-finite"): unitmem(torch.tensor([[[1.]], [[float("nan")]]]))
     with pytest.raises(ValueError, match="median"): UnitMemStats((2,)).update(torch.ones(3, 2)).compute("median")
-    with pytest.raises(ValueError, match="at least 2 points"): measure(ToyAdapter(), toy_data(1), n_views=1, progress=False)
+    with pytest.raises(ValueError, match="at least 2 points"): measure(ToyAdapter(), toy_data(1), augmentations=1, progress=False)
 
 
 def test_model_without_fc1_layers():
@@ -125,12 +125,12 @@ def test_nonfinite_activation_names_block_and_unit(bad):
     model = ToyAdapter()
     with torch.no_grad(): model.fc1[2].weight[7] = bad
     with pytest.raises(NonFiniteActivation, match="block 2, unit 7"):
-        measure(model, toy_data(4), n_views=1, batch_size=2, progress=False)
+        measure(model, toy_data(4), augmentations=1, batch_size=2, progress=False)
 
 
 def test_measure_equals_unitmem_on_stored_activations():
     model, (x, y) = ToyAdapter().eval(), toy_data(10)
-    stats = measure(model, (x, y), augment=shift_aug, n_views=3, batch_size=3, progress=False)
+    stats = measure(model, (x, y), augment=shift_aug, augmentations=3, batch_size=3, progress=False)
     cap, per_view = UnitCapture(model), []
     for view in range(3):
         with torch.no_grad(), cap: model.logits(model.tokenize(shift_aug(x, torch.arange(10), view)), y)
@@ -145,22 +145,22 @@ def test_measure_equals_unitmem_on_stored_activations():
 def test_measure_on_a_subset_and_a_dataset_object():
     model, (x, y) = ToyAdapter().eval(), toy_data(12)
     pts = [11, 3, 5, 0]
-    a = measure(model, (x, y), n_views=1, batch_size=2, points=pts, progress=False)
+    a = measure(model, (x, y), augmentations=1, batch_size=2, points=pts, progress=False)
     ds = torch.utils.data.TensorDataset(x, y)
-    b = measure(model, ds, n_views=1, batch_size=2, points=pts, progress=False)
+    b = measure(model, ds, augmentations=1, batch_size=2, points=pts, progress=False)
     assert a.count == 4 and set(a.argmax.unique().tolist()) <= set(pts)
     assert torch.equal(a.sum, b.sum) and torch.equal(a.argmax, b.argmax)
 
     class WithIds(torch.utils.data.Dataset):                  # items (point id, image, label), like PointDataset
         def __len__(self): return 12
         def __getitem__(self, k): return 100 + k, x[k], y[k]
-    c = measure(model, WithIds(), n_views=1, batch_size=2, points=pts, progress=False)
+    c = measure(model, WithIds(), augmentations=1, batch_size=2, points=pts, progress=False)
     assert torch.equal(c.argmax, a.argmax + 100) and torch.equal(c.sum, a.sum)
 
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     model, data = ToyAdapter().eval(), toy_data(20)
-    run = dict(augment=shift_aug, n_views=3, batch_size=4, save_every=2, progress=False)
+    run = dict(augment=shift_aug, augmentations=3, batch_size=4, save_every=2, progress=False)
     whole = measure(model, data, **run)
 
     class Kill(Exception): pass
@@ -179,21 +179,22 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     for k in ("sum", "max", "argmax"): assert torch.equal(getattr(resumed, k), getattr(whole, k)), k
     again = measure(model, data, **run, stats_path=tmp_path / "s.pt")  # finished run: nothing added
     assert again.count == 20 and torch.equal(again.sum, whole.sum)
-    with pytest.raises(StaleStats, match="n_views: saved 3, this run 2"):
-        measure(model, data, **{**run, "n_views": 2}, stats_path=tmp_path / "s.pt")
+    with pytest.raises(StaleStats, match="augmentations: saved 3, this run 2"):
+        measure(model, data, **{**run, "augmentations": 2}, stats_path=tmp_path / "s.pt")
 
 
 @pytest.mark.timeout(120)
 def test_torchrun_two_processes_gloo_equals_one_process(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists(): pytest.skip("torchrun not installed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))   # the toy adapter, and the memloc this process imports
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(HERE / "dist_unitmem.py"), str(tmp_path)],
                        env=env, capture_output=True, text=True, timeout=110)
     assert r.returncode == 0, r.stderr[-3000:]
     reduced = UnitMemStats.from_state_dict(torch.load(tmp_path / "reduced.pt", weights_only=True))
     x, y = toy_data()
-    single = measure(ToyAdapter().double(), (x.double(), y), augment=shift_aug, n_views=3, batch_size=4, progress=False)
+    single = measure(ToyAdapter().double(), (x.double(), y), augment=shift_aug, augmentations=3, batch_size=4, progress=False)
     shard0, done0, _ = load_stats(tmp_path / "run.rank0-of-2.pt")
     assert done0 == list(range(0, 20, 2)) and shard0.count == 10
     assert reduced.count == 20 and torch.equal(reduced.argmax, single.argmax) and torch.equal(reduced.max, single.max)
@@ -225,7 +226,7 @@ def test_family_small_preset(family, preset, tmp_path):
         ref = torch.stack([full[b][:, s:e].abs().mean(1) for b in range(len(full))], 1)
         assert torch.allclose(v[:, gi], ref, rtol=1e-5, atol=1e-6)
     aug = Augment(model.image_size, hflip=True)
-    stats = measure(model, (x, y), augment=aug, n_views=2, batch_size=3, seed=1, progress=False, stats_path=tmp_path / "s.pt")
+    stats = measure(model, (x, y), augment=aug, augmentations=2, batch_size=3, seed=1, progress=False, stats_path=tmp_path / "s.pt")
     per_view = []
     for view in range(2):
         with torch.no_grad(), cap: model.logits(model.tokenize(aug.view(x, torch.arange(6), view, seed=1)), y)
@@ -247,7 +248,7 @@ def test_canary_share_of_top_cells():
 def _saved_run(tmp_path, **kw):
     from memloc.data import Augment
     model, data = ToyAdapter().eval(), toy_data(12)
-    run = dict(augment=Augment(8, hflip=False), n_views=2, batch_size=4, progress=False, **kw)
+    run = dict(augment=Augment(8, hflip=False), augmentations=2, batch_size=4, progress=False, **kw)
     st = measure(model, data, **run, stats_path=tmp_path / "s.pt")
     return model, data, run, st
 
@@ -324,14 +325,14 @@ def test_measure_refuses_bad_images(bad, text):
     if bad == "nan": imgs[2, 0, 0, 0] = float("nan")
     else: imgs = imgs * 255
     with pytest.raises(ValueError, match=text):
-        measure(model, (imgs, labels), n_views=1, batch_size=3, progress=False)
+        measure(model, (imgs, labels), augmentations=1, batch_size=3, progress=False)
 
 
 def test_matching_stats_for_reuse_by_another_stage(tmp_path):
     from memloc.data import Augment
     from memloc.unitmem import matching_stats
     model, data, run, st = _saved_run(tmp_path)
-    kw = dict(augment=run["augment"], n_views=2, batch_size=4)
+    kw = dict(augment=run["augment"], augmentations=2, batch_size=4)
     got, why = matching_stats(tmp_path / "s.pt", model, data, range(12), **kw)
     assert why == "ok" and torch.equal(got.sum, st.sum)
     for args, text in [((ToyAdapter(seed=1).eval(), data, range(12)), "weights: saved"),
@@ -355,5 +356,5 @@ def test_a_bfloat16_run_is_not_reused_as_float32(tmp_path):
             measure(model, data, **run, stats_path=tmp_path / "s.pt")
         bf = measure(model, data, **run, stats_path=tmp_path / "bf.pt")
     got, why = matching_stats(tmp_path / "bf.pt", model, data, run.get("points", range(len(data[0]))), run.get("augment"),
-                              run["n_views"], run.get("seed", 0))
+                              run["augmentations"], run.get("seed", 0))
     assert got is None and "precision" in why

@@ -5,8 +5,9 @@ import pytest
 from fixture_json import edited
 import torch
 
-from memloc.var import (VAR, VQVAE, CheckpointError, VARConfig, VQVAEConfig, build_model, fixture_call, fixtures_dir, load_fixture,
-                        read_state_dict, load_strict, phi_index, preset_config)
+from memloc.fixtures import fixture_call, fixtures_dir
+from memloc.var import (VAR, VQVAE, CheckpointError, VARConfig, VQVAEConfig, build_model, fixture_model, read_state_dict, load_strict,
+                        phi_index, preset_config)
 
 ATOL = 2e-5
 FIX = fixtures_dir()
@@ -62,7 +63,7 @@ def test_presets_match_released_counts():
 @pytest.fixture(scope="module")
 def tiny():
     torch.set_num_threads(1)
-    return load_fixture("var_tiny")
+    return fixture_model("var_tiny")
 
 
 @needs_fixtures
