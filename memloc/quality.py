@@ -182,16 +182,22 @@ _KEYS = {"frechet_inception_distance": "fid", "inception_score_mean": "is_mean",
          "kernel_inception_distance_mean": "kid_mean", "kernel_inception_distance_std": "kid_std",
          "precision": "precision", "recall": "recall", "f_score": "f_score"}
 
-def _fid_against_stats(gen, stats_path, feature_extractor, weights_path, batch_size, cuda):
+def _against_stats(gen, stats_path, feature_extractor, weights_path, batch_size, cuda, isc: bool, seed: int):
+    "FID against the reference statistics in `stats_path`, and the Inception Score if `isc`, from one pass of the feature extractor (torch-fidelity's own functions)."
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
     p = resolve(stats_path)
     if not p.is_file(): raise FileNotFoundError(f"fid_stats_path: {p} does not exist (an .npz with mu and sigma)")
     ref = np.load(p)
-    fe = create_feature_extractor(feature_extractor, ["2048"], cuda=cuda, feature_extractor_weights_path=weights_path, verbose=False)
-    feats = get_featuresdict_from_dataset(gen, fe, batch_size, cuda, True, False)["2048"]
-    st = fid_features_to_statistics(feats)
-    return fid_statistics_to_metric(st, {"mu": ref["mu"].astype(st["mu"].dtype), "sigma": ref["sigma"].astype(st["sigma"].dtype)}, False)
+    layer = FEATURE_EXTRACTORS_REGISTRY[feature_extractor].get_default_feature_layer_for_metric
+    names = [layer("fid")] + ([layer("isc")] if isc else [])
+    fe = create_feature_extractor(feature_extractor, names, cuda=cuda, feature_extractor_weights_path=weights_path, verbose=False)
+    feats = get_featuresdict_from_dataset(gen, fe, batch_size, cuda, True, False)
+    st = fid_features_to_statistics(feats[names[0]])
+    out = fid_statistics_to_metric(st, {"mu": ref["mu"].astype(st["mu"].dtype), "sigma": ref["sigma"].astype(st["sigma"].dtype)}, False)
+    if isc: out.update(isc_features_to_metric(feats[names[1]], 10, True, seed))   # as calculate_metrics: 10 splits, shuffled by the seed
+    return out
 
 def fidelity_metrics(generated_N3HW,                  # generated images, float in [0,1] or uint8
                      reference_M3HW=None,             # real images (None: FID from fid_stats_path only)
@@ -215,7 +221,8 @@ def fidelity_metrics(generated_N3HW,                  # generated images, float 
     want, out = set(metrics), {}
     if ref is None and want & {"kid", "prc"}: raise ValueError("KID and precision/recall need reference images")
     if ref is None and "fid" in want and fid_stats_path is None: raise ValueError("FID needs reference images or fid_stats_path")
-    main = dict(isc="isc" in want, fid="fid" in want and ref is not None and fid_stats_path is None,
+    by_stats = "fid" in want and fid_stats_path is not None   # FID (and IS) from the statistics file, in one feature pass
+    main = dict(isc="isc" in want and not by_stats, fid="fid" in want and ref is not None and fid_stats_path is None,
                 kid="kid" in want)
     if main["kid"]: common_kid = dict(kid_subsets=kid_subsets, kid_subset_size=min(kid_subset_size, len(gen), len(ref)))
     else: common_kid = {}
@@ -224,8 +231,7 @@ def fidelity_metrics(generated_N3HW,                  # generated images, float 
                                              feature_extractor=feature_extractor,
                                              feature_extractor_weights_path=weights_path, **main, **common_kid, **common)
         out.update(r)
-    if "fid" in want and fid_stats_path is not None:
-        out.update(_fid_against_stats(gen, fid_stats_path, feature_extractor, weights_path, batch_size, cuda))
+    if by_stats: out.update(_against_stats(gen, fid_stats_path, feature_extractor, weights_path, batch_size, cuda, "isc" in want, seed))
     if "prc" in want:
         fe = prc_feature_extractor or feature_extractor
         if fe != DIGITS_EXTRACTOR and (prc_weights_path or weights_path) is None:

@@ -429,7 +429,8 @@ def _quality_text(d):
     c = q.get("digits_classifier", {})
     fids = ", ".join(f"{m} {e['fid']:.2f}" for m, e in q["models"].items())
     fe = next(iter(q["models"].values()))["feature_extractor"]
-    return (f"FID against the training digits: {fids}, with `{fe}` as feature extractor"
+    against = "the training digits" if c else "the training set's reference statistics (`fid_stats_path`)"
+    return (f"FID against {against}: {fids}, with `{fe}` as feature extractor"
             + (f" (a digits classifier, {c['test_accuracy']:.0%} accurate on held-out digits)" if c else "") +
             ". These are the reference values the intervention's FID is compared with.")
 

@@ -147,6 +147,14 @@ def test_fid_statistics_and_inception_offline(assets):
     r = fidelity_metrics(imgs[:10], None, "inception-v3-compat", assets["inception_path"], fid_stats_path=assets["fid_stats_path"],
                          metrics=("fid",))
     assert np.isfinite(r["fid"]) and r["fid"] >= 0
+    both = fidelity_metrics(imgs[:10], None, "inception-v3-compat", assets["inception_path"], fid_stats_path=assets["fid_stats_path"],
+                            metrics=("fid", "isc"), seed=3)           # one pass of the extractor gives both
+    import torch_fidelity
+    from memloc.quality import _Images, to_uint8
+    isc = torch_fidelity.calculate_metrics(input1=_Images(to_uint8(imgs[:10])), isc=True, feature_extractor="inception-v3-compat",
+                                           feature_extractor_weights_path=assets["inception_path"], cuda=False, batch_size=64,
+                                           verbose=False, rng_seed=3, samples_shuffle=True, cache=False, save_cpu_ram=True)
+    assert both["fid"] == r["fid"] and both["is_mean"] == isc["inception_score_mean"] and both["is_std"] == isc["inception_score_std"]
 
 
 def test_models_load_through_the_registry(assets, smoke_ini, monkeypatch):
