@@ -451,6 +451,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'memloc.quality._Images.__len__': ('quality.html#_images.__len__', 'memloc/quality.py'),
                                 'memloc.quality._against_stats': ('quality.html#_against_stats', 'memloc/quality.py'),
                                 'memloc.quality._checked_weights': ('quality.html#_checked_weights', 'memloc/quality.py'),
+                                'memloc.quality._extractor': ('quality.html#_extractor', 'memloc/quality.py'),
                                 'memloc.quality._folder_record': ('quality.html#_folder_record', 'memloc/quality.py'),
                                 'memloc.quality.accuracy': ('quality.html#accuracy', 'memloc/quality.py'),
                                 'memloc.quality.digits_holdout': ('quality.html#digits_holdout', 'memloc/quality.py'),

@@ -5,6 +5,7 @@
 # %% ../nbs/05_quality.ipynb #3e53a4b6
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -182,9 +183,15 @@ _KEYS = {"frechet_inception_distance": "fid", "inception_score_mean": "is_mean",
          "kernel_inception_distance_mean": "kid_mean", "kernel_inception_distance_std": "kid_std",
          "precision": "precision", "recall": "recall", "f_score": "f_score"}
 
+@functools.lru_cache(maxsize=4)
+def _extractor(name: str, layers: tuple, weights_path, cuda: bool):
+    "A torch-fidelity feature extractor, built (and its weight file read) once per process: the intervention and localization stages compute dozens of FIDs."
+    from torch_fidelity.utils import create_feature_extractor
+    return create_feature_extractor(name, list(layers), cuda=cuda, feature_extractor_weights_path=weights_path, verbose=False)
+
 def _against_stats(gen, stats_path, feature_extractor, weights_path, batch_size, cuda, isc: bool, seed: int):
     "FID against the reference statistics in `stats_path`, and the Inception Score if `isc`, from one pass of the feature extractor (torch-fidelity's own functions)."
-    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+    from torch_fidelity.utils import get_featuresdict_from_dataset
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
     p = resolve(stats_path)
@@ -192,7 +199,7 @@ def _against_stats(gen, stats_path, feature_extractor, weights_path, batch_size,
     ref = np.load(p)
     layer = FEATURE_EXTRACTORS_REGISTRY[feature_extractor].get_default_feature_layer_for_metric
     names = [layer("fid")] + ([layer("isc")] if isc else [])
-    fe = create_feature_extractor(feature_extractor, names, cuda=cuda, feature_extractor_weights_path=weights_path, verbose=False)
+    fe = _extractor(feature_extractor, tuple(names), weights_path, bool(cuda))
     feats = get_featuresdict_from_dataset(gen, fe, batch_size, cuda, True, False)
     st = fid_features_to_statistics(feats[names[0]])
     out = fid_statistics_to_metric(st, {"mu": ref["mu"].astype(st["mu"].dtype), "sigma": ref["sigma"].astype(st["sigma"].dtype)}, False)

@@ -451,11 +451,24 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     sm = sub.add_parser("smoke-assets", help="write the input files of profile [smoke] (tiny models, a small ImageNet-layout folder)")
     sm.add_argument("root", nargs="?", default="runs/smoke/assets", help="where (default: runs/smoke/assets, where [smoke] reads them)")
+    fs = sub.add_parser("fid-stats", help="compute FID's reference statistics of a profile's data_root into its fid_stats_path (once; cached)")
+    fs.add_argument("--profile", default="full", help="a section of settings.ini with data_root, inception_path and fid_stats_path (default: full)")
+    fs.add_argument("--batch-size", type=int, default=64)
     a = ap.parse_args(argv)
     if a.cmd == "smoke-assets":
         from memloc.config import resolve
         from memloc.smoke import make_smoke_assets
         make_smoke_assets(resolve(a.root)); return
+    if a.cmd == "fid-stats":
+        from memloc.quality import fid_reference_stats
+        try:
+            s = load_settings(a.profile)
+            check_paths(s, ["data_root", "inception_path"])
+            out = fid_reference_stats(s.path("data_root"), s.path("fid_stats_path"), s.path("inception_path"), s.int("image_size"),
+                                      batch_size=a.batch_size, cuda=s.get("device", "cpu").startswith("cuda"))
+        except (SettingsError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr); raise SystemExit(2)
+        print(f"FID reference statistics: {out}"); return
     signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops a run as Ctrl-C does: the last good outputs stay
     signal.signal(signal.SIGINT, _interrupt)    # also where a background shell started the run with SIGINT ignored
     try:

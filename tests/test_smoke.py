@@ -191,3 +191,20 @@ def test_reproduce_check_skips_the_miniature_stages(assets, smoke_ini, capsys):
     assert "skipped (the miniature's own; profile [smoke] names no testbed): testbed, implant, ground_truth" in out
     assert "ok extraction: parameters" in out and "ok ground_truth: parameters" not in out
     assert "ok llamagen_smoke_path: 18 keys match the generator of LLAMAGEN llamagen_smoke" in out
+
+
+def test_fid_stats_command_reuses_the_cached_statistics(assets, smoke_ini, monkeypatch, capsys, tmp_path):
+    from memloc.reproduce import main
+    monkeypatch.setenv("MEMLOC_ROOT", str(smoke_ini.parent))
+    before = Path(assets["fid_stats_path"]).stat().st_mtime_ns
+    main(["fid-stats", "--profile", "smoke"])
+    assert assets["fid_stats_path"] in capsys.readouterr().out
+    assert Path(assets["fid_stats_path"]).stat().st_mtime_ns == before        # same folder, extractor and size: not recomputed
+    bad = tmp_path / "bad"; bad.mkdir()
+    cp = configparser.ConfigParser(interpolation=None); cp.read(smoke_ini)
+    cp["smoke"]["data_root"] = str(bad / "no-such-folder")
+    with open(bad / "settings.ini", "w") as f: cp.write(f)
+    (bad / "pyproject.toml").write_text("")
+    monkeypatch.setenv("MEMLOC_ROOT", str(bad))
+    with pytest.raises(SystemExit) as e: main(["fid-stats", "--profile", "smoke"])
+    assert e.value.code == 2 and "data_root" in capsys.readouterr().err
