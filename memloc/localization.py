@@ -51,6 +51,7 @@ def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(..
     got = got[torch.randperm(len(got), generator=g)]
     k = max(1, round(target_fraction * len(got)))
     pool = members[~torch.isin(members, idx[ext])]
+    if len(pool) == 0: raise ValueError(f"the attack extracted all {len(members)} training images: none is left as a reference (use a larger subset)")
     refs = pool[torch.randperm(len(pool), generator=g)[:n_references]]
     return dict(targets=got[:k].sort().values, others=got[k:].sort().values, references=refs.sort().values)
 

@@ -121,7 +121,7 @@ def smoke_settings(root) -> dict:
     return out
 
 def make_smoke_assets(root,                 # the assets folder (settings.ini [smoke] expects runs/smoke/assets)
-                      per_class: int = 5,   # images per class: every [smoke] subset fraction keeps one or more per class
+                      per_class: int = 10,  # images per class: every [smoke] subset fraction keeps two or more per class (one a candidate of the attack, one a reference)
                       image_size: int = 256,# the size the full path resizes to, and the FID statistics' size
                       seed: int = 0,
                       verbose: bool = True) -> dict:
