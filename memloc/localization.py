@@ -308,9 +308,13 @@ def learned_mask(model, evidence: Evidence,
             for _ in range(steps):
                 m = theta.sigmoid()
                 it, ir = pick(len(tok_t)), pick(len(tok_r))
-                with _autocast(dev, dtype):
-                    t = tf_prob(model, tok_t[it].to(dev), ev.target_labels[it].to(dev)).mean() if target_term == "prob"                         else -loss(tok_t, ev.target_labels, it).mean()
-                    obj = t + ref_weight * (loss(tok_r, ev.reference_labels, ir) - base_r[ir.to(base_r.device)]).abs().mean()
+                with _autocast(dev, dtype):   # targets and references in one forward pass
+                    tok = torch.cat([tok_t[it], tok_r[ir]]).to(dev)
+                    lp = model.logits(tok, torch.cat([ev.target_labels[it], ev.reference_labels[ir]]).to(dev)).float().log_softmax(-1)
+                    lp = lp.gather(-1, tok[..., None])[..., 0]              # log-probability of each true token
+                    nt = len(it)
+                    t = lp[:nt].exp().mean(1).mean() if target_term == "prob" else lp[:nt].mean(1).mean()   # minus the loss: the mean log-probability
+                    obj = t + ref_weight * (-lp[nt:].mean(1) - base_r[ir.to(base_r.device)]).abs().mean()
                 obj = obj + l1 * (1 - m).sum()
                 opt.zero_grad(); obj.backward(); opt.step()
     finally: model.train(was)
@@ -661,7 +665,8 @@ def study_task(task: dict) -> dict:
                     seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"])
     ev = Evidence.of(load, sets, cfg["batch_size"])
-    probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"], cfg["batch_size"])
+    probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"],
+                        cfg.get("attack_batch", cfg["batch_size"]))
     tb = cfg["testbeds"][testbed]
     methods, record = {}, {}
     if task["part"] == "methods":
