@@ -439,7 +439,7 @@ def score_dataset(model,                # a family adapter
     def compute(items, xy):
         x, y = xy
         return {"scores": candidate_scores(model, x, y, batch_size), "labels": torch.as_tensor(y)}
-    meta = dict(task="candidate scores", weights=weights_fingerprint(model), score_range=list(model.score_range()),
+    meta = None if state_dir is None else dict(task="candidate scores", weights=weights_fingerprint(model), score_range=list(model.score_range()),
                 precision=precision_of(model), data=str(getattr(dataset, "root", type(dataset).__name__)), items=len(dataset),
                 indices=hashlib.sha256(torch.tensor(idx, dtype=torch.int64).numpy().tobytes()).hexdigest())
     out = run_batches(compute, len(idx), batch_size, state_dir, meta, save_every, loader, "candidate scan", progress)

@@ -313,11 +313,12 @@ def sample_images(model, n_samples: int, seed: int = 0, batch_size: int = 64,
         g = torch.Generator(device=dev).manual_seed(seed * 100_003 + items.start // batch_size)
         y = labels[items.start:items.stop].to(dev)
         return {"images": to_uint8(model.decode(model.generate(y, generator=g, **gen_opts)).float())}
-    meta = dict(task="samples", weights=weights_fingerprint(model), seed=seed, precision=precision_of(model),
-                sampler=json.dumps({k: v for k, v in gen_opts.items() if k != "generator"}, sort_keys=True, default=str))
+    meta = None if state_dir is None else dict(   # what saved samples were made from (the weights' hash only where they are saved)
+        task="samples", weights=weights_fingerprint(model), seed=seed, precision=precision_of(model),
+        sampler=json.dumps({k: v for k, v in gen_opts.items() if k != "generator"}, sort_keys=True, default=str))
     if "generator" in gen_opts: raise ValueError("sample_images seeds every batch itself (seed, batch); pass seed, not a generator")
     if n_samples < 1: raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    out = run_batches(compute, n_samples, batch_size, state_dir, meta if state_dir else None, save_every, desc="samples", progress=progress)
+    out = run_batches(compute, n_samples, batch_size, state_dir, meta, save_every, desc="samples", progress=progress)
     return out["images"], labels
 
 def sample_and_score(model,                   # a family adapter
