@@ -39,7 +39,8 @@ def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(..
                members: torch.Tensor,         # data set indices of the training images
                target_fraction: float = 0.5,  # share of the extracted training images given to the methods
                n_references: int = 64,        # reference training images (not extracted)
-               seed: int = 0) -> dict:
+               seed: int = 0,
+               max_others: int | None = None) -> dict:   # at most this many held-out memorized images (a seeded sample; None: all)
     "Data set indices of the targets, the held-out memorized images and the references (each sorted)."
     if not 0 < target_fraction <= 1: raise ValueError(f"target_fraction must be in (0, 1], got {target_fraction}")
     if "extracted" not in attack: raise KeyError("attack has no 'extracted' flags: load it with memloc.extraction.load_attack")
@@ -53,7 +54,8 @@ def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(..
     pool = members[~torch.isin(members, idx[ext])]
     if len(pool) == 0: raise ValueError(f"the attack extracted all {len(members)} training images: none is left as a reference (use a larger subset)")
     refs = pool[torch.randperm(len(pool), generator=g)[:n_references]]
-    return dict(targets=got[:k].sort().values, others=got[k:].sort().values, references=refs.sort().values)
+    return dict(targets=got[:k].sort().values, others=got[k:k + max_others if max_others is not None else None].sort().values,
+                references=refs.sort().values)
 
 # %% ../nbs/15_localization.ipynb #5aaba026
 @dataclass
@@ -445,6 +447,7 @@ def mitigation(model, scores: torch.Tensor, probe,
                fid_ps=None,                   # budgets that get an FID (None: every one)
                cache: ResultCache | None = None,
                model_key: str | None = None,  # the model's fingerprint (default: computed)
+               fid_factors=None,              # factors that get an FID at those budgets (None: every one)
               ) -> list[dict]:
     "Targets and held-out memorized images extracted, and FID, with each top-p% selection of `scores` scaled by each factor."
     cache = cache or ResultCache()
@@ -458,7 +461,8 @@ def mitigation(model, scores: torch.Tensor, probe,
     rows = [dict(p=0.0, factor=1.0, n_units=0, **run(torch.zeros(0, 2, dtype=torch.long), 1.0, n_samples))]
     for p in top_ps:
         units, n = select_units(scores, p), n_samples if fid_ps is None or p in fid_ps else 0
-        rows += [dict(p=float(p), factor=float(f), n_units=len(units), **run(units, f, n)) for f in factors]
+        rows += [dict(p=float(p), factor=float(f), n_units=len(units), **run(units, f, n if fid_factors is None or f in fid_factors else 0))
+                 for f in factors]
     return rows
 
 def empirical_p(value: float, draws, lower_is_better: bool = True) -> float:
@@ -598,11 +602,12 @@ def benchmark(model, evidence: Evidence, probe, sets: dict,
               random_draws: int = 10, random_fid_draws: int = 2, n_samples: int = 100, fid_ps=None,
               cache: ResultCache | None = None, folder=None,
               draws=None,                    # which random draws (default: all `random_draws`)
+              fid_factors=None,              # factors that get an FID at fid_ps (None: every one)
              ) -> dict:
     "Scores, their seconds and the mitigation rows of every method on one model, and of the random draws."
     mk, cache = model_fingerprint(model), cache or ResultCache()
     out = dict(scores={}, seconds={}, mitigation={}, random=[])
-    mit = lambda s, n: mitigation(model, s, probe, sets["targets"], sets["others"], top_ps, factors, n, fid_ps, cache, mk)
+    mit = lambda s, n: mitigation(model, s, probe, sets["targets"], sets["others"], top_ps, factors, n, fid_ps, cache, mk, fid_factors=fid_factors)
     for name, opts in methods.items():
         out["scores"][name], out["seconds"][name] = method_scores(name, model, evidence, opts, folder, mk)
         out["mitigation"][name] = mit(out["scores"][name], n_samples)
@@ -663,10 +668,9 @@ def study_task(task: dict) -> dict:
                 mit.setdefault(m, []).append(dict(model=name, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
         return dict(out, recall=rec.assign(model=name), ks=ks, n_units=nb * h, implant_mitigation=mit, added=cache.added, hits=cache.hits, misses=cache.misses,
                     seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
-    sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"])
+    sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"], cfg.get("max_others"))
     ev = Evidence.of(load, sets, cfg["batch_size"])
-    probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"],
-                        cfg.get("attack_batch", cfg["batch_size"]))
+    probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"], cfg["batch_size"])
     tb = cfg["testbeds"][testbed]
     methods, record = {}, {}
     if task["part"] == "methods":
@@ -676,7 +680,7 @@ def study_task(task: dict) -> dict:
                       attack=att_src, prefix=att["prefix"], threshold=att["backend"].threshold, backend=att["backend"].name,
                       unitmem_statistics=st_src, unitmem_points=n_pts, unitmem_seconds=t_um)
     b = benchmark(model, ev, probe, sets, methods, tb["top_ps"], cfg["factors"], tb["random_draws"], tb["random_fid_draws"],
-                  cfg["n_samples"], tb["fid_ps"], cache, cfg["out"], draws=task.get("draws", []))
+                  cfg["n_samples"], tb["fid_ps"], cache, cfg["out"], draws=task.get("draws", []), fid_factors=cfg.get("fid_factors"))
     b.pop("scores")
     if task["part"] == "methods": record["seconds_per_method"] = dict(b["seconds"])
     return dict(out, bench=b, record=record, added=cache.added, hits=cache.hits, misses=cache.misses, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
