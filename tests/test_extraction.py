@@ -12,7 +12,7 @@ from memloc.config import repo_root
 from memloc.data import load_digits
 from memloc.extraction import (BACKENDS, LookupModel, calibrate_threshold, candidate_scores, extract,
                                generate_uncached, greedy_from_prefix, make_backend, results_entry, run_attack,
-                               save_results, score_dataset, select_candidates, summarize, tokenize_all)
+                               save_results, scan_candidates, score_dataset, select_candidates, summarize, tokenize_all)
 
 torch.set_num_threads(1)
 
@@ -37,12 +37,20 @@ def test_scores_rank_memorized_first(toy):
     with pytest.raises(ValueError, match="labels"): candidate_scores(model, x, y[:3])
 
 
-def test_streamed_scores_equal_in_memory(toy):
+def test_streamed_scores_equal_in_memory(toy, tmp_path):
     model, x, y = toy
     ds = torch.utils.data.TensorDataset(x, y)
     keep = torch.tensor([0, 3, 5, 20, 23])
     s, lab = score_dataset(model, ds, keep, batch_size=2, num_workers=0)
     assert torch.equal(lab, y[keep]) and torch.equal(s, candidate_scores(model, x[keep], y[keep]))
+    saved = score_dataset(model, ds, keep, batch_size=2, num_workers=0, state_dir=tmp_path, save_every=1, progress=False)
+    again = score_dataset(model, ds, keep, batch_size=2, num_workers=0, state_dir=tmp_path, progress=False)   # read back, not scored
+    assert torch.equal(saved[0], s) and torch.equal(again[0], s) and len(list(tmp_path.glob("*/part-*"))) == 3
+    other = score_dataset(model, ds, keep[:3], batch_size=2, num_workers=0, state_dir=tmp_path, progress=False)  # other points: own folder
+    assert torch.equal(other[0], s[:3]) and len(list(tmp_path.iterdir())) == 2
+    sel, imgs, labels, scores = scan_candidates(model, ds, keep, per_class=1, batch_size=2, num_workers=0)
+    assert torch.equal(sel, select_candidates(s, lab, per_class=1)) and torch.equal(imgs, x[keep[sel]])
+    assert torch.equal(labels, y[keep[sel]]) and torch.equal(scores, s[sel])
 
 
 def test_prefix_generation_dedupes_and_matches_uncached(toy):
