@@ -350,6 +350,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'memloc/localization.py'),
                                      'memloc.localization.Evidence.of': ('localization.html#evidence.of', 'memloc/localization.py'),
                                      'memloc.localization.Method': ('localization.html#method', 'memloc/localization.py'),
+                                     'memloc.localization.NothingToLocalize': ( 'localization.html#nothingtolocalize',
+                                                                                'memloc/localization.py'),
                                      'memloc.localization.PlantedToy': ('localization.html#plantedtoy', 'memloc/localization.py'),
                                      'memloc.localization.PlantedToy.__init__': ( 'localization.html#plantedtoy.__init__',
                                                                                   'memloc/localization.py'),

@@ -25,16 +25,19 @@ from .unitmem import UnitCapture, measure
 from .var_scales import _autocast, model_fingerprint
 
 # %% auto #0
-__all__ = ['METHODS', 'COLORS', 'audit_sets', 'Evidence', 'Method', 'register_method', 'localize', 'act_hooks', 'requires_grad',
-           'tf_loss', 'tf_prob', 'PlantedToy', 'planted_evidence', 'unitmem_scores', 'unit_values',
-           'activation_contrast', 'attribution', 'gradient_scores', 'learned_mask', 'random_scores', 'top_units',
-           'recall_at_k', 'recall_curve', 'load_implants_or_none', 'implant_recall', 'fingerprint', 'probe_fingerprint',
-           'ResultCache', 'count_in', 'attack_and_fid', 'mitigation', 'empirical_p', 'testbed_model', 'training_points',
-           'unitmem_stats', 'audit_probe', 'testbed_attack', 'cached_attack', 'study_inputs', 'method_scores',
-           'benchmark', 'study_task', 'run_tasks', 'results_entry', 'random_entry', 'headline_table', 'pareto_front',
-           'plot_pareto', 'plot_recall']
+__all__ = ['METHODS', 'COLORS', 'NothingToLocalize', 'audit_sets', 'Evidence', 'Method', 'register_method', 'localize',
+           'act_hooks', 'requires_grad', 'tf_loss', 'tf_prob', 'PlantedToy', 'planted_evidence', 'unitmem_scores',
+           'unit_values', 'activation_contrast', 'attribution', 'gradient_scores', 'learned_mask', 'random_scores',
+           'top_units', 'recall_at_k', 'recall_curve', 'load_implants_or_none', 'implant_recall', 'fingerprint',
+           'probe_fingerprint', 'ResultCache', 'count_in', 'attack_and_fid', 'mitigation', 'empirical_p',
+           'testbed_model', 'training_points', 'unitmem_stats', 'audit_probe', 'testbed_attack', 'cached_attack',
+           'study_inputs', 'method_scores', 'benchmark', 'study_task', 'run_tasks', 'results_entry', 'random_entry',
+           'headline_table', 'pareto_front', 'plot_pareto', 'plot_recall']
 
 # %% ../nbs/15_localization.ipynb #e859fc41
+class NothingToLocalize(ValueError):
+    "The attack left no target or no reference on a model: the benchmark skips it and says why."
+
 def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(...)`: indices, groups, extracted
                members: torch.Tensor,         # data set indices of the training images
                target_fraction: float = 0.5,  # share of the extracted training images given to the methods
@@ -47,12 +50,12 @@ def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(..
     idx, ext = torch.as_tensor(attack["indices"]), torch.as_tensor(attack["extracted"]).bool()
     train = torch.tensor([g != "non_member" for g in attack["groups"]])
     got = idx[ext & train & torch.isin(idx, members)]
-    if len(got) == 0: raise ValueError("the attack extracted no training image: there is nothing to localize")
+    if len(got) == 0: raise NothingToLocalize("the attack extracted no training image: there is nothing to localize")
     g = torch.Generator().manual_seed(int(seed))
     got = got[torch.randperm(len(got), generator=g)]
     k = max(1, round(target_fraction * len(got)))
     pool = members[~torch.isin(members, idx[ext])]
-    if len(pool) == 0: raise ValueError(f"the attack extracted all {len(members)} training images: none is left as a reference (use a larger subset)")
+    if len(pool) == 0: raise NothingToLocalize(f"the attack extracted all {len(members)} training images: none is left as a reference (use a larger subset)")
     refs = pool[torch.randperm(len(pool), generator=g)[:n_references]]
     return dict(targets=got[:k].sort().values, others=got[k:k + max_others if max_others is not None else None].sort().values,
                 references=refs.sort().values)
@@ -668,7 +671,9 @@ def study_task(task: dict) -> dict:
                 mit.setdefault(m, []).append(dict(model=name, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
         return dict(out, recall=rec.assign(model=name), ks=ks, n_units=nb * h, implant_mitigation=mit, added=cache.added, hits=cache.hits, misses=cache.misses,
                     seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
-    sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"], cfg.get("max_others"))
+    try: sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"], cfg.get("max_others"))
+    except NothingToLocalize as e:   # e.g. a model the attack recovers nothing from: recorded, not benchmarked
+        return dict(out, skipped=str(e), added={}, hits=0, misses=0, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     ev = Evidence.of(load, sets, cfg["batch_size"])
     probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"], cfg["batch_size"])
     tb = cfg["testbeds"][testbed]
