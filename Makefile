@@ -43,13 +43,16 @@ reproduce: $(STAMP)
 
 # The dry run of the full-scale path: profile [smoke] (tiny models in the released file formats, an
 # ImageNet-layout folder, SSCD and Inception stand-ins) through every stage's full-scale branch, on the
-# CPU, with every process offline (tests/offline); then tests/test_smoke_run.py checks what it wrote.
+# CPU, with every process offline (tests/offline), and the stages that take a dtype once more under bf16
+# autocast (their own output folders); then tests/test_smoke_run.py checks what both wrote.
 SMOKE_ENV := PYTHONPATH=$(CURDIR)/tests/offline MEMLOC_OFFLINE_LOG=$(CURDIR)/runs/smoke/network.log
 smoke: $(STAMP)
-	rm -rf runs/smoke figures/smoke
+	rm -rf runs/smoke figures/smoke runs/smoke-bf16 figures/smoke-bf16
 	mkdir -p runs/smoke
 	$(SMOKE_ENV) $(BIN)/memloc smoke-assets runs/smoke/assets
 	$(SMOKE_ENV) $(BIN)/memloc reproduce --profile smoke --no-progress
+	$(SMOKE_ENV) $(BIN)/memloc reproduce --profile smoke --only var_scales rar_blocks --no-progress \
+	  --set dtype=bfloat16 --set figures_dir=figures/smoke-bf16 --set runs_dir=runs/smoke-bf16
 	MEMLOC_SMOKE_RUN=1 $(BIN)/python -m pytest tests/test_smoke_run.py -q -p no:cacheprovider
 
 # The report again from the saved results, every figure redrawn from its table (no stage runs).

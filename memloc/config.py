@@ -111,7 +111,10 @@ def load_settings(profile: str = "mini", path: str | os.PathLike | None = None) 
     if profile not in cp.sections():
         raise SettingsError(f"profile [{profile}] is not in {path}; profiles: {', '.join(cp.sections())}")
     others = set(cp.defaults()) | {k for s in cp.sections() for k in cp[s]}
-    return Settings(profile, dict(cp[profile]), path, others)
+    values = dict(cp[profile])
+    try: values.update(json.loads(os.environ.get("MEMLOC_SET") or "{}").get(profile, {}))   # `memloc reproduce --set`: this run's values
+    except (ValueError, AttributeError): raise SettingsError(f"MEMLOC_SET is not a JSON object of profiles: {os.environ['MEMLOC_SET']!r}") from None
+    return Settings(profile, values, path, others)
 
 def check_paths(settings: Settings, keys: list[str] | None = None) -> dict[str, Path]:
     "Resolve the path settings `keys` (default: every input path, not `OUTPUT_KEYS`); raise one `SettingsError` naming every missing one."

@@ -449,6 +449,8 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     r.add_argument("--force", action="store_true", help="run stages even if their inputs did not change")
     r.add_argument("--check", action="store_true", help="validate settings, paths, output folders, checksums and checkpoints; run nothing")
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
+    r.add_argument("--set", dest="values", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the profile for this run only (the driver and every stage read it; repeat for more)")
     sm = sub.add_parser("smoke-assets", help="write the input files of profile [smoke] (tiny models, a small ImageNet-layout folder)")
     sm.add_argument("root", nargs="?", default="runs/smoke/assets", help="where (default: runs/smoke/assets, where [smoke] reads them)")
     fs = sub.add_parser("fid-stats", help="compute FID's reference statistics of a profile's data_root into its fid_stats_path (once; cached)")
@@ -471,6 +473,10 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
         print(f"FID reference statistics: {out}"); return
     signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops a run as Ctrl-C does: the last good outputs stay
     signal.signal(signal.SIGINT, _interrupt)    # also where a background shell started the run with SIGINT ignored
+    bad = [v for v in a.values if "=" not in v]
+    if bad: print(f"error: --set takes KEY=VALUE, got {bad[0]!r}", file=sys.stderr); raise SystemExit(2)
+    if a.values:   # through the environment: the stages' kernels read the same values
+        os.environ["MEMLOC_SET"] = json.dumps({a.profile: dict(v.split("=", 1) for v in a.values)})
     try:
         reproduce(a.profile, a.only, a.start, a.force, a.check, not a.no_progress, stages=stages)
     except (SettingsError, UsageError, FileNotFoundError) as e:

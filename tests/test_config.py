@@ -2,6 +2,7 @@ import hashlib
 
 import matplotlib
 import pandas as pd
+import json
 import pytest
 
 matplotlib.use("Agg")
@@ -146,3 +147,11 @@ def test_truncated_manifest_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMLOC_ROOT", str(tmp_path))
     with pytest.raises(SettingsError, match=str(mp)):
         load_model("var")
+
+
+def test_a_run_sets_values_for_its_profile_only(monkeypatch):
+    "`memloc reproduce --set` passes its values through MEMLOC_SET: every process of the run reads them, for that profile only."
+    monkeypatch.setenv("MEMLOC_SET", json.dumps({"smoke": {"dtype": "bfloat16"}}))
+    assert load_settings("smoke")["dtype"] == "bfloat16" and load_settings("mini")["dtype"] == "float32"
+    monkeypatch.setenv("MEMLOC_SET", "dtype=bfloat16")
+    with pytest.raises(SettingsError, match="MEMLOC_SET"): load_settings("smoke")

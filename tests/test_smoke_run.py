@@ -54,6 +54,19 @@ def test_every_stage_took_its_full_scale_branch(stage):
         assert list(d.glob("*.png")), f"{d}: no figure"
 
 
+@pytest.mark.parametrize("stage", ["var_scales", "rar_blocks"])
+def test_the_dtype_stages_ran_under_bf16_autocast(stage):
+    "The second pass (`--set dtype=bfloat16`, into figures/smoke-bf16): the stages that take a dtype, on the CPU under bf16 autocast."
+    s = next(x for x in STAGES if x.name == stage)
+    nb = json.loads((ROOT / "runs" / "smoke-bf16" / s.notebook).read_text())
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{s.notebook}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    params = "".join(next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))["source"])
+    assert 'dtype = "bfloat16"' in params
+    text = "".join(f.read_text() for f in (ROOT / "figures" / "smoke-bf16" / stage).glob("*.json"))
+    assert all(f'"{m}"' in text for m in STUDIED[stage])
+
+
 def test_the_report_has_a_section_per_stage():
     page = (FIGS / "REPORT.md").read_text()
     absent = [s.title for s in STAGES if s.name != "adaptation" and f"## {s.title}" not in page]
