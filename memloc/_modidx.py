@@ -116,6 +116,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'memloc/extraction.py'),
                                    'memloc.extraction.Similarity.with_threshold': ( 'extraction.html#similarity.with_threshold',
                                                                                     'memloc/extraction.py'),
+                                   'memloc.extraction._dataset_record': ('extraction.html#_dataset_record', 'memloc/extraction.py'),
                                    'memloc.extraction._missing': ('extraction.html#_missing', 'memloc/extraction.py'),
                                    'memloc.extraction._sscd_path': ('extraction.html#_sscd_path', 'memloc/extraction.py'),
                                    'memloc.extraction.attack_set': ('extraction.html#attack_set', 'memloc/extraction.py'),

@@ -420,6 +420,18 @@ def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folde
                 extracted=torch.tensor(df["extracted"].to_numpy().copy()), entry=e)
 
 # %% ../nbs/04_extraction.ipynb #5be9a11e
+def _dataset_record(dataset) -> str:
+    "What a dataset's items are, for a saved scan: an image folder's listing (files, labels, sizes) and image size, or a tensor dataset's bytes."
+    h = hashlib.sha256()
+    if hasattr(dataset, "samples") and hasattr(dataset, "root"):         # memloc.data.ImageFolder
+        h.update(f"{getattr(dataset, 'size', None)}\n".encode())
+        for f, y in dataset.samples: h.update(f"{Path(f).relative_to(dataset.root).as_posix()}\t{y}\t{Path(f).stat().st_size}\n".encode())
+        return f"folder {Path(dataset.root).name}: {h.hexdigest()}"
+    if hasattr(dataset, "tensors"):                                       # torch.utils.data.TensorDataset
+        for t in dataset.tensors: h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return f"tensors: {h.hexdigest()}"
+    raise ValueError(f"a saved scan needs to know what the dataset holds; {type(dataset).__name__} is neither an ImageFolder nor a TensorDataset (pass state_dir=None)")
+
 @torch.no_grad()
 def score_dataset(model,                # a family adapter
                   dataset,              # items `(image, label)`, e.g. `memloc.data.ImageFolder`
@@ -440,7 +452,7 @@ def score_dataset(model,                # a family adapter
         x, y = xy
         return {"scores": candidate_scores(model, x, y, batch_size), "labels": torch.as_tensor(y)}
     meta = None if state_dir is None else dict(task="candidate scores", weights=weights_fingerprint(model), score_range=list(model.score_range()),
-                precision=precision_of(model), data=str(getattr(dataset, "root", type(dataset).__name__)), items=len(dataset),
+                precision=precision_of(model), data=_dataset_record(dataset),
                 indices=hashlib.sha256(torch.tensor(idx, dtype=torch.int64).numpy().tobytes()).hexdigest())
     out = run_batches(compute, len(idx), batch_size, state_dir, meta, save_every, loader, "candidate scan", progress)
     return out["scores"], out["labels"]
@@ -449,6 +461,7 @@ def scan_candidates(model, dataset, indices, per_class: int = 5, batch_size: int
     "The attack's candidates among `dataset[indices]`, streamed: the `per_class` best-scored of each class, the only images loaded: (their positions in `indices`, images, labels, scores)."
     scores, labels = score_dataset(model, dataset, indices, batch_size, num_workers, state_dir)
     sel = select_candidates(scores, labels, per_class)
+    if len(sel) == 0: return sel, torch.zeros(0), labels[sel], scores[sel]
     images = torch.stack([dataset[int(indices[i])][0] for i in sel])
     return sel, images, labels[sel], scores[sel]
 

@@ -476,7 +476,13 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     bad = [v for v in a.values if "=" not in v]
     if bad: print(f"error: --set takes KEY=VALUE, got {bad[0]!r}", file=sys.stderr); raise SystemExit(2)
     if a.values:   # through the environment: the stages' kernels read the same values
-        os.environ["MEMLOC_SET"] = json.dumps({a.profile: dict(v.split("=", 1) for v in a.values)})
+        values = {k.strip().lower(): v.strip() for k, v in (x.split("=", 1) for x in a.values)}
+        try: known = load_settings(a.profile)
+        except SettingsError as e: print(f"error: {e}", file=sys.stderr); raise SystemExit(2)
+        unknown = [k for k in values if k not in known and k not in known.others]
+        if unknown: print(f"error: --set {', '.join(unknown)}: no such setting in settings.ini", file=sys.stderr); raise SystemExit(2)
+        os.environ["MEMLOC_SET"] = json.dumps({a.profile: values})
+        print("this run's settings: " + ", ".join(f"{k} = {v}" for k, v in values.items()))
     try:
         reproduce(a.profile, a.only, a.start, a.force, a.check, not a.no_progress, stages=stages)
     except (SettingsError, UsageError, FileNotFoundError) as e:

@@ -1,6 +1,7 @@
 "Profile [smoke]: its files are written offline, in the released formats, and `memloc reproduce --check` accepts them."
 import configparser
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -208,3 +209,21 @@ def test_fid_stats_command_reuses_the_cached_statistics(assets, smoke_ini, monke
     monkeypatch.setenv("MEMLOC_ROOT", str(bad))
     with pytest.raises(SystemExit) as e: main(["fid-stats", "--profile", "smoke"])
     assert e.value.code == 2 and "data_root" in capsys.readouterr().err
+
+
+def test_offline_blocker_refuses_the_network_and_logs_it(tmp_path):
+    "tests/offline (on PYTHONPATH in `make smoke`): names, connections and datagrams off the machine are refused and logged; loopback works."
+    import subprocess, sys
+    log = tmp_path / "network.log"
+    code = ("import socket, urllib.request\n"
+            "for f in (lambda: urllib.request.urlopen('http://localhost.example.com', timeout=1),\n"
+            "          lambda: socket.socket().connect_ex(('93.184.216.34', 80)),\n"
+            "          lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('8.8.8.8', 53))):\n"
+            "    try: f(); print('through')\n"
+            "    except OSError as e: print('blocked')\n"
+            "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(1)\n"
+            "socket.create_connection(srv.getsockname(), timeout=2).close(); print('loopback')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "offline"), "MEMLOC_OFFLINE_LOG": str(log)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["blocked"] * 3 + ["loopback"], r.stdout + r.stderr
+    assert len(log.read_text().splitlines()) == 3
