@@ -357,3 +357,12 @@ def test_refuses_outside_a_repository(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from memloc.reproduce import main; main()", "reproduce", "--check"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 2 and "not inside a memloc repository" in r.stderr, r.stderr
+
+
+def test_set_refuses_a_setting_that_does_not_exist(capsys, monkeypatch):
+    from memloc.reproduce import main
+    monkeypatch.setenv("MEMLOC_SET", "")          # restored after the test: main() exports the run's values
+    with pytest.raises(SystemExit) as e: main(["reproduce", "--profile", "mini", "--set", "dtpye=bfloat16", "--check"])
+    assert e.value.code == 2 and "dtpye" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e: main(["reproduce", "--profile", "mini", "--set", "dtype", "--check"])
+    assert e.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
