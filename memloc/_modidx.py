@@ -690,6 +690,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'memloc.shard._flush': ('shard.html#_flush', 'memloc/shard.py'),
                               'memloc.shard._merge': ('shard.html#_merge', 'memloc/shard.py'),
                               'memloc.shard._meta_text': ('shard.html#_meta_text', 'memloc/shard.py'),
+                              'memloc.shard._n_batches': ('shard.html#_n_batches', 'memloc/shard.py'),
                               'memloc.shard._read_results': ('shard.html#_read_results', 'memloc/shard.py'),
                               'memloc.shard.rank_world': ('shard.html#rank_world', 'memloc/shard.py'),
                               'memloc.shard.read_parts': ('shard.html#read_parts', 'memloc/shard.py'),

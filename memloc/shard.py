@@ -110,11 +110,13 @@ def run_batches(compute,                  # compute(items: range, inputs) -> {ke
         return _merge(own, n, batch_size, world)
     if world > 1: dist.barrier()
     done, _ = read_parts(state, header)
-    missing = [b for b in range(-(-n // batch_size)) if b not in done]
-    if missing: raise RuntimeError(f"{state}: batches {missing[:5]} of {-(-n // batch_size)} have no saved part after the run")
+    missing = [b for b in range(_n_batches(n, batch_size)) if b not in done]
+    if missing: raise RuntimeError(f"{state}: batches {missing[:5]} of {_n_batches(n, batch_size)} have no saved part after the run")
     return _read_results(sorted(set(done.values())), n, batch_size)
 
 # %% ../nbs/00_shard.ipynb #70093338
+def _n_batches(n: int, batch_size: int) -> int: return (n + batch_size - 1) // batch_size
+
 def _flush(state: Path, pending, batch_size: int, header: str):
     keys = pending[0][1].keys()
     res = {k: torch.cat([o[k] for _, o in pending]) for k in keys}
@@ -125,7 +127,7 @@ def _flush(state: Path, pending, batch_size: int, header: str):
 def _assemble(chunks, n: int, batch_size: int) -> dict[str, torch.Tensor]:
     "Rows of (batch index, {key: rows}) chunks put in item order; every item exactly once."
     chunks = sorted(chunks, key=lambda c: c[0])
-    if [b for b, _ in chunks] != list(range(-(-n // batch_size))):
+    if [b for b, _ in chunks] != list(range(_n_batches(n, batch_size))):
         raise RuntimeError(f"the batches of {n} items are not all there exactly once")
     if not chunks: return {}
     return {k: torch.cat([c[k] for _, c in chunks]) for k in chunks[0][1]}
