@@ -22,11 +22,11 @@ from .family import device_of
 
 # %% auto #0
 __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUPS', 'GROUP_COLORS', 'LookupModel', 'tokenize_all',
-           'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix', 'Similarity',
-           'register_backend', 'make_backend', 'pixel_ncc', 'digits_cnn', 'sscd_torchscript', 'sscd_onnx',
-           'calibrate_threshold', 'extract', 'summarize', 'run_attack', 'results_entry', 'save_results', 'plot_grid',
-           'attack_set', 'Calibration', 'calibrate_attack', 'load_attack', 'score_dataset', 'scan_candidates',
-           'scan_state']
+           'decode_all', 'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix',
+           'Similarity', 'register_backend', 'make_backend', 'pixel_ncc', 'digits_cnn', 'sscd_torchscript', 'sscd_onnx',
+           'calibrate_threshold', 'prefix_similarity', 'extract', 'summarize', 'run_attack', 'results_entry',
+           'save_results', 'plot_grid', 'attack_set', 'Calibration', 'calibrate_attack', 'load_attack', 'score_dataset',
+           'scan_candidates', 'scan_state']
 
 # %% ../nbs/04_extraction.ipynb #c7bbcba0
 class LookupModel(nn.Module):
@@ -89,6 +89,12 @@ def tokenize_all(model, images_N3HW, batch_size: int = 64) -> torch.Tensor:
     dev = device_of(model)
     return torch.cat([model.tokenize(images_N3HW[i:i + batch_size].to(dev)).cpu()
                       for i in range(0, len(images_N3HW), batch_size)])
+
+@torch.no_grad()
+def decode_all(model, tokens_NL, batch_size: int = 64) -> torch.Tensor:
+    "The images [N, 3, H, W] of `tokens_NL` decoded by the tokenizer, in batches on the model's device (returned on the CPU)."
+    dev = device_of(model)
+    return torch.cat([model.decode(tokens_NL[i:i + batch_size].to(dev)).cpu() for i in range(0, len(tokens_NL), batch_size)])
 
 @torch.no_grad()
 def candidate_scores(model,                # a family adapter
@@ -270,6 +276,17 @@ def calibrate_threshold(backend: Similarity, # the similarity to calibrate
 
 # %% ../nbs/04_extraction.ipynb #8c047250
 @torch.no_grad()
+def prefix_similarity(model, tokens_NL, labels_N,
+                      ref_ND,                   # the embeddings of the candidates' reconstructions by `backend`
+                      backend, prefix: int, batch_size: int = 64,
+                      return_images: bool = False):  # also return the generations
+    "Similarity of each candidate's greedy generation from its first `prefix` true tokens to its reconstruction, float64 [N] (and the generations)."
+    uniq_UL, inv_N = torch.unique(greedy_from_prefix(model, tokens_NL, labels_N, prefix, batch_size), dim=0, return_inverse=True)
+    gen_U3HW = decode_all(model, uniq_UL, batch_size)   # each distinct generation is decoded and embedded once
+    sim_N = (backend.embed_all(gen_U3HW, batch_size)[inv_N] * ref_ND).sum(1)
+    return sim_N, (gen_U3HW[inv_N] if return_images else None)
+
+@torch.no_grad()
 def extract(model,                      # a family adapter
             images_N3HW,                # candidate images, float in [0,1]
             labels_N,                   # their classes
@@ -280,7 +297,8 @@ def extract(model,                      # a family adapter
             batch_size: int = 64,       # images per model call
             scores=None,                # candidate scores to carry into the table
             return_images: bool = False,# also return the reconstructions and the generations per prefix
-            tokens_NL=None):            # the candidates' tokens, if already computed
+            tokens_NL=None,             # the candidates' tokens, if already computed
+            recon_ND=None):             # the embeddings of their reconstructions by `backend`, if already computed
     "Greedy prefix-forced generation compared with the tokenizer's reconstruction: a DataFrame, one row per (candidate, prefix)."
     if backend is None or backend.threshold is None:
         raise ValueError("extract needs a backend with a threshold (make_backend(...), then calibrate_threshold or with_threshold)")
@@ -290,21 +308,16 @@ def extract(model,                      # a family adapter
     if not (len(labels_N) == len(indices) == len(groups) == N): raise ValueError("images, labels, indices and groups differ in length")
     prefixes = [prefix] if isinstance(prefix, int) else list(prefix)
     tok_NL = tokenize_all(model, images_N3HW, batch_size) if tokens_NL is None else tokens_NL
-    dev = device_of(model)
-    decode = lambda t_NL: torch.cat([model.decode(t_NL[i:i + batch_size].to(dev)).cpu() for i in range(0, len(t_NL), batch_size)])
-    recon_N3HW = decode(tok_NL)
-    ref_ND = backend.embed_all(recon_N3HW, batch_size)
+    recon_N3HW = decode_all(model, tok_NL, batch_size) if return_images or recon_ND is None else None
+    ref_ND = backend.embed_all(recon_N3HW, batch_size) if recon_ND is None else recon_ND
     rows, gens = [], {}
     for p in prefixes:
-        uniq_UL, inv_N = torch.unique(greedy_from_prefix(model, tok_NL, labels_N, p, batch_size), dim=0, return_inverse=True)
-        gen_U3HW = decode(uniq_UL)  # each distinct generation is decoded and embedded once
-        sim_N = (backend.embed_all(gen_U3HW, batch_size)[inv_N] * ref_ND).sum(1)
-        gen_N3HW = gen_U3HW[inv_N] if return_images else None
+        sim_N, gen_N3HW = prefix_similarity(model, tok_NL, labels_N, ref_ND, backend, p, batch_size, return_images)
         df = pd.DataFrame({"index": indices.numpy(), "class": labels_N.numpy(), "group": groups, "prefix": p,
                            "similarity": sim_N.numpy(), "extracted": (sim_N > backend.threshold).numpy()})
         if scores is not None: df.insert(4, "score", torch.as_tensor(scores).double().numpy())
         rows.append(df); gens[p] = gen_N3HW
-    out = pd.concat(rows, ignore_index=True)
+    out = rows[0] if len(rows) == 1 else pd.concat(rows, ignore_index=True)
     out.attrs.update(backend=backend.name, threshold=backend.threshold)
     return (out, recon_N3HW, gens) if return_images else out
 
@@ -393,7 +406,7 @@ def calibrate_attack(model, images_N3HW, split, backend: str = "pixel-ncc", n_me
         keep = ~torch.isin(idx, torch.as_tensor(exclude, dtype=torch.long))
         idx, grp = idx[keep], [g for g, k in zip(grp, keep.tolist()) if k]
     tok = tokenize_all(model, images_N3HW[idx], batch_size)
-    recon = torch.cat([model.decode(tok[i:i + batch_size]).cpu() for i in range(0, len(tok), batch_size)])
+    recon = decode_all(model, tok, batch_size)
     nm = torch.tensor([g == "non_member" for g in grp])
     sim = make_backend(backend)
     thr, nearest = calibrate_threshold(sim, recon[nm], recon, same_NM=idx[nm][:, None] == idx[None], quantile=quantile)

@@ -161,6 +161,14 @@ class Probe:
     batch_size: int = 64
     sampler: dict = field(default_factory=dict)  # options of `generate` for the quality samples (cfg, top_k, ...)
     tokens: torch.Tensor | None = None  # the candidates' true tokens (computed on first use)
+    recon_embedding: torch.Tensor | None = None  # `backend`'s embeddings of their reconstructions (computed on first use)
+
+    def prepare(self, model):
+        "Compute the tokens and the reconstructions' embeddings once: the tokenizer is never scaled, so every intervention shares them."
+        from memloc.extraction import decode_all, tokenize_all
+        if self.tokens is None: self.tokens = tokenize_all(model, self.images, self.batch_size)
+        if self.recon_embedding is None: self.recon_embedding = self.backend.embed_all(decode_all(model, self.tokens, self.batch_size), self.batch_size)
+        return self
 
 QUALITY_KEYS = ("fid", "is_mean", "kid_mean", "precision", "recall")
 
@@ -170,10 +178,10 @@ def evaluate(model, probe: Probe,
              metrics=("fid", "isc", "kid", "prc"),     # which quality metrics
             ) -> dict:
     "Extraction counts and candidate scores per group (and sample quality if `n_samples`) under the current weights."
-    from memloc.extraction import GROUPS, candidate_scores, extract, tokenize_all
-    if probe.tokens is None: probe.tokens = tokenize_all(model, probe.images, probe.batch_size)  # the tokenizer is never scaled
+    from memloc.extraction import GROUPS, candidate_scores, extract
+    probe.prepare(model)
     df = extract(model, probe.images, probe.labels, probe.indices, probe.groups, probe.backend, probe.prefixes, probe.batch_size,
-                 tokens_NL=probe.tokens)
+                 tokens_NL=probe.tokens, recon_ND=probe.recon_embedding)
     per = df.groupby("index", sort=False).agg(group=("group", "first"), extracted=("extracted", "any"))
     sc = candidate_scores(model, probe.images, probe.labels, probe.batch_size, tokens_NL=probe.tokens).numpy()
     groups = np.asarray(probe.groups)

@@ -430,12 +430,13 @@ def count_in(ev: dict, ids) -> int:
 
 @torch.no_grad()
 def attack_and_fid(model, probe, n_samples: int = 0) -> dict:
-    "What this benchmark reads of stage 4's `evaluate`, by the same calls: the indices the attack extracts (`extract`) and the FID of `n_samples` samples (`sample_and_score`; None without); the candidate scores it does not read are not computed."
-    from memloc.extraction import extract, tokenize_all
-    if probe.tokens is None: probe.tokens = tokenize_all(model, probe.images, probe.batch_size)   # the tokenizer is never scaled
-    df = extract(model, probe.images, probe.labels, probe.indices, probe.groups, probe.backend, probe.prefixes, probe.batch_size,
-                 tokens_NL=probe.tokens)
-    out = dict(extracted_indices=sorted({int(i) for i in df["index"][df.extracted]}), fid=None)
+    "What this benchmark reads of stage 4's `evaluate`, by the same calls: the indices the attack extracts at any prefix (`prefix_similarity`, as `extract` judges it) and the FID of `n_samples` samples (`sample_and_score`; None without); the candidate scores it does not read are not computed."
+    from memloc.extraction import prefix_similarity
+    probe.prepare(model)
+    hit = torch.zeros(len(probe.indices), dtype=torch.bool)
+    for p in probe.prefixes:
+        hit |= prefix_similarity(model, probe.tokens, probe.labels, probe.recon_embedding, probe.backend, p, probe.batch_size)[0] > probe.backend.threshold
+    out = dict(extracted_indices=sorted(int(i) for i in torch.as_tensor(probe.indices)[hit]), fid=None)
     if n_samples:
         from memloc.quality import sample_and_score
         out["fid"] = sample_and_score(model, n_samples, probe.reference, probe.profile, probe.seed, probe.batch_size,

@@ -247,23 +247,28 @@ class RAR(nn.Module):
     @property
     def null_class(self) -> int: return self.cfg.codebook_size + 1 + self.cfg.condition_num_classes
 
-    def embed(self, seq_Bn, cond_B, orders_BN):
-        "Block input x and adaLN condition c for [cls, cond, seq] (seq: the first n tokens in the order `orders_BN`)."
+    def embed(self, seq_Bn, cond_B, orders_BN, start: int = 0):
+        "Block input x and adaLN condition c for [cls, cond, seq] from position `start` on (seq: the first n tokens in the order `orders_BN`; the positions before `start` are in a KV cache)."
         B, n = seq_Bn.shape; N, C = self.cfg.image_seq_len, self.cfg.hidden_size
         cond_B1C = self.embeddings(cond_B)[:, None]
+        c = cond_B1C + self.timesteps_embeddings[:, start:n + 2]
+        if start >= 2:     # a cached step: only the new tokens, each summed as below
+            pos = self.pos_embed[0, 2:2 + N][orders_BN[:, start - 2:n]]
+            tape = self.target_aware_pos_embed[0, 2:2 + N][orders_BN[:, start - 1:n + 1]]
+            if n == N: tape = F.pad(tape, (0, 0, 0, 1))                      # the last position predicts nothing
+            return self.embeddings(seq_Bn[:, start - 2:]) + pos + tape, c
         x = torch.cat([self.cls_token.expand(B, -1, -1), cond_B1C, self.embeddings(seq_Bn)], 1)
         pos = self.pos_embed[0, 2:2 + N][orders_BN]                          # raster position of each token
         x = x + torch.cat([self.pos_embed[:, :2].expand(B, -1, -1), pos[:, :n]], 1)
         tape = self.target_aware_pos_embed[0, 2:2 + N][orders_BN]            # the position to predict next
         zero = tape.new_zeros(B, 1, C)
         x = x + torch.cat([zero, tape, zero], 1)[:, :n + 2]
-        return x, cond_B1C + self.timesteps_embeddings[:, :n + 2]
+        return x[:, start:], c
 
     def forward(self, seq_Bn, cond_B, orders_BN, past=None):
         "Logits at every new block position ([cls, cond, seq] minus the `past` ones) and the new KV cache."
-        x, c = self.embed(seq_Bn, cond_B, orders_BN)
         P = 0 if past is None else past[0][0].shape[2]
-        x, c = x[:, P:], c[:, P:]
+        x, c = self.embed(seq_Bn, cond_B, orders_BN, start=P)
         kvs = []
         for i, blk in enumerate(self.blocks):
             x, kv = blk(x, c, None if past is None else past[i]); kvs.append(kv)

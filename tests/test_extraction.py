@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from memloc.config import repo_root
 from memloc.data import load_digits
-from memloc.extraction import (BACKENDS, LookupModel, calibrate_threshold, candidate_scores, extract,
+from memloc.extraction import (BACKENDS, LookupModel, calibrate_threshold, candidate_scores, decode_all, extract,
                                generate_uncached, greedy_from_prefix, make_backend, results_entry, run_attack,
                                save_results, scan_candidates, score_dataset, select_candidates, summarize, tokenize_all)
 
@@ -97,6 +97,16 @@ def test_extract_on_toy_finds_the_memorized(toy):
     assert s[0]["non_member"]["extracted"] == 0
     assert df[df.group == "canary"].similarity.max() == pytest.approx(1.0)
     assert set(df["index"]) == set(range(100, 124))
+
+
+def test_extract_reuses_given_reconstruction_embeddings(toy):
+    "Given the reconstructions' embeddings, `extract` uses them (no second decode) and gives the same table."
+    model, x, y = toy
+    sim = make_backend("pixel-ncc").with_threshold(0.5)
+    ref = sim.embed_all(decode_all(model, tokenize_all(model, x)))
+    a = extract(model, x, y, backend=sim, prefix=model.prefix_lengths())
+    pd.testing.assert_frame_equal(a, extract(model, x, y, backend=sim, prefix=model.prefix_lengths(), recon_ND=ref))
+    assert a.extracted.any() and not extract(model, x, y, backend=sim, prefix=0, recon_ND=torch.zeros_like(ref)).extracted.any()
 
 
 def test_results_files(toy, tmp_path):
