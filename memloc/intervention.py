@@ -162,6 +162,7 @@ class Probe:
     sampler: dict = field(default_factory=dict)  # options of `generate` for the quality samples (cfg, top_k, ...)
     tokens: torch.Tensor | None = None  # the candidates' true tokens (computed on first use)
     recon_embedding: torch.Tensor | None = None  # `backend`'s embeddings of their reconstructions (computed on first use)
+    attack_batch: int | None = None  # candidates per generation call of the attack (None: batch_size); the tokens do not depend on it
 
     def prepare(self, model):
         "Compute the tokens and the reconstructions' embeddings once: the tokenizer is never scaled, so every intervention shares them."

@@ -435,7 +435,8 @@ def attack_and_fid(model, probe, n_samples: int = 0) -> dict:
     probe.prepare(model)
     hit = torch.zeros(len(probe.indices), dtype=torch.bool)
     for p in probe.prefixes:
-        hit |= prefix_similarity(model, probe.tokens, probe.labels, probe.recon_embedding, probe.backend, p, probe.batch_size)[0] > probe.backend.threshold
+        sim = prefix_similarity(model, probe.tokens, probe.labels, probe.recon_embedding, probe.backend, p, probe.attack_batch or probe.batch_size)[0]
+        hit |= sim > probe.backend.threshold
     out = dict(extracted_indices=sorted(int(i) for i in torch.as_tensor(probe.indices)[hit]), fid=None)
     if n_samples:
         from memloc.quality import sample_and_score
@@ -516,13 +517,14 @@ def unitmem_stats(model, dataset, points, augment, augmentations: int, seed: int
 def audit_probe(load: Callable,      # data set indices -> (images, labels)
                 sets: dict, attack: dict,
                 reference=None,       # real images for FID (None: the profile's statistics)
-                profile: str = "mini", seed: int = 0, batch_size: int = 64):
+                profile: str = "mini", seed: int = 0, batch_size: int = 64,
+                attack_batch: int | None = None):  # candidates per generation call of the attack (None: batch_size)
     "The `Probe` of the targets and the held-out memorized images, judged with the extraction stage's similarity, threshold and prefix."
     from memloc.intervention import Probe
     ids = torch.cat([sets["targets"], sets["others"]])
     group = dict(zip(torch.as_tensor(attack["indices"]).tolist(), attack["groups"]))
     return Probe(*load(ids), ids, [group[i] for i in ids.tolist()], attack["backend"], [attack["prefix"]],
-                 reference, profile, seed, batch_size)
+                 reference, profile, seed, batch_size, attack_batch=attack_batch)
 
 @torch.no_grad()
 def testbed_attack(model, split, images, labels, n_members: int = 100, seed: int = 0, backend: str = "pixel-ncc") -> dict:
@@ -664,7 +666,7 @@ def study_task(task: dict) -> dict:
         for imp in imps:
             ids = torch.as_tensor(imp.implant_ids)
             a = dict(att, indices=ids, groups=["member"] * len(ids))   # the attack's similarity and prefix, on the implants
-            pr = audit_probe(load, dict(targets=ids, others=torch.zeros(0, dtype=torch.long)), a, None, cfg["profile"], cfg["seed"], cfg["batch_size"])
+            pr = audit_probe(load, dict(targets=ids, others=torch.zeros(0, dtype=torch.long)), a, None, cfg["profile"], cfg["seed"], cfg["batch_size"], cfg.get("attack_batch"))
             k_pct = 100 * len(imp.units) / (nb * h)                    # top-|S| units
             for m in opts:
                 s = scored[(int(imp.seed), float(imp.rate), m)]       # the scores the recall was measured on
@@ -676,7 +678,8 @@ def study_task(task: dict) -> dict:
     except NothingToLocalize as e:   # e.g. a model the attack recovers nothing from: recorded, not benchmarked
         return dict(out, skipped=str(e), added={}, hits=0, misses=0, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     ev = Evidence.of(load, sets, cfg["batch_size"])
-    probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"], cfg["batch_size"])
+    probe = audit_probe(load, sets, att, load(members)[0] if cfg["profile"] == "mini" else None, cfg["profile"], cfg["seed"], cfg["batch_size"],
+                        cfg.get("attack_batch"))
     tb = cfg["testbeds"][testbed]
     methods, record = {}, {}
     if task["part"] == "methods":
@@ -822,8 +825,10 @@ def plot_pareto(bench_by_model: dict):
         ax.set(title=m, xlabel="FID (lower is better)", ylabel=f"targets extracted (of {r0['targets_extracted']})")
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=6)
-    fig.suptitle("Each method's top units scaled (by 0.5 and 0, 0.5-10% of units): targets still extracted against FID; "
-                 "lower left is better", fontsize=9)
+    shown = [r for b in bench_by_model.values() for rows in b["mitigation"].values() for r in rows if r["fid"] is not None and r["p"] > 0]
+    fs, ps = sorted({r["factor"] for r in shown}, reverse=True), sorted({r["p"] for r in shown})
+    fig.suptitle(f"Each method's top units scaled by {' and '.join(f'{f:g}' for f in fs)} ({', '.join(f'{p:g}' for p in ps)}% of units): "
+                 "targets still extracted against FID; lower left is better", fontsize=9)
     fig.tight_layout()
     return fig
 

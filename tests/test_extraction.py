@@ -78,6 +78,7 @@ def test_kv_cached_generate_equals_teacher_forced_decoding(family):
         cached = greedy_from_prefix(model, tok, y, p)
         assert torch.equal(cached[:, :p], tok[:, :p])
         assert torch.equal(cached, greedy_from_prefix(model, tok, y, p, cached=False)), (family, p)
+        assert torch.equal(cached, greedy_from_prefix(model, tok, y, p, batch_size=1)), (family, p)   # the batch does not change the tokens
 
 
 def test_extract_on_toy_finds_the_memorized(toy):
