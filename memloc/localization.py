@@ -22,7 +22,8 @@ from torch import nn
 
 from .intervention import as_units, scale_units, select_units, unit_grid, unit_scores
 from .unitmem import UnitCapture, measure
-from .var_scales import _autocast, model_fingerprint
+from .unitmem import _autocast
+from .var_scales import model_fingerprint
 
 # %% auto #0
 __all__ = ['METHODS', 'COLORS', 'NothingToLocalize', 'audit_sets', 'Evidence', 'Method', 'register_method', 'localize',

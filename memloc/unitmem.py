@@ -18,9 +18,9 @@ from torch import nn
 from .stats import top_count
 
 # %% auto #0
-__all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'StaleStats',
-           'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content', 'stale_meta', 'load_stats',
-           'precision_of', 'matching_stats', 'measure', 'canary_share']
+__all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'augment_views',
+           'batch_values', 'StaleStats', 'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content',
+           'stale_meta', 'load_stats', 'precision_of', 'matching_stats', 'measure', 'canary_share']
 
 # %% ../nbs/10_adaptation.ipynb #7df162c3
 def _check_points(n: int, what: str = "UnitMem"):
@@ -259,6 +259,40 @@ def _batch(dataset, ids):
     else: raise ValueError("dataset items must be (image, label) or (point id, image, label)")
     return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.as_tensor([int(it[1]) for it in items]), pid
 
+def _autocast(device, dtype: str | None):
+    "bfloat16/float16 autocast on `device`, or nothing for float32 (and None: whatever the caller set)."
+    from contextlib import nullcontext
+    if dtype in (None, "float32"): return nullcontext()
+    if dtype not in ("bfloat16", "float16"): raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
+
+def augment_views(augment, seed: int = 0):
+    "`augment` as `views(images, point ids, view) -> images`: an `Augment`'s `view` with `seed`; a callable, or None, as it is."
+    if augment is not None and callable(getattr(augment, "view", None)):
+        return lambda img, ids, v: augment.view(img, ids.cpu(), v, seed=seed)
+    return augment
+
+@torch.no_grad()
+def batch_values(model, cap: "UnitCapture", dataset, ids: list[int],
+                 views,                  # `augment_views(...)`, or None for the images as they are
+                 augmentations: int, device,
+                 dtype: str | None = None,  # autocast of the model's pass (None: the caller's)
+                 what: str = "measure"):    # who asks, for the error messages
+    "The passes UnitMem is made of, for one batch of dataset positions `ids`: `(view-averaged values [B, *cap.shape] on device, point ids, content hashes)`. The tokenizer runs outside autocast (exact tokens)."
+    from memloc.data import check_images
+    img, lab, pid = _batch(dataset, torch.as_tensor(ids))
+    check_images(img, f"{what}: images of points {ids[0]}..{ids[-1]}")
+    hashes = point_hashes(img, lab).tolist()
+    img, lab, idx = img.to(device), lab.to(device), pid.to(device)
+    acc, dev = None, torch.device(device)
+    for view in range(augmentations):
+        x = img if views is None else views(img, idx, view)
+        with torch.autocast(dev.type, enabled=False): tok = model.tokenize(x)
+        with _autocast(dev, dtype), cap: model.logits(tok, lab)
+        v = cap.values()
+        acc = v if acc is None else acc + v
+    return acc / augmentations, pid, hashes
+
 def _rank_path(path, rank, world):
     p = Path(path)
     return p if world == 1 else p.with_name(f"{p.stem}.rank{rank}-of-{world}{p.suffix}")
@@ -387,9 +421,7 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
     if len(set(pts)) != len(pts): raise ValueError("measure: points contain duplicates")
     if augmentations < 1 or batch_size < 1 or save_every < 1: raise ValueError(f"augmentations, batch_size and save_every must be >= 1, got {augmentations}, {batch_size}, {save_every}")
     if augment is None and augmentations != 1: raise ValueError(f"augmentations={augmentations} identical views without an augment function; pass augment or augmentations=1")
-    aug_fp = augment_fingerprint(augment)
-    if augment is not None and callable(getattr(augment, "view", None)):
-        aug = augment; augment = lambda img, ids, v: aug.view(img, ids.cpu(), v, seed=seed)
+    aug_fp, views = augment_fingerprint(augment), augment_views(augment, seed)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     pts = pts[rank::world]
     cap = UnitCapture(model, abs=abs)
@@ -416,22 +448,11 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
     todo = [p for p in pts if p not in done_set]
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     from tqdm import tqdm
-    from memloc.data import check_images
     was_training = model.training; model.eval()
     try:
         for k, ids in enumerate(tqdm(batches, desc="UnitMem", disable=not progress or rank != 0)):
-            img, lab, pid = _batch(dataset, torch.tensor(ids))
-            check_images(img, f"measure: images of points {ids[0]}..{ids[-1]}")
-            hashes = point_hashes(img, lab).tolist()
-            img, lab, idx = img.to(device), lab.to(device), pid.to(device)
-            acc = None
-            for view in range(augmentations):
-                x = img if augment is None else augment(img, idx, view)
-                with torch.no_grad(), cap:
-                    model.logits(model.tokenize(x), lab)
-                v = cap.values()
-                acc = v if acc is None else acc + v
-            stats.update(acc / augmentations, pid)
+            v, pid, hashes = batch_values(model, cap, dataset, ids, views, augmentations, device)
+            stats.update(v, pid)
             done.extend(ids); content.extend(hashes)
             if path is not None and ((k + 1) % save_every == 0 or k + 1 == len(batches)): _save(path, stats, done, meta, content)
     finally: model.train(was_training)

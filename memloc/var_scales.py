@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ from scipy import stats as sps
 
 from .stats import top_count
 
-from .unitmem import (StaleStats, UnitCapture, UnitMemStats, augment_fingerprint, measure, point_hashes, stale_content,
-                            stale_meta, weights_fingerprint)
+from .unitmem import (StaleStats, UnitCapture, UnitMemStats, _autocast, augment_fingerprint, augment_views, batch_values, measure,
+                            stale_content, stale_meta, weights_fingerprint)
 
 # %% auto #0
 __all__ = ['point_values', 'matching_values', 'stats_from_values', 'model_fingerprint', 'unit_stats', 'top_mask', 'cell_maps',
@@ -25,18 +24,6 @@ __all__ = ['point_values', 'matching_values', 'stats_from_values', 'model_finger
            'interval', 'scale_depth_test', 'argmax_cells', 'class_shares', 'class_test', 'plot_maps', 'plot_depth']
 
 # %% ../nbs/11_var_scales.ipynb #82d1df55
-def _autocast(device, dtype: str):
-    "bfloat16/float16 autocast on `device`, or nothing for float32."
-    if dtype in (None, "float32"): return nullcontext()
-    if dtype not in ("bfloat16", "float16"): raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
-
-def _load(dataset, ids):
-    "Images and labels of dataset rows `ids` ((images, labels) tensors, or a Dataset of (image, label))."
-    if isinstance(dataset, (tuple, list)): return dataset[0][ids], dataset[1][ids]
-    items = [dataset[int(i)] for i in ids]
-    return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.as_tensor([int(it[1]) for it in items])
-
 def _values_meta(model, cap, pts, augment, augmentations, seed, dtype) -> dict:
     "What a `point_values` run is: its points and settings, and the fingerprints of its weights and augmentation."
     return {"shape": list(cap.shape), "augmentations": augmentations, "seed": seed, "points": pts, "dtype": dtype,
@@ -64,12 +51,11 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
                  recompute: bool = False, # a `path` of another run (weights, data, augmentation, settings): measure anew, not stop
                 ) -> torch.Tensor:
     "View-averaged per-point values `[N, groups, blocks, hidden]` (float32, CPU), the quantity UnitMem is made of."
-    from memloc.data import check_images
     pts = [int(p) for p in points]
     if len(pts) < 2: raise ValueError(f"point_values needs at least 2 points, got {len(pts)}")
     if len(set(pts)) != len(pts): raise ValueError("point_values: points contain duplicates")
     if augment is None and augmentations != 1: raise ValueError(f"augmentations={augmentations} identical views without an augment; pass augment or augmentations=1")
-    cap = UnitCapture(model)
+    cap, views = UnitCapture(model), augment_views(augment, seed)
     dev = next(iter(model.parameters())).device
     meta = _values_meta(model, cap, pts, augment, augmentations, seed, dtype)
     out, done, content = torch.zeros(len(pts), *cap.shape), 0, []
@@ -92,20 +78,9 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
     try:
         starts = list(range(done, len(pts), batch_size))
         for k, s in enumerate(starts):
-            ids = torch.tensor(pts[s:s + batch_size])
-            img, lab = _load(dataset, ids)
-            check_images(img, f"point_values: images of points {pts[s]}..{pts[s + len(ids) - 1]}")
-            content[s:s + len(ids)] = point_hashes(img, lab).tolist()
-            img, lab, idx = img.to(dev), lab.to(dev), ids.to(dev)
-            acc = None
-            for view in range(augmentations):
-                x = img if augment is None else augment.view(img, idx.cpu(), view, seed=seed)
-                with torch.no_grad():
-                    tok = model.tokenize(x)                         # the tokenizer in float32: exact tokens
-                    with _autocast(dev, dtype), cap: model.logits(tok, lab)
-                v = cap.values()
-                acc = v if acc is None else acc + v
-            out[s:s + len(ids)] = (acc / augmentations).float().cpu()
+            ids = pts[s:s + batch_size]
+            v, _, hashes = batch_values(model, cap, dataset, ids, views, augmentations, dev, dtype, "point_values")
+            out[s:s + len(ids)], content[s:s + len(ids)] = v.float().cpu(), hashes
             if path is not None and ((k + 1) % save_every == 0 or k + 1 == len(starts)): save(s + len(ids))
     finally: model.train(was_training)
     if path is not None and done == len(pts): save(done)

@@ -358,3 +358,16 @@ def test_a_bfloat16_run_is_not_reused_as_float32(tmp_path):
     got, why = matching_stats(tmp_path / "bf.pt", model, data, run.get("points", range(len(data[0]))), run.get("augment"),
                               run["augmentations"], run.get("seed", 0))
     assert got is None and "precision" in why
+
+
+def test_passes_tokenize_outside_autocast_and_run_the_model_in_it():
+    "Under a caller's bfloat16 autocast, `measure` and `point_values` tokenize in float32 (exact tokens) and run the model's pass in bfloat16."
+    from memloc.var_scales import point_values
+    seen = []
+    class Spy(ToyAdapter):
+        def tokenize(self, img): seen.append(("tokenize", torch.is_autocast_enabled("cpu"))); return super().tokenize(img)
+        def logits(self, tok, lab): seen.append(("logits", torch.is_autocast_enabled("cpu"))); return super().logits(tok, lab)
+    model, (x, y) = Spy().eval(), toy_data(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16): measure(model, (x, y), augmentations=1, progress=False)
+    point_values(model, (x, y), range(6), augmentations=1, dtype="bfloat16")
+    assert seen and set(seen) == {("tokenize", False), ("logits", True)}
