@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['RELEASED_MODELS', 'preset_config', 'VQGANConfig', 'ResBlock', 'VQGANEncoder', 'VQGANDecoder', 'VectorQuantizer',
@@ -373,7 +374,7 @@ def _autocast(device):
 
 # %% ../nbs/02_rar.ipynb #1bbfa11b
 class RARModel(nn.Module):
-    "The RAR family adapter: MaskGIT VQGAN `tokenizer` + RAR `generator`."
+    "The RAR family adapter: MaskGIT VQGAN `tokenizer` + RAR `generator`; its methods follow, one idea per cell."
     family = "rar"
     def __init__(self, config: dict):
         super().__init__()
@@ -390,22 +391,6 @@ class RARModel(nn.Module):
     @property
     def device(self): return self.generator.pos_embed.device
 
-    @torch.no_grad()
-    def tokenize(self, img_B3HW) -> torch.Tensor:
-        "Raster codes (B, L) of images in [0, 1]."
-        if img_B3HW.dim() != 4 or img_B3HW.shape[1] != 3 or img_B3HW.shape[-1] != self.image_size:
-            raise ValueError(f"expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(img_B3HW.shape)}")
-        from memloc.data import check_images
-        check_images(img_B3HW, "tokenize: images")
-        return self.tokenizer.encode(img_B3HW.to(self.device).float())
-
-    @torch.no_grad()
-    def decode(self, tokens_BL) -> torch.Tensor:
-        "Images (B, 3, H, W) in [0, 1]."
-        return self.tokenizer.decode(self._check_tokens(tokens_BL))
-
-    def reconstruct(self, img_B3HW): return self.decode(self.tokenize(img_B3HW))
-
     def _check_tokens(self, tokens_BL):
         if tokens_BL.dim() != 2 or tokens_BL.shape[1] != self.seq_len:
             raise ValueError(f"expected tokens (B, {self.seq_len}), got {tuple(tokens_BL.shape)}")
@@ -416,57 +401,6 @@ class RARModel(nn.Module):
         if labels_B.min() < 0 or labels_B.max() >= self.num_classes: raise ValueError(f"labels must be in [0, {self.num_classes})")
         return labels_B + self.generator.cond_offset
 
-    def logits_in_order(self, tokens_BL, labels_B, orders_BL):
-        "Teacher-forced logits [B, L+1, V] in the given order and the permuted targets [B, L]."
-        with _autocast(self.device):
-            logits, seq = self.generator.forward_tf(self._check_tokens(tokens_BL), self._cond(labels_B), orders_BL.to(self.device))
-        return logits.float(), seq
-
-    def logits(self, tokens_BL, labels_B) -> torch.Tensor:
-        "Teacher-forced raster logits [B, L, V]: logits[:, l] predicts tokens[:, l]."
-        B, L = tokens_BL.shape
-        return self.logits_in_order(tokens_BL, labels_B, raster_orders(B, L, self.device))[0][:, :L]
-
-    def loss(self, tokens_BL, labels_B, random_ratio: float = 0.0, cond_drop_prob: float = 0.0, generator=None) -> torch.Tensor:
-        "Training cross-entropy: orders random with probability `random_ratio`, labels dropped to the null class with `cond_drop_prob`."
-        B, L = tokens_BL.shape
-        orders = sample_orders(B, L, random_ratio, generator, self.device)
-        cond = self._cond(labels_B)
-        if cond_drop_prob > 0:
-            drop = (torch.rand(B, generator=generator) < cond_drop_prob).to(self.device)
-            cond = torch.where(drop, torch.full_like(cond, self.generator.null_class), cond)
-        with _autocast(self.device):
-            logits, seq = self.generator.forward_tf(self._check_tokens(tokens_BL), cond, orders)
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, self.vocab_size), seq.reshape(-1))
-
-    @torch.no_grad()
-    def generate(self, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 0.0, greedy: bool = False, generator=None, cfg_pow: float | None = None, kv_cache: bool = True):
-        "Raster tokens [B, L]; the first `n_prefix` copied from `prefix_BL`; `cfg` is RAR's guidance scale (0: none)."
-        if not 0 <= n_prefix <= self.seq_len: raise ValueError(f"n_prefix must be in [0, {self.seq_len}], got {n_prefix}")
-        prefix = None
-        if n_prefix > 0:
-            if prefix_BL is None: raise ValueError("n_prefix > 0 needs prefix_BL")
-            prefix = self._check_tokens(prefix_BL)[:, :n_prefix]
-        pw = self.generator.cfg.guidance_scale_pow if cfg_pow is None else cfg_pow
-        with _autocast(self.device):
-            return rar_generate(self.generator, labels_B, cfg, pw, temperature, top_k, top_p, greedy, prefix, generator, kv_cache)
-
-    def mlp_blocks(self): return [(b.mlp.fc1, b.mlp.act, b.mlp.fc2) for b in self.generator.blocks]
-    def unit_groups(self): return [(2, self.seq_len + 2)]                  # image-token positions after cls and condition
-
-    def prefix_lengths(self):
-        "Forced-prefix token counts for extraction: (0, 1, 5, 14, 30) scaled from 256 tokens to L, distinct."
-        r = self.seq_len / self.config["prefix_ref_len"]
-        return sorted({0} | {min(self.seq_len - 1, max(1, round(p * r))) for p in self.config["prefix_tokens"] if p > 0})
-
-    def score_range(self):
-        "Token positions of the candidate score: the last 100 of 256, scaled to L."
-        n = max(1, round(self.config["score_tokens"] * self.seq_len / self.config["prefix_ref_len"]))
-        return (self.seq_len - n, self.seq_len)
-
-    def generation_steps(self): return [(l, l + 1) for l in range(self.seq_len)]   # one token per step
-    def headline_prefix(self): return max(self.prefix_lengths())          # the longest prefix, as the paper's headline
 
 # %% ../nbs/02_rar.ipynb #d6b1e29a
 def build_model(config: dict | str = "mini", device=None) -> RARModel:
@@ -495,6 +429,93 @@ RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator
 }
 
 preset_config = rar_config   # the family's common name for its presets
+
+# %% ../nbs/02_rar.ipynb #4a9e483f
+@patch
+@torch.no_grad()
+def tokenize(self: RARModel, img_B3HW) -> torch.Tensor:
+    "Raster codes (B, L) of images in [0, 1]."
+    if img_B3HW.dim() != 4 or img_B3HW.shape[1] != 3 or img_B3HW.shape[-1] != self.image_size:
+        raise ValueError(f"expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(img_B3HW.shape)}")
+    from memloc.data import check_images
+    check_images(img_B3HW, "tokenize: images")
+    return self.tokenizer.encode(img_B3HW.to(self.device).float())
+
+@patch
+@torch.no_grad()
+def decode(self: RARModel, tokens_BL) -> torch.Tensor:
+    "Images (B, 3, H, W) in [0, 1]."
+    return self.tokenizer.decode(self._check_tokens(tokens_BL))
+
+@patch
+def reconstruct(self: RARModel, img_B3HW): return self.decode(self.tokenize(img_B3HW))
+
+
+# %% ../nbs/02_rar.ipynb #d13b55bf
+@patch
+def logits_in_order(self: RARModel, tokens_BL, labels_B, orders_BL):
+    "Teacher-forced logits [B, L+1, V] in the given order and the permuted targets [B, L]."
+    with _autocast(self.device):
+        logits, seq = self.generator.forward_tf(self._check_tokens(tokens_BL), self._cond(labels_B), orders_BL.to(self.device))
+    return logits.float(), seq
+
+@patch
+def logits(self: RARModel, tokens_BL, labels_B) -> torch.Tensor:
+    "Teacher-forced raster logits [B, L, V]: logits[:, l] predicts tokens[:, l]."
+    B, L = tokens_BL.shape
+    return self.logits_in_order(tokens_BL, labels_B, raster_orders(B, L, self.device))[0][:, :L]
+
+@patch
+def loss(self: RARModel, tokens_BL, labels_B, random_ratio: float = 0.0, cond_drop_prob: float = 0.0, generator=None) -> torch.Tensor:
+    "Training cross-entropy: orders random with probability `random_ratio`, labels dropped to the null class with `cond_drop_prob`."
+    B, L = tokens_BL.shape
+    orders = sample_orders(B, L, random_ratio, generator, self.device)
+    cond = self._cond(labels_B)
+    if cond_drop_prob > 0:
+        drop = (torch.rand(B, generator=generator) < cond_drop_prob).to(self.device)
+        cond = torch.where(drop, torch.full_like(cond, self.generator.null_class), cond)
+    with _autocast(self.device):
+        logits, seq = self.generator.forward_tf(self._check_tokens(tokens_BL), cond, orders)
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, self.vocab_size), seq.reshape(-1))
+
+@patch
+@torch.no_grad()
+def generate(self: RARModel, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 0.0, greedy: bool = False, generator=None, cfg_pow: float | None = None, kv_cache: bool = True):
+    "Raster tokens [B, L]; the first `n_prefix` copied from `prefix_BL`; `cfg` is RAR's guidance scale (0: none)."
+    if not 0 <= n_prefix <= self.seq_len: raise ValueError(f"n_prefix must be in [0, {self.seq_len}], got {n_prefix}")
+    prefix = None
+    if n_prefix > 0:
+        if prefix_BL is None: raise ValueError("n_prefix > 0 needs prefix_BL")
+        prefix = self._check_tokens(prefix_BL)[:, :n_prefix]
+    pw = self.generator.cfg.guidance_scale_pow if cfg_pow is None else cfg_pow
+    with _autocast(self.device):
+        return rar_generate(self.generator, labels_B, cfg, pw, temperature, top_k, top_p, greedy, prefix, generator, kv_cache)
+
+
+# %% ../nbs/02_rar.ipynb #23930a44
+@patch
+def mlp_blocks(self: RARModel): return [(b.mlp.fc1, b.mlp.act, b.mlp.fc2) for b in self.generator.blocks]
+@patch
+def unit_groups(self: RARModel): return [(2, self.seq_len + 2)]                  # image-token positions after cls and condition
+
+@patch
+def prefix_lengths(self: RARModel):
+    "Forced-prefix token counts for extraction: (0, 1, 5, 14, 30) scaled from 256 tokens to L, distinct."
+    r = self.seq_len / self.config["prefix_ref_len"]
+    return sorted({0} | {min(self.seq_len - 1, max(1, round(p * r))) for p in self.config["prefix_tokens"] if p > 0})
+
+@patch
+def score_range(self: RARModel):
+    "Token positions of the candidate score: the last 100 of 256, scaled to L."
+    n = max(1, round(self.config["score_tokens"] * self.seq_len / self.config["prefix_ref_len"]))
+    return (self.seq_len - n, self.seq_len)
+
+@patch
+def generation_steps(self: RARModel): return [(l, l + 1) for l in range(self.seq_len)]   # one token per step
+@patch
+def headline_prefix(self: RARModel): return max(self.prefix_lengths())          # the longest prefix, as the paper's headline
+
 
 # %% ../nbs/02_rar.ipynb #83512e90
 from .family import nearest_code

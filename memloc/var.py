@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['RELEASED_VQVAE', 'RELEASED_MODELS', 'VQVAEConfig', 'VARConfig', 'var_preset', 'preset_config', 'Normalize',
@@ -520,6 +521,7 @@ def _cfg(cls, d):
     return cls(**d)
 
 class VARModel(nn.Module):
+    "The VAR family adapter: the multi-scale VQ-VAE `tokenizer` + VAR `generator`; its methods follow, one idea per cell."
     family = "var"
     def __init__(self, vq_cfg: VQVAEConfig, var_cfg: VARConfig):
         super().__init__()
@@ -534,45 +536,7 @@ class VARModel(nn.Module):
     @property
     def device(self): return self.generator.pos_1LC.device
 
-    def tokenize(self, img_B3HW):
-        "Images in [0,1] -> tokens [B, L]."
-        if img_B3HW.shape[-1] != self.image_size or img_B3HW.shape[-2] != self.image_size:
-            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(img_B3HW.shape)}")
-        from memloc.data import check_images
-        check_images(img_B3HW, "tokenize: images")
-        with self._fp32(): return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self.device).float() * 2 - 1), 1)
-
     def _fp32(self): return torch.autocast(self.device.type, enabled=False)  # the VQ-VAE always runs in float32: exact codes
-
-    def decode(self, tokens_BL):
-        "Tokens [B, L] -> images in [0,1]."
-        with self._fp32(): return self.tokenizer.idx_to_img(self.split(tokens_BL.to(self.device))).add(1).mul(0.5)
-
-    def reconstruct(self, img_B3HW): return self.decode(self.tokenize(img_B3HW))
-    def var_input(self, tokens_BL):
-        "VAR's teacher-forcing input [B, L - first scale, Cvae], in float32."
-        with self._fp32(): return self.tokenizer.quantize.idx_to_var_input(self.split(tokens_BL))
-
-    def logits(self, tokens_BL, labels_B):
-        "Teacher-forced logits [B, L, V], no class dropout, no guidance."
-        self._check(tokens_BL, labels_B)
-        return self.generator(labels_B, self.var_input(tokens_BL), cond_drop_rate=0.0)
-
-    def loss(self, tokens_BL, labels_B, cond_drop_prob: float | None = None, random_ratio: float = 0.0, generator=None):
-        "Cross-entropy over all L positions, labels dropped to the null class with `cond_drop_prob` (default: the config's rate)."
-        if random_ratio != 0: raise ValueError(f"VAR predicts scales in order: random_ratio must be 0, got {random_ratio}")
-        self._check(tokens_BL, labels_B)
-        with torch.no_grad(): x = self.var_input(tokens_BL)
-        p = self.generator.cfg.cond_drop_rate if cond_drop_prob is None else cond_drop_prob
-        lg = self.generator(labels_B, x, cond_drop_rate=p, generator=generator)
-        return F.cross_entropy(lg.reshape(-1, self.vocab_size), tokens_BL.reshape(-1))
-
-    def generate(self, labels_B, prefix_BL=None, n_prefix=0, cfg=0.0, temperature=1.0, top_k=0, top_p=0.0,
-                 greedy=False, generator=None, return_logits=False):
-        "Tokens [B, L]; the first `n_prefix` (a scale boundary) are copied from `prefix_BL`."
-        self._check_labels(labels_B)
-        return var_generate(self.generator, self.tokenizer.quantize, labels_B.to(self.device), prefix_BL, n_prefix, cfg,
-                            temperature, top_k, top_p, greedy, generator, return_logits)
 
     def _check(self, tokens_BL, labels_B=None):
         if tokens_BL.ndim != 2 or tokens_BL.shape[1] != self.seq_len:
@@ -587,23 +551,6 @@ class VARModel(nn.Module):
         if labels_B.numel() and (labels_B.min() < 0 or labels_B.max() > self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null class), got [{labels_B.min().item()}, {labels_B.max().item()}]")
 
-    def mlp_blocks(self): return [(b.ffn.fc1, b.ffn.act, b.ffn.fc2) for b in self.generator.blocks]
-    def unit_groups(self): return [tuple(be) for be in self.generator.begin_ends]
-    def prefix_lengths(self): return [0] + [e for _, e in self.generator.begin_ends[:4]]
-    def score_range(self): return tuple(self.generator.begin_ends[-1])
-    def generation_steps(self): return self.unit_groups()                 # one step per scale
-
-    def headline_prefix(self):
-        "The analogue of the paper's longest prefix: whole scales up to a quarter of the last scale's side."
-        sides = [round(math.sqrt(e - b)) for b, e in self.unit_groups()]
-        end = max([e for (b, e), sd in zip(self.unit_groups(), sides) if sd <= sides[-1] / 4], default=0)
-        return max(p for p in self.prefix_lengths() if p <= end)
-
-    def load_checkpoints(self, vae_path=None, var_path=None):
-        "Strictly load the VQ-VAE and/or VAR weights from files."
-        if vae_path is not None: load_strict(self.tokenizer, read_state_dict(vae_path), "vqvae", str(vae_path))
-        if var_path is not None: load_strict(self.generator, read_state_dict(var_path), "var", str(var_path))
-        return self
 
 # %% ../nbs/01_var.ipynb #565be6ff
 def build_model(config: dict) -> VARModel:
@@ -620,6 +567,82 @@ def load_pretrained(files: dict, config: dict | str, device="cpu") -> VARModel:
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left: raise CheckpointError(f"not filled by the checkpoints: {left[:10]}")
     return model.to(device).eval()
+
+# %% ../nbs/01_var.ipynb #711e96b4
+@patch
+def tokenize(self: VARModel, img_B3HW):
+    "Images in [0,1] -> tokens [B, L]."
+    if img_B3HW.shape[-1] != self.image_size or img_B3HW.shape[-2] != self.image_size:
+        raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(img_B3HW.shape)}")
+    from memloc.data import check_images
+    check_images(img_B3HW, "tokenize: images")
+    with self._fp32(): return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self.device).float() * 2 - 1), 1)
+
+@patch
+def decode(self: VARModel, tokens_BL):
+    "Tokens [B, L] -> images in [0,1]."
+    with self._fp32(): return self.tokenizer.idx_to_img(self.split(tokens_BL.to(self.device))).add(1).mul(0.5)
+
+@patch
+def reconstruct(self: VARModel, img_B3HW): return self.decode(self.tokenize(img_B3HW))
+@patch
+def var_input(self: VARModel, tokens_BL):
+    "VAR's teacher-forcing input [B, L - first scale, Cvae], in float32."
+    with self._fp32(): return self.tokenizer.quantize.idx_to_var_input(self.split(tokens_BL))
+
+
+# %% ../nbs/01_var.ipynb #c220d5ed
+@patch
+def logits(self: VARModel, tokens_BL, labels_B):
+    "Teacher-forced logits [B, L, V], no class dropout, no guidance."
+    self._check(tokens_BL, labels_B)
+    return self.generator(labels_B, self.var_input(tokens_BL), cond_drop_rate=0.0)
+
+@patch
+def loss(self: VARModel, tokens_BL, labels_B, cond_drop_prob: float | None = None, random_ratio: float = 0.0, generator=None):
+    "Cross-entropy over all L positions, labels dropped to the null class with `cond_drop_prob` (default: the config's rate)."
+    if random_ratio != 0: raise ValueError(f"VAR predicts scales in order: random_ratio must be 0, got {random_ratio}")
+    self._check(tokens_BL, labels_B)
+    with torch.no_grad(): x = self.var_input(tokens_BL)
+    p = self.generator.cfg.cond_drop_rate if cond_drop_prob is None else cond_drop_prob
+    lg = self.generator(labels_B, x, cond_drop_rate=p, generator=generator)
+    return F.cross_entropy(lg.reshape(-1, self.vocab_size), tokens_BL.reshape(-1))
+
+@patch
+def generate(self: VARModel, labels_B, prefix_BL=None, n_prefix=0, cfg=0.0, temperature=1.0, top_k=0, top_p=0.0,
+             greedy=False, generator=None, return_logits=False):
+    "Tokens [B, L]; the first `n_prefix` (a scale boundary) are copied from `prefix_BL`."
+    self._check_labels(labels_B)
+    return var_generate(self.generator, self.tokenizer.quantize, labels_B.to(self.device), prefix_BL, n_prefix, cfg,
+                        temperature, top_k, top_p, greedy, generator, return_logits)
+
+
+# %% ../nbs/01_var.ipynb #07c5e74e
+@patch
+def mlp_blocks(self: VARModel): return [(b.ffn.fc1, b.ffn.act, b.ffn.fc2) for b in self.generator.blocks]
+@patch
+def unit_groups(self: VARModel): return [tuple(be) for be in self.generator.begin_ends]
+@patch
+def prefix_lengths(self: VARModel): return [0] + [e for _, e in self.generator.begin_ends[:4]]
+@patch
+def score_range(self: VARModel): return tuple(self.generator.begin_ends[-1])
+@patch
+def generation_steps(self: VARModel): return self.unit_groups()                 # one step per scale
+
+@patch
+def headline_prefix(self: VARModel):
+    "The analogue of the paper's longest prefix: whole scales up to a quarter of the last scale's side."
+    sides = [round(math.sqrt(e - b)) for b, e in self.unit_groups()]
+    end = max([e for (b, e), sd in zip(self.unit_groups(), sides) if sd <= sides[-1] / 4], default=0)
+    return max(p for p in self.prefix_lengths() if p <= end)
+
+@patch
+def load_checkpoints(self: VARModel, vae_path=None, var_path=None):
+    "Strictly load the VQ-VAE and/or VAR weights from files."
+    if vae_path is not None: load_strict(self.tokenizer, read_state_dict(vae_path), "vqvae", str(vae_path))
+    if var_path is not None: load_strict(self.generator, read_state_dict(var_path), "var", str(var_path))
+    return self
+
 
 # %% ../nbs/01_var.ipynb #3d9630f6
 def fixture_model(name: str = "var_tiny"):
