@@ -221,6 +221,7 @@ class FinalAdaLN(nn.Module):
 
 # %% ../nbs/02_rar.ipynb #d73b39cc
 class RAR(nn.Module):
+    "RAR's generator: the released module names; `embed` and `forward` follow."
     def __init__(self, cfg: RARConfig = RARConfig()):
         super().__init__()
         self.cfg = cfg; C, N = cfg.hidden_size, cfg.image_seq_len
@@ -248,38 +249,46 @@ class RAR(nn.Module):
     @property
     def null_class(self) -> int: return self.cfg.codebook_size + 1 + self.cfg.condition_num_classes
 
-    def embed(self, seq_Bn, cond_B, orders_BN, start: int = 0):
-        "Block input x and adaLN condition c for [cls, cond, seq] from position `start` on (seq: the first n tokens in the order `orders_BN`; the positions before `start` are in a KV cache)."
-        B, n = seq_Bn.shape; N, C = self.cfg.image_seq_len, self.cfg.hidden_size
-        cond_B1C = self.embeddings(cond_B)[:, None]
-        c = cond_B1C + self.timesteps_embeddings[:, start:n + 2]
-        if start >= 2:     # a cached step: only the new tokens, each summed as below
-            pos = self.pos_embed[0, 2:2 + N][orders_BN[:, start - 2:n]]
-            tape = self.target_aware_pos_embed[0, 2:2 + N][orders_BN[:, start - 1:n + 1]]
-            if n == N: tape = F.pad(tape, (0, 0, 0, 1))                      # the last position predicts nothing
-            return self.embeddings(seq_Bn[:, start - 2:]) + pos + tape, c
-        x = torch.cat([self.cls_token.expand(B, -1, -1), cond_B1C, self.embeddings(seq_Bn)], 1)
-        pos = self.pos_embed[0, 2:2 + N][orders_BN]                          # raster position of each token
-        x = x + torch.cat([self.pos_embed[:, :2].expand(B, -1, -1), pos[:, :n]], 1)
-        tape = self.target_aware_pos_embed[0, 2:2 + N][orders_BN]            # the position to predict next
-        zero = tape.new_zeros(B, 1, C)
-        x = x + torch.cat([zero, tape, zero], 1)[:, :n + 2]
-        return x[:, start:], c
 
-    def forward(self, seq_Bn, cond_B, orders_BN, past=None):
-        "Logits at every new block position ([cls, cond, seq] minus the `past` ones) and the new KV cache."
-        P = 0 if past is None else past[0][0].shape[2]
-        x, c = self.embed(seq_Bn, cond_B, orders_BN, start=P)
-        kvs = []
-        for i, blk in enumerate(self.blocks):
-            x, kv = blk(x, c, None if past is None else past[i]); kvs.append(kv)
-        return self.lm_head(self.adaln_before_head(x, c)), kvs
+# %% ../nbs/02_rar.ipynb #e582f5ac
+@patch
+def embed(self: RAR, seq_Bn, cond_B, orders_BN, start: int = 0):
+    "Block input x and adaLN condition c for [cls, cond, seq] from position `start` on (seq: the first n tokens in the order `orders_BN`; the positions before `start` are in a KV cache)."
+    B, n = seq_Bn.shape; N, C = self.cfg.image_seq_len, self.cfg.hidden_size
+    cond_B1C = self.embeddings(cond_B)[:, None]
+    c = cond_B1C + self.timesteps_embeddings[:, start:n + 2]
+    if start >= 2:     # a cached step: only the new tokens, each summed as below
+        pos = self.pos_embed[0, 2:2 + N][orders_BN[:, start - 2:n]]
+        tape = self.target_aware_pos_embed[0, 2:2 + N][orders_BN[:, start - 1:n + 1]]
+        if n == N: tape = F.pad(tape, (0, 0, 0, 1))                      # the last position predicts nothing
+        return self.embeddings(seq_Bn[:, start - 2:]) + pos + tape, c
+    x = torch.cat([self.cls_token.expand(B, -1, -1), cond_B1C, self.embeddings(seq_Bn)], 1)
+    pos = self.pos_embed[0, 2:2 + N][orders_BN]                          # raster position of each token
+    x = x + torch.cat([self.pos_embed[:, :2].expand(B, -1, -1), pos[:, :n]], 1)
+    tape = self.target_aware_pos_embed[0, 2:2 + N][orders_BN]            # the position to predict next
+    zero = tape.new_zeros(B, 1, C)
+    x = x + torch.cat([zero, tape, zero], 1)[:, :n + 2]
+    return x[:, start:], c
 
-    def forward_tf(self, ids_BN, cond_B, orders_BN):
-        "Teacher-forced pass in the given order: logits [B, N+1, V] (index j predicts ids permuted, position j) and permuted ids."
-        seq_BN = ids_BN.gather(1, orders_BN)
-        logits, _ = self(seq_BN, cond_B, orders_BN)
-        return logits[:, 1:], seq_BN
+
+# %% ../nbs/02_rar.ipynb #0fca86d0
+@patch
+def forward(self: RAR, seq_Bn, cond_B, orders_BN, past=None):
+    "Logits at every new block position ([cls, cond, seq] minus the `past` ones) and the new KV cache."
+    P = 0 if past is None else past[0][0].shape[2]
+    x, c = self.embed(seq_Bn, cond_B, orders_BN, start=P)
+    kvs = []
+    for i, blk in enumerate(self.blocks):
+        x, kv = blk(x, c, None if past is None else past[i]); kvs.append(kv)
+    return self.lm_head(self.adaln_before_head(x, c)), kvs
+
+@patch
+def forward_tf(self: RAR, ids_BN, cond_B, orders_BN):
+    "Teacher-forced pass in the given order: logits [B, N+1, V] (index j predicts ids permuted, position j) and permuted ids."
+    seq_BN = ids_BN.gather(1, orders_BN)
+    logits, _ = self(seq_BN, cond_B, orders_BN)
+    return logits[:, 1:], seq_BN
+
 
 # %% ../nbs/02_rar.ipynb #c108e51c
 def random_ratio_at(step: float, anneal_start: float, anneal_end: float) -> float:
