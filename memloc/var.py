@@ -224,6 +224,7 @@ class PhiPartiallyShared(nn.Module):
 
 # %% ../nbs/01_var.ipynb #2c069ae1
 class VectorQuantizer2(nn.Module):
+    "VAR's multi-scale residual quantiser (the released names); its steps follow."
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         if cfg.share_quant_resi < 2: raise NotImplementedError("only partially shared phi (share_quant_resi >= 2) is implemented")
@@ -241,54 +242,63 @@ class VectorQuantizer2(nn.Module):
         d_NV.addmm_(z_NC, e_VC.T, alpha=-2, beta=1)
         return d_NV.argmin(1)
 
-    def f_to_idx(self, f_BChw, to_fhat=False):
-        "Residual quantisation: per-scale token ids [B, pn*pn] (row-major), or the cumulative f_hat after each scale."
-        B, C, H, W = f_BChw.shape
-        S = len(self.patch_nums)
-        f_rest, f_hat, out = f_BChw.detach().clone(), torch.zeros_like(f_BChw), []
-        for si, pn in enumerate(self.patch_nums):
-            last = si == S - 1
-            z = f_rest if last else F.interpolate(f_rest, size=(pn, pn), mode="area")
-            idx_N = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C))
-            h = self.embedding(idx_N.view(B, pn, pn)).permute(0, 3, 1, 2)
-            if not last: h = F.interpolate(h, size=(H, W), mode="bicubic")
-            h = self.phi(si)(h.contiguous())
-            f_hat.add_(h); f_rest.sub_(h)
-            out.append(f_hat.clone() if to_fhat else idx_N.view(B, pn * pn))
-        return out
 
-    def idx_to_var_input(self, idx_Bl: list) -> torch.Tensor:
-        "Teacher-forcing input [B, L - 1, Cvae]: cumulative f_hat of scales < si, area-downsampled to scale si."
-        B, H, S = idx_Bl[0].shape[0], self.patch_nums[-1], len(self.patch_nums)
-        f_hat = self.embedding.weight.new_zeros(B, self.Cvae, H, H)
-        nxt = []
-        for si in range(S - 1):
-            pn = self.patch_nums[si]
-            h = self.embedding(idx_Bl[si]).transpose(1, 2).reshape(B, self.Cvae, pn, pn)
-            f_hat.add_(self.phi(si)(F.interpolate(h, size=(H, H), mode="bicubic")))
-            pn1 = self.patch_nums[si + 1]
-            nxt.append(F.interpolate(f_hat, size=(pn1, pn1), mode="area").view(B, self.Cvae, -1).transpose(1, 2))
-        if not nxt: return f_hat.new_zeros(B, 0, self.Cvae)
-        return torch.cat(nxt, 1)
+# %% ../nbs/01_var.ipynb #90451249
+@patch
+def f_to_idx(self: VectorQuantizer2, f_BChw, to_fhat=False):
+    "Residual quantisation: per-scale token ids [B, pn*pn] (row-major), or the cumulative f_hat after each scale."
+    B, C, H, W = f_BChw.shape
+    S = len(self.patch_nums)
+    f_rest, f_hat, out = f_BChw.detach().clone(), torch.zeros_like(f_BChw), []
+    for si, pn in enumerate(self.patch_nums):
+        last = si == S - 1
+        z = f_rest if last else F.interpolate(f_rest, size=(pn, pn), mode="area")
+        idx_N = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C))
+        h = self.embedding(idx_N.view(B, pn, pn)).permute(0, 3, 1, 2)
+        if not last: h = F.interpolate(h, size=(H, W), mode="bicubic")
+        h = self.phi(si)(h.contiguous())
+        f_hat.add_(h); f_rest.sub_(h)
+        out.append(f_hat.clone() if to_fhat else idx_N.view(B, pn * pn))
+    return out
 
-    def idx_to_fhat(self, idx_Bl: list) -> torch.Tensor:
-        "Sum over scales of phi(upsampled code map): the f_hat the decoder sees."
-        B, H, S = idx_Bl[0].shape[0], self.patch_nums[-1], len(self.patch_nums)
-        f_hat = self.embedding.weight.new_zeros(B, self.Cvae, H, H)
-        for si, pn in enumerate(self.patch_nums):
-            h = self.embedding(idx_Bl[si]).transpose(1, 2).reshape(B, self.Cvae, pn, pn)
-            f_hat, _ = self.next_ar_input(si, f_hat, h)
-        return f_hat
 
-    def next_ar_input(self, si, f_hat, h_BChw):
-        "Add scale si's code map to f_hat; return f_hat and the next scale's input map."
-        H, S = self.patch_nums[-1], len(self.patch_nums)
-        if si == S - 1:
-            f_hat.add_(self.phi(si)(h_BChw))
-            return f_hat, f_hat
-        f_hat.add_(self.phi(si)(F.interpolate(h_BChw, size=(H, H), mode="bicubic")))
+# %% ../nbs/01_var.ipynb #4709a42d
+@patch
+def idx_to_var_input(self: VectorQuantizer2, idx_Bl: list) -> torch.Tensor:
+    "Teacher-forcing input [B, L - 1, Cvae]: cumulative f_hat of scales < si, area-downsampled to scale si."
+    B, H, S = idx_Bl[0].shape[0], self.patch_nums[-1], len(self.patch_nums)
+    f_hat = self.embedding.weight.new_zeros(B, self.Cvae, H, H)
+    nxt = []
+    for si in range(S - 1):
+        pn = self.patch_nums[si]
+        h = self.embedding(idx_Bl[si]).transpose(1, 2).reshape(B, self.Cvae, pn, pn)
+        f_hat.add_(self.phi(si)(F.interpolate(h, size=(H, H), mode="bicubic")))
         pn1 = self.patch_nums[si + 1]
-        return f_hat, F.interpolate(f_hat, size=(pn1, pn1), mode="area")
+        nxt.append(F.interpolate(f_hat, size=(pn1, pn1), mode="area").view(B, self.Cvae, -1).transpose(1, 2))
+    if not nxt: return f_hat.new_zeros(B, 0, self.Cvae)
+    return torch.cat(nxt, 1)
+
+@patch
+def idx_to_fhat(self: VectorQuantizer2, idx_Bl: list) -> torch.Tensor:
+    "Sum over scales of phi(upsampled code map): the f_hat the decoder sees."
+    B, H, S = idx_Bl[0].shape[0], self.patch_nums[-1], len(self.patch_nums)
+    f_hat = self.embedding.weight.new_zeros(B, self.Cvae, H, H)
+    for si, pn in enumerate(self.patch_nums):
+        h = self.embedding(idx_Bl[si]).transpose(1, 2).reshape(B, self.Cvae, pn, pn)
+        f_hat, _ = self.next_ar_input(si, f_hat, h)
+    return f_hat
+
+@patch
+def next_ar_input(self: VectorQuantizer2, si, f_hat, h_BChw):
+    "Add scale si's code map to f_hat; return f_hat and the next scale's input map."
+    H, S = self.patch_nums[-1], len(self.patch_nums)
+    if si == S - 1:
+        f_hat.add_(self.phi(si)(h_BChw))
+        return f_hat, f_hat
+    f_hat.add_(self.phi(si)(F.interpolate(h_BChw, size=(H, H), mode="bicubic")))
+    pn1 = self.patch_nums[si + 1]
+    return f_hat, F.interpolate(f_hat, size=(pn1, pn1), mode="area")
+
 
 # %% ../nbs/01_var.ipynb #4f7b1b33
 class VQVAE(nn.Module):
@@ -379,6 +389,7 @@ class AdaLNBeforeHead(nn.Module):
 
 # %% ../nbs/01_var.ipynb #b14ab507
 class VAR(nn.Module):
+    "VAR's transformer (the released names); its init and forward pass follow."
     def __init__(self, cfg: VARConfig):
         super().__init__()
         self.cfg = cfg
@@ -401,51 +412,60 @@ class VAR(nn.Module):
         self.head = nn.Linear(C, cfg.vocab_size)
         if self.pos_1LC.device.type != "meta": self.init_weights()
 
-    @torch.no_grad()
-    def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02):
-        "Truncated-normal init (std sqrt(1/3C)); small AdaLN gates; residual projections scaled by 1/sqrt(2 depth)."
-        std = math.sqrt(1 / self.C / 3)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std)
-                if m.bias is not None: m.bias.zero_()
-            elif isinstance(m, nn.Embedding): nn.init.trunc_normal_(m.weight, std=std)
-        nn.init.trunc_normal_(self.pos_start, std=std); nn.init.trunc_normal_(self.pos_1LC, std=std)
-        self.head.weight.mul_(init_head); self.head.bias.zero_()
-        self.head_nm.ada_lin[-1].weight.mul_(init_adaln); self.head_nm.ada_lin[-1].bias.zero_()
-        depth, C = len(self.blocks), self.C
-        for b in self.blocks:
-            b.attn.proj.weight.div_(math.sqrt(2 * depth)); b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
-            w, bb = b.ada_lin[-1].weight, b.ada_lin[-1].bias
-            w[2 * C:].mul_(init_adaln); w[:2 * C].mul_(init_adaln_gamma)
-            bb.zero_()
 
-    def embed(self, label_B, x_BlCv, start=0):
-        "Block input for positions [start, start + l): class token (if start == 0) and word-embedded maps, plus level and position."
-        B = label_B.shape[0]
-        parts = []
-        if start == 0: parts.append(self.class_emb(label_B).unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1))
-        if x_BlCv is not None and x_BlCv.shape[1]: parts.append(self.word_embed(x_BlCv.float()))
-        x_BLC = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        end = start + x_BLC.shape[1]
-        return x_BLC + (self.lvl_embed(self.lvl_1L[:, start:end].expand(B, -1)) + self.pos_1LC[:, start:end])
+# %% ../nbs/01_var.ipynb #1b0d8435
+@patch
+@torch.no_grad()
+def init_weights(self: VAR, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02):
+    "Truncated-normal init (std sqrt(1/3C)); small AdaLN gates; residual projections scaled by 1/sqrt(2 depth)."
+    std = math.sqrt(1 / self.C / 3)
+    for m in self.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None: m.bias.zero_()
+        elif isinstance(m, nn.Embedding): nn.init.trunc_normal_(m.weight, std=std)
+    nn.init.trunc_normal_(self.pos_start, std=std); nn.init.trunc_normal_(self.pos_1LC, std=std)
+    self.head.weight.mul_(init_head); self.head.bias.zero_()
+    self.head_nm.ada_lin[-1].weight.mul_(init_adaln); self.head_nm.ada_lin[-1].bias.zero_()
+    depth, C = len(self.blocks), self.C
+    for b in self.blocks:
+        b.attn.proj.weight.div_(math.sqrt(2 * depth)); b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+        w, bb = b.ada_lin[-1].weight, b.ada_lin[-1].bias
+        w[2 * C:].mul_(init_adaln); w[:2 * C].mul_(init_adaln_gamma)
+        bb.zero_()
 
-    def get_logits(self, h_BLC, cond_BD):
-        return self.head(self.head_nm(h_BLC.float(), cond_BD.float()).float()).float()
 
-    def forward(self, label_B, x_BLCv_wo_first_l, cond_drop_rate: float | None = None, generator=None):
-        "Teacher-forced logits [B, L, V]. Class dropout with `cond_drop_rate` (default: the config's, 0 in eval())."
-        p = (self.cond_drop_rate if self.training else 0.0) if cond_drop_rate is None else cond_drop_rate
-        if p > 0:
-            drop = torch.rand(label_B.shape[0], device=label_B.device, generator=generator) < p
-            label_B = torch.where(drop, self.num_classes, label_B)
-        x_BLC = self.embed(label_B, x_BLCv_wo_first_l)
-        L = x_BLC.shape[1]
-        cond_BD = self.class_emb(label_B)
-        bias = self.attn_bias_for_masking[:, :, :L, :L]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_BLC.is_cuda):
-            for b in self.blocks: x_BLC = b(x_BLC, cond_BD, bias)
-        return self.get_logits(x_BLC, cond_BD)
+# %% ../nbs/01_var.ipynb #50e1c482
+@patch
+def embed(self: VAR, label_B, x_BlCv, start=0):
+    "Block input for positions [start, start + l): class token (if start == 0) and word-embedded maps, plus level and position."
+    B = label_B.shape[0]
+    parts = []
+    if start == 0: parts.append(self.class_emb(label_B).unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1))
+    if x_BlCv is not None and x_BlCv.shape[1]: parts.append(self.word_embed(x_BlCv.float()))
+    x_BLC = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+    end = start + x_BLC.shape[1]
+    return x_BLC + (self.lvl_embed(self.lvl_1L[:, start:end].expand(B, -1)) + self.pos_1LC[:, start:end])
+
+@patch
+def get_logits(self: VAR, h_BLC, cond_BD):
+    return self.head(self.head_nm(h_BLC.float(), cond_BD.float()).float()).float()
+
+@patch
+def forward(self: VAR, label_B, x_BLCv_wo_first_l, cond_drop_rate: float | None = None, generator=None):
+    "Teacher-forced logits [B, L, V]. Class dropout with `cond_drop_rate` (default: the config's, 0 in eval())."
+    p = (self.cond_drop_rate if self.training else 0.0) if cond_drop_rate is None else cond_drop_rate
+    if p > 0:
+        drop = torch.rand(label_B.shape[0], device=label_B.device, generator=generator) < p
+        label_B = torch.where(drop, self.num_classes, label_B)
+    x_BLC = self.embed(label_B, x_BLCv_wo_first_l)
+    L = x_BLC.shape[1]
+    cond_BD = self.class_emb(label_B)
+    bias = self.attn_bias_for_masking[:, :, :L, :L]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_BLC.is_cuda):
+        for b in self.blocks: x_BLC = b(x_BLC, cond_BD, bias)
+    return self.get_logits(x_BLC, cond_BD)
+
 
 # %% ../nbs/01_var.ipynb #fc3836e0
 def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=0.0, greedy=False, generator=None):
