@@ -53,6 +53,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'memloc.data.ImageFolder.__init__': ('data.html#imagefolder.__init__', 'memloc/data.py'),
                              'memloc.data.ImageFolder.__len__': ('data.html#imagefolder.__len__', 'memloc/data.py'),
                              'memloc.data.ImageFolder.__repr__': ('data.html#imagefolder.__repr__', 'memloc/data.py'),
+                             'memloc.data.ImageFolder.listing_sha256': ('data.html#imagefolder.listing_sha256', 'memloc/data.py'),
                              'memloc.data.ImageFolder.load': ('data.html#imagefolder.load', 'memloc/data.py'),
                              'memloc.data.ImageFolder.verify': ('data.html#imagefolder.verify', 'memloc/data.py'),
                              'memloc.data.MiniSplit': ('data.html#minisplit', 'memloc/data.py'),

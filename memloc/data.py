@@ -255,6 +255,12 @@ class ImageFolder(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self): raise IndexError(f"image index {i} is out of range for {len(self)} images in {self.root}")
         return pil_to_tensor(self.load(i)), int(self.samples[i][1])
 
+    def listing_sha256(self) -> str:
+        "sha256 of the listing: every image's path under `root`, label and file size (what a result computed from the folder records)."
+        h = hashlib.sha256()
+        for f, y in self.samples: h.update(f"{Path(f).relative_to(self.root).as_posix()}\t{y}\t{Path(f).stat().st_size}\n".encode())
+        return h.hexdigest()
+
     def verify(self) -> int:
         "Decode every image once; raise `CorruptImageError` naming the first that fails. Returns the count."
         for f, _ in self.samples: pil_load(f)

@@ -436,10 +436,8 @@ def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folde
 def _dataset_record(dataset) -> str:
     "What a dataset's items are, for a saved scan: an image folder's listing (files, labels, sizes) and image size, or a tensor dataset's bytes."
     h = hashlib.sha256()
-    if hasattr(dataset, "samples") and hasattr(dataset, "root"):         # memloc.data.ImageFolder
-        h.update(f"{getattr(dataset, 'size', None)}\n".encode())
-        for f, y in dataset.samples: h.update(f"{Path(f).relative_to(dataset.root).as_posix()}\t{y}\t{Path(f).stat().st_size}\n".encode())
-        return f"folder {Path(dataset.root).name}: {h.hexdigest()}"
+    if hasattr(dataset, "listing_sha256"):                                # memloc.data.ImageFolder
+        return f"folder {dataset.root.name} at size {dataset.size}, resampled {dataset.resample.name.lower()}: {dataset.listing_sha256()}"
     if hasattr(dataset, "tensors"):                                       # torch.utils.data.TensorDataset
         for t in dataset.tensors: h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return f"tensors: {h.hexdigest()}"

@@ -258,13 +258,11 @@ class _FolderImages(torch.utils.data.Dataset):
     def __getitem__(self, i): return to_uint8(self.folder[i][0][None])[0]
 
 def _folder_record(folder, feature_extractor: str, weights_path) -> dict:
-    "What reference statistics are computed from: the folder's files (names and sizes), the image size, the extractor and its weights."
+    "What reference statistics are computed from: the folder's files (names and sizes), the image size and resampling, the extractor and its weights."
     import hashlib
-    h = hashlib.sha256()
-    for f, y in folder.samples: h.update(f"{Path(f).relative_to(folder.root).as_posix()}\t{y}\t{Path(f).stat().st_size}\n".encode())
     w = hashlib.sha256(Path(weights_path).read_bytes()).hexdigest() if weights_path is not None else None
-    return dict(n_images=len(folder), n_classes=len(folder.classes), files_sha256=h.hexdigest(), image_size=folder.size,
-                feature_extractor=feature_extractor, weights_sha256=w)
+    return dict(n_images=len(folder), n_classes=len(folder.classes), files_sha256=folder.listing_sha256(), image_size=folder.size,
+                resample=folder.resample.name.lower(), feature_extractor=feature_extractor, weights_sha256=w)
 
 def fid_reference_stats(data_root,                  # an ImageNet-layout training folder (`<class>/<image>`)
                         out_path,                   # the .npz to write (mu, sigma, record)

@@ -142,6 +142,19 @@ def test_folder_classes_sorted_and_nonimages_skipped(tmp_path):
     assert f.verify() == 3
 
 
+def test_folder_listing_hash_names_paths_labels_and_sizes(tmp_path):
+    "The same files elsewhere hash alike; a renamed, resized or relabelled file does not."
+    import shutil
+    spec = {"n01": {"a.png": _rgb()}, "n02": {"b.png": _rgb(seed=1)}}
+    h = ImageFolder(_folder(tmp_path / "one", spec)).listing_sha256()
+    assert ImageFolder(_folder(tmp_path / "two", spec)).listing_sha256() == h
+    shutil.move(tmp_path / "two" / "n02" / "b.png", tmp_path / "two" / "n02" / "c.png")
+    assert ImageFolder(tmp_path / "two").listing_sha256() != h
+    _rgb(h=21).save(tmp_path / "one" / "n01" / "a.png")
+    assert ImageFolder(tmp_path / "one").listing_sha256() != h
+    assert ImageFolder(_folder(tmp_path / "three", spec), classes=["n00", "n01", "n02"]).listing_sha256() != h
+
+
 def test_folder_explicit_classes_keep_indices(tmp_path):
     _folder(tmp_path, {"n03": {"a.png": _rgb()}})
     f = ImageFolder(tmp_path, classes=["n01", "n02", "n03"])
