@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from .var_scales import argmax_cells, bootstrap_points, bootstrap_units, cell_maps, interval, top_mask
+from .stats import interval
+from .var_scales import argmax_cells, bootstrap_points, bootstrap_units, cell_maps, top_mask
 
 # %% auto #0
 __all__ = ['block_profile', 'late_share', 'late_share_test', 'plot_profile']

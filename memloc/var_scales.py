@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from .stats import top_count
+from .stats import interval, top_count
 
 from .unitmem import (StaleStats, UnitCapture, UnitMemStats, _autocast, augment_fingerprint, augment_views, batch_values, measure,
                             stale_content, stale_meta, weights_fingerprint)
@@ -21,7 +21,7 @@ from .unitmem import (StaleStats, UnitCapture, UnitMemStats, _autocast, augment_
 # %% auto #0
 __all__ = ['point_values', 'matching_values', 'stats_from_values', 'model_fingerprint', 'unit_stats', 'top_mask', 'cell_maps',
            'depth_index', 'top_depth', 'trend', 'unitmem_from_counts', 'bootstrap_points', 'bootstrap_units',
-           'interval', 'scale_depth_test', 'argmax_cells', 'class_shares', 'class_test', 'plot_maps', 'plot_depth']
+           'scale_depth_test', 'argmax_cells', 'class_shares', 'class_test', 'plot_maps', 'plot_depth']
 
 # %% ../nbs/11_var_scales.ipynb #82d1df55
 def _values_meta(model, cap, pts, augment, augmentations, seed, dtype) -> dict:
@@ -218,12 +218,6 @@ def bootstrap_units(um: torch.Tensor,   # UnitMem [..., units]
     "Statistics `fn` of `n_boot` resamples of the units within every cell (the last dimension), `[n_boot, k]`."
     g, H = torch.Generator().manual_seed(seed), um.shape[-1]
     return np.stack([np.asarray(fn(um.gather(-1, torch.randint(H, um.shape, generator=g))), dtype=np.float64) for _ in range(n_boot)])
-
-def interval(samples, level: float = 0.95) -> tuple[float, float]:
-    "Percentile interval of bootstrap `samples`."
-    a = (1 - level) / 2
-    lo, hi = np.quantile(np.asarray(samples, dtype=np.float64), [a, 1 - a])
-    return float(lo), float(hi)
 
 # %% ../nbs/11_var_scales.ipynb #0bd8f9a0
 def _depth_stats(um_SBH):
