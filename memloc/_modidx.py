@@ -655,6 +655,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'memloc.reproduce.available_stages': ('reproduce.html#available_stages', 'memloc/reproduce.py'),
                                   'memloc.reproduce.check_manifest': ('reproduce.html#check_manifest', 'memloc/reproduce.py'),
                                   'memloc.reproduce.check_profile': ('reproduce.html#check_profile', 'memloc/reproduce.py'),
+                                  'memloc.reproduce.clean_state': ('reproduce.html#clean_state', 'memloc/reproduce.py'),
                                   'memloc.reproduce.load_state': ('reproduce.html#load_state', 'memloc/reproduce.py'),
                                   'memloc.reproduce.main': ('reproduce.html#main', 'memloc/reproduce.py'),
                                   'memloc.reproduce.prepare_stage': ('reproduce.html#prepare_stage', 'memloc/reproduce.py'),

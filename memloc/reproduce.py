@@ -30,7 +30,7 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
 __all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
            'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'profile_checkpoints',
-           'check_manifest', 'unread_settings', 'check_profile', 'reproduce', 'main']
+           'check_manifest', 'unread_settings', 'check_profile', 'reproduce', 'clean_state', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -438,6 +438,16 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
 
 def _interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
 
+def clean_state(settings: Settings, remove: bool = False) -> list[tuple[Path, int]]:
+    "The resumable parts under `<runs_dir>/tmp/<stage>/` (saved scans, samples, training state) with their bytes; with `remove`, deleted, under the run lock (never beneath a running study)."
+    tmp = settings.path("runs_dir") / "tmp"
+    parts = sorted(p for stage in (tmp.iterdir() if tmp.is_dir() else []) if stage.is_dir() for p in stage.iterdir())
+    found = [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size) for p in parts]
+    if remove and found:
+        with run_lock(settings):
+            for p, _ in found: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return found
+
 def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     "The `memloc` command (exit 0: done; 1: a stage failed or another run holds the lock; 2: bad settings or arguments; 130: interrupted)."
     ap = argparse.ArgumentParser(prog="memloc", description="Run the memloc study.")
@@ -456,7 +466,18 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     fs = sub.add_parser("fid-stats", help="compute FID's reference statistics of a profile's data_root into its fid_stats_path (once; cached)")
     fs.add_argument("--profile", default="full", help="a section of settings.ini with data_root, inception_path and fid_stats_path (default: full)")
     fs.add_argument("--batch-size", type=int, default=64)
+    cs = sub.add_parser("clean-state", help="list a profile's resumable parts (saved scans and samples under <runs_dir>/tmp); remove them with --yes")
+    cs.add_argument("--profile", default="mini", help="a section of settings.ini (default: mini)")
+    cs.add_argument("--yes", action="store_true", help="remove them (without it, nothing is removed)")
     a = ap.parse_args(argv)
+    if a.cmd == "clean-state":
+        try: found = clean_state(load_settings(a.profile), a.yes)
+        except SettingsError as e: print(f"error: {e}", file=sys.stderr); raise SystemExit(2)
+        except RunLocked as e: print(f"error: {e}", file=sys.stderr); raise SystemExit(1)
+        for p, n in found: print(f"{n / 2**20:10.1f} MiB  {_rel(p, repo_root())}")
+        total = sum(n for _, n in found) / 2**20
+        print(f"{total:10.1f} MiB in {len(found)} part folder(s): " + ("removed" if a.yes else "nothing removed; add --yes to remove them") if found else "no saved parts")
+        return
     if a.cmd == "smoke-assets":
         from memloc.config import resolve
         from memloc.smoke import make_smoke_assets

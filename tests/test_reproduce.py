@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from memloc.config import SettingsError, load_settings
-from memloc.reproduce import (STAGES, Stage, StageFailed, UsageError, _convert, check_profile, main, run_lock,
+from memloc.reproduce import (STAGES, Stage, StageFailed, UsageError, _convert, check_profile, clean_state, main, run_lock,
                               run_stage, select_stages, stage_key, stage_modules, stage_parameters, RunLocked)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,6 +349,22 @@ def test_lock_in_process(fake_repo):
         with pytest.raises(RunLocked):
             with run_lock(s): pass
     with run_lock(s): pass                                         # released
+
+
+def test_clean_state_lists_then_removes_under_the_lock(fake_repo):
+    "Saved parts are listed with their sizes and removed only when asked, and never while a run holds the lock."
+    s = load_settings("mini", fake_repo / "settings.ini")
+    tmp = fake_repo / "runs" / "tmp"
+    assert clean_state(s) == []
+    scan = tmp / "extraction" / "m1"; scan.mkdir(parents=True); (scan / "part-0.safetensors").write_bytes(b"x" * 10)
+    (tmp / "quality").mkdir(); (tmp / "quality" / "run.json").write_text("{}")
+    listed = [(p.relative_to(tmp).as_posix(), n) for p, n in clean_state(s)]
+    assert listed == [("extraction/m1", 10), ("quality/run.json", 2)] and scan.is_dir()
+    with run_lock(s):
+        with pytest.raises(RunLocked): clean_state(s, remove=True)
+    assert scan.is_dir()
+    clean_state(s, remove=True)
+    assert not scan.exists() and clean_state(s) == []
 
 
 def test_refuses_outside_a_repository(tmp_path):
