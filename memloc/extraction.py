@@ -279,9 +279,11 @@ def calibrate_threshold(backend: Similarity, # the similarity to calibrate
 def prefix_similarity(model, tokens_NL, labels_N,
                       ref_ND,                   # the embeddings of the candidates' reconstructions by `backend`
                       backend, prefix: int, batch_size: int = 64,
-                      return_images: bool = False):  # also return the generations
+                      return_images: bool = False,  # also return the generations
+                      generation_batch: int | None = None):  # candidates per generation call (None: batch_size)
     "Similarity of each candidate's greedy generation from its first `prefix` true tokens to its reconstruction, float64 [N] (and the generations)."
-    uniq_UL, inv_N = torch.unique(greedy_from_prefix(model, tokens_NL, labels_N, prefix, batch_size), dim=0, return_inverse=True)
+    if len(ref_ND) != len(tokens_NL): raise ValueError(f"{len(ref_ND)} reconstruction embeddings for {len(tokens_NL)} candidates")
+    uniq_UL, inv_N = torch.unique(greedy_from_prefix(model, tokens_NL, labels_N, prefix, generation_batch or batch_size), dim=0, return_inverse=True)
     gen_U3HW = decode_all(model, uniq_UL, batch_size)   # each distinct generation is decoded and embedded once
     sim_N = (backend.embed_all(gen_U3HW, batch_size)[inv_N] * ref_ND).sum(1)
     return sim_N, (gen_U3HW[inv_N] if return_images else None)
@@ -317,7 +319,7 @@ def extract(model,                      # a family adapter
                            "similarity": sim_N.numpy(), "extracted": (sim_N > backend.threshold).numpy()})
         if scores is not None: df.insert(4, "score", torch.as_tensor(scores).double().numpy())
         rows.append(df); gens[p] = gen_N3HW
-    out = rows[0] if len(rows) == 1 else pd.concat(rows, ignore_index=True)
+    out = pd.concat(rows, ignore_index=True)
     out.attrs.update(backend=backend.name, threshold=backend.threshold)
     return (out, recon_N3HW, gens) if return_images else out
 

@@ -162,11 +162,12 @@ class Probe:
     sampler: dict = field(default_factory=dict)  # options of `generate` for the quality samples (cfg, top_k, ...)
     tokens: torch.Tensor | None = None  # the candidates' true tokens (computed on first use)
     recon_embedding: torch.Tensor | None = None  # `backend`'s embeddings of their reconstructions (computed on first use)
-    attack_batch: int | None = None  # candidates per generation call of the attack (None: batch_size); the tokens do not depend on it
+    attack_batch: int | None = None  # candidates per greedy generation call of the attack (None: batch_size); on the CPU the tokens do not depend on it
 
     def prepare(self, model):
-        "Compute the tokens and the reconstructions' embeddings once: the tokenizer is never scaled, so every intervention shares them."
+        "Compute the tokens and the reconstructions' embeddings once (for this model's tokenizer and `backend`): the tokenizer is never scaled, so every intervention shares them."
         from memloc.extraction import decode_all, tokenize_all
+        if self.backend.threshold is None: raise ValueError("the probe's backend has no threshold (make_backend(...), then calibrate_threshold or with_threshold)")
         if self.tokens is None: self.tokens = tokenize_all(model, self.images, self.batch_size)
         if self.recon_embedding is None: self.recon_embedding = self.backend.embed_all(decode_all(model, self.tokens, self.batch_size), self.batch_size)
         return self

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .intervention import as_units, scale_units, select_units, unit_grid, unit_scores
-from .unitmem import UnitCapture, measure
-from .unitmem import _autocast
+from .unitmem import UnitCapture, _autocast, measure
 from .var_scales import model_fingerprint
 
 # %% auto #0
@@ -299,9 +298,8 @@ def learned_mask(model, evidence: Evidence,
     ev, dev = evidence, _device(model)
     theta = torch.full(unit_grid(model), float(init), device=dev, requires_grad=True)
     opt, g = torch.optim.Adam([theta], lr=lr), torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        tok_t = torch.cat([model.tokenize(ev.targets[i:i + ev.batch_size].to(dev)).cpu() for i in range(0, len(ev.targets), ev.batch_size)])
-        tok_r = torch.cat([model.tokenize(ev.references[i:i + ev.batch_size].to(dev)).cpu() for i in range(0, len(ev.references), ev.batch_size)])
+    from memloc.extraction import tokenize_all
+    tok_t, tok_r = tokenize_all(model, ev.targets, ev.batch_size), tokenize_all(model, ev.references, ev.batch_size)
     bs = batch_size or ev.batch_size
     pick = lambda n: torch.randperm(n, generator=g)[:bs] if n > bs else torch.arange(n)
     loss = lambda tok, y, i: tf_loss(model, tok[i].to(dev), y[i].to(dev))
@@ -393,10 +391,10 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:16]
 
 def probe_fingerprint(probe) -> str:
-    "What an evaluation on `probe` depends on besides the model: candidates, similarity and threshold, prefixes, FID reference and seed."
+    "What an evaluation on `probe` depends on besides the model: candidates, similarity and threshold, prefixes, FID reference, seed and batch sizes (the samples' seeds follow the batches)."
     ref = probe.reference if probe.reference is not None else "profile statistics"
     return fingerprint(probe.images, probe.labels, probe.indices, list(probe.groups), probe.backend.name, probe.backend.threshold,
-                       list(probe.prefixes), ref, probe.profile, probe.seed, probe.sampler)
+                       list(probe.prefixes), ref, probe.profile, probe.seed, probe.sampler, probe.batch_size, probe.attack_batch)
 
 class ResultCache:
     "Results in a file (`.pt`, which `memloc reproduce` carries into a rerun, or `.json`), each under the fingerprint of what it was computed from; `get` computes what is missing."
@@ -436,7 +434,8 @@ def attack_and_fid(model, probe, n_samples: int = 0) -> dict:
     probe.prepare(model)
     hit = torch.zeros(len(probe.indices), dtype=torch.bool)
     for p in probe.prefixes:
-        sim = prefix_similarity(model, probe.tokens, probe.labels, probe.recon_embedding, probe.backend, p, probe.attack_batch or probe.batch_size)[0]
+        sim = prefix_similarity(model, probe.tokens, probe.labels, probe.recon_embedding, probe.backend, p, probe.batch_size,
+                                generation_batch=probe.attack_batch)[0]
         hit |= sim > probe.backend.threshold
     out = dict(extracted_indices=sorted(int(i) for i in torch.as_tensor(probe.indices)[hit]), fid=None)
     if n_samples:

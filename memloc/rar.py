@@ -448,13 +448,13 @@ def tokenize(self: RARModel, img_B3HW) -> torch.Tensor:
         raise ValueError(f"expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(img_B3HW.shape)}")
     from memloc.data import check_images
     check_images(img_B3HW, "tokenize: images")
-    return self.tokenizer.encode(img_B3HW.to(self.device).float())
+    with torch.autocast(self.device.type, enabled=False): return self.tokenizer.encode(img_B3HW.to(self.device).float())   # exact codes
 
 @patch
 @torch.no_grad()
 def decode(self: RARModel, tokens_BL) -> torch.Tensor:
     "Images (B, 3, H, W) in [0, 1]."
-    return self.tokenizer.decode(self._check_tokens(tokens_BL))
+    with torch.autocast(self.device.type, enabled=False): return self.tokenizer.decode(self._check_tokens(tokens_BL))
 
 @patch
 def reconstruct(self: RARModel, img_B3HW): return self.decode(self.tokenize(img_B3HW))

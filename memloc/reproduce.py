@@ -442,10 +442,10 @@ def clean_state(settings: Settings, remove: bool = False) -> list[tuple[Path, in
     "The resumable parts under `<runs_dir>/tmp/<stage>/` (saved scans, samples, training state) with their bytes; with `remove`, deleted, under the run lock (never beneath a running study)."
     tmp = settings.path("runs_dir") / "tmp"
     parts = sorted(p for stage in (tmp.iterdir() if tmp.is_dir() else []) if stage.is_dir() for p in stage.iterdir())
-    found = [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size) for p in parts]
+    found = [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() and not p.is_symlink() else p.lstat().st_size) for p in parts]
     if remove and found:
         with run_lock(settings):
-            for p, _ in found: shutil.rmtree(p) if p.is_dir() else p.unlink()
+            for p, _ in found: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return found
 
 def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
         except RunLocked as e: print(f"error: {e}", file=sys.stderr); raise SystemExit(1)
         for p, n in found: print(f"{n / 2**20:10.1f} MiB  {_rel(p, repo_root())}")
         total = sum(n for _, n in found) / 2**20
-        print(f"{total:10.1f} MiB in {len(found)} part folder(s): " + ("removed" if a.yes else "nothing removed; add --yes to remove them") if found else "no saved parts")
+        print(f"{total:10.1f} MiB in {len(found)} part(s): " + ("removed" if a.yes else "nothing removed; add --yes to remove them") if found else "no saved parts")
         return
     if a.cmd == "smoke-assets":
         from memloc.config import resolve

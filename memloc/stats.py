@@ -24,7 +24,6 @@ def bootstrap_share(hits, n_boot: int = 1000, seed: int = 0, level: float = 0.95
     "Share of True in `hits` with a percentile bootstrap interval over the items: `{share, lo, hi, n}`."
     h = np.asarray(hits, dtype=float)
     if h.size == 0: return {"share": None, "lo": None, "hi": None, "n": 0}
-    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
     boots = h[rng.integers(0, h.size, (n_boot, h.size))].mean(1)
     lo, hi = interval(boots, level)

@@ -105,8 +105,13 @@ def test_extract_reuses_given_reconstruction_embeddings(toy):
     model, x, y = toy
     sim = make_backend("pixel-ncc").with_threshold(0.5)
     ref = sim.embed_all(decode_all(model, tokenize_all(model, x)))
-    a = extract(model, x, y, backend=sim, prefix=model.prefix_lengths())
-    pd.testing.assert_frame_equal(a, extract(model, x, y, backend=sim, prefix=model.prefix_lengths(), recon_ND=ref))
+    decoded, decode = [], model.decode
+    model.decode = lambda t: decoded.append(len(t)) or decode(t)       # count the images decoded
+    try:
+        a = extract(model, x, y, backend=sim, prefix=model.prefix_lengths()); n_without = sum(decoded); decoded.clear()
+        pd.testing.assert_frame_equal(a, extract(model, x, y, backend=sim, prefix=model.prefix_lengths(), recon_ND=ref))
+    finally: del model.decode
+    assert n_without - sum(decoded) == len(x)                           # the reconstructions are not decoded again
     assert a.extracted.any() and not extract(model, x, y, backend=sim, prefix=0, recon_ND=torch.zeros_like(ref)).extracted.any()
 
 
