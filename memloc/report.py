@@ -650,10 +650,10 @@ def _loc_text(d):
     rec = {n: v for n, v in rec.items() if v is not None}
     rr = ((r.get("random") or {}).get("recall_implants") or {}).get("mean")
     best = max(rec, key=rec.get) if rec else None
-    tail = "" if best is None or rr is None else (f" On the implants, {best} has the highest Recall@|S| ({rec[best]:.2f}, random {rr:.2f})."
-                                                  if rec[best] > rr else f" On the implants, no method's Recall@|S| exceeds random ({rr:.2f}).")
+    tail = "" if best is None or rr is None else (f" On the implants, {best} has the highest Recall@|S| ({_fmt(rec[best], 2)}, random {_fmt(rr, 2)})."
+                                                  if rec[best] > rr else f" On the implants, no method's Recall@|S| exceeds random ({_fmt(rr, 2)}).")
     return ("Which method finds the units to scale? Verdict per method: `verdict(p vs random, fewer targets than random units)`, "
-            f"alpha {ALPHA}. " + "; ".join(_cap(p.lstrip(", ")) for p in parts) + "." + tail)
+            f"alpha {ALPHA}. " + _cap("; ".join(p.lstrip(", ") for p in parts)) + "." + tail)
 
 _d = lambda f: (lambda d, run: f(d))
 SECTIONS = {

@@ -108,7 +108,7 @@ def test_ground_truth_rows_and_sections_follow_the_numbers(tmp_path):
     assert "## Ground truth" in md and "| passes over the training stream | 350 | 40 |" in md and "0.90 [0.70, 1.00]" in md
     assert "| long | var | 0.5 | 3 | 0.50 ± 0.00 | 0.016 |" in md
     assert "Unitmem leaves the fewest targets" not in md and "unitmem leaves the fewest targets extractable" in md
-    assert "On the implants, unitmem has the highest Recall@|S| (0.40, random 0.02)" in md
+    assert "On the implants, unitmem has the highest Recall@|S| (0.4, random 0.02)" in md
 
     gt["testbeds"]["canary"]["var"] = _testbed(400, 0.02, 0.9, after_top=2)   # the contrast now in the regime, and its cut beating random
     figs = _figures(tmp_path / "b", gt, _localization(11, 0.6))
