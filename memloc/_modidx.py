@@ -503,6 +503,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'memloc.rar.RARModel.__init__': ('rar.html#rarmodel.__init__', 'memloc/rar.py'),
                             'memloc.rar.RARModel._check_tokens': ('rar.html#rarmodel._check_tokens', 'memloc/rar.py'),
                             'memloc.rar.RARModel._cond': ('rar.html#rarmodel._cond', 'memloc/rar.py'),
+                            'memloc.rar.RARModel._forced_prefix': ('rar.html#rarmodel._forced_prefix', 'memloc/rar.py'),
                             'memloc.rar.RARModel.decode': ('rar.html#rarmodel.decode', 'memloc/rar.py'),
                             'memloc.rar.RARModel.device': ('rar.html#rarmodel.device', 'memloc/rar.py'),
                             'memloc.rar.RARModel.generate': ('rar.html#rarmodel.generate', 'memloc/rar.py'),

@@ -437,10 +437,10 @@ def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folde
 # %% ../nbs/04_extraction.ipynb #5be9a11e
 def _dataset_record(dataset) -> str:
     "What a dataset's items are, for a saved scan: an image folder's listing (files, labels, sizes) and image size, or a tensor dataset's bytes."
-    h = hashlib.sha256()
     if hasattr(dataset, "listing_sha256"):                                # memloc.data.ImageFolder
         return f"folder {dataset.root.name} at size {dataset.size}, resampled {dataset.resample.name.lower()}: {dataset.listing_sha256()}"
     if hasattr(dataset, "tensors"):                                       # torch.utils.data.TensorDataset
+        h = hashlib.sha256()
         for t in dataset.tensors: h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return f"tensors: {h.hexdigest()}"
     raise ValueError(f"a saved scan needs to know what the dataset holds; {type(dataset).__name__} is neither an ImageFolder nor a TensorDataset (pass state_dir=None)")

@@ -491,7 +491,7 @@ def _cond(self, labels_B):
     return labels_B
 
 LlamaGenModel.tokenize, LlamaGenModel.decode, LlamaGenModel._check_tokens, LlamaGenModel._cond = _tokenize, _decode, _check_tokens, _cond
-LlamaGenModel.reconstruct = RARModel.reconstruct
+LlamaGenModel.reconstruct, LlamaGenModel._forced_prefix = RARModel.reconstruct, RARModel._forced_prefix
 
 # %% ../nbs/02a_llamagen.ipynb #59493786
 def _logits(self, tokens_BL, labels_B) -> torch.Tensor:
@@ -517,14 +517,9 @@ LlamaGenModel.logits, LlamaGenModel.loss = _logits, _loss
 def _generate(self, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0, top_k: int = 0,
               top_p: float = 0.0, greedy: bool = False, generator=None, cfg_interval: float = -1, kv_cache: bool = True):
     "Raster tokens [B, L]; the first `n_prefix` copied from `prefix_BL`; `cfg` is LlamaGen's guidance scale (<= 1: none)."
-    if not 0 <= n_prefix <= self.seq_len: raise ValueError(f"n_prefix must be in [0, {self.seq_len}], got {n_prefix}")
-    prefix = None
-    if n_prefix > 0:
-        if prefix_BL is None: raise ValueError("n_prefix > 0 needs prefix_BL")
-        prefix = self._check_tokens(prefix_BL)[:, :n_prefix]
     with _autocast(self.device):
         return llamagen_generate(self.generator, self._cond(labels_B), cfg, cfg_interval, temperature, top_k, top_p, greedy,
-                                 prefix, generator, kv_cache)
+                                 self._forced_prefix(prefix_BL, n_prefix), generator, kv_cache)
 
 def _mlp_blocks(self):
     "(unit row: w3 or w1, act whose output is h = silu(w1 x) * w3 x, w2) per block."

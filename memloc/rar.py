@@ -492,14 +492,18 @@ def loss(self: RARModel, tokens_BL, labels_B, random_ratio: float = 0.0, cond_dr
 def generate(self: RARModel, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 0.0, greedy: bool = False, generator=None, cfg_pow: float | None = None, kv_cache: bool = True):
     "Raster tokens [B, L]; the first `n_prefix` copied from `prefix_BL`; `cfg` is RAR's guidance scale (0: none)."
-    if not 0 <= n_prefix <= self.seq_len: raise ValueError(f"n_prefix must be in [0, {self.seq_len}], got {n_prefix}")
-    prefix = None
-    if n_prefix > 0:
-        if prefix_BL is None: raise ValueError("n_prefix > 0 needs prefix_BL")
-        prefix = self._check_tokens(prefix_BL)[:, :n_prefix]
     pw = self.generator.cfg.guidance_scale_pow if cfg_pow is None else cfg_pow
     with _autocast(self.device):
-        return rar_generate(self.generator, labels_B, cfg, pw, temperature, top_k, top_p, greedy, prefix, generator, kv_cache)
+        return rar_generate(self.generator, labels_B, cfg, pw, temperature, top_k, top_p, greedy, self._forced_prefix(prefix_BL, n_prefix),
+                            generator, kv_cache)
+
+@patch
+def _forced_prefix(self: RARModel, prefix_BL, n_prefix: int):
+    "The first `n_prefix` tokens of `prefix_BL`, checked (None for none): what `generate` forces."
+    if not 0 <= n_prefix <= self.seq_len: raise ValueError(f"n_prefix must be in [0, {self.seq_len}], got {n_prefix}")
+    if n_prefix == 0: return None
+    if prefix_BL is None: raise ValueError("n_prefix > 0 needs prefix_BL")
+    return self._check_tokens(prefix_BL)[:, :n_prefix]
 
 
 # %% ../nbs/02_rar.ipynb #23930a44

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -261,7 +262,6 @@ def _batch(dataset, ids):
 
 def _autocast(device, dtype: str | None):
     "bfloat16/float16 autocast on `device`, or nothing for float32 (and None: whatever the caller set)."
-    from contextlib import nullcontext
     if dtype in (None, "float32"): return nullcontext()
     if dtype not in ("bfloat16", "float16"): raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
