@@ -718,6 +718,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'memloc.smoke.write_inception': ('smoke.html#write_inception', 'memloc/smoke.py'),
                               'memloc.smoke.write_sscd': ('smoke.html#write_sscd', 'memloc/smoke.py')},
             'memloc.stats': { 'memloc.stats.bootstrap_share': ('stats.html#bootstrap_share', 'memloc/stats.py'),
+                              'memloc.stats.chance_supported': ('stats.html#chance_supported', 'memloc/stats.py'),
+                              'memloc.stats.detectable': ('stats.html#detectable', 'memloc/stats.py'),
                               'memloc.stats.empirical_p': ('stats.html#empirical_p', 'memloc/stats.py'),
                               'memloc.stats.interval': ('stats.html#interval', 'memloc/stats.py'),
                               'memloc.stats.top_count': ('stats.html#top_count', 'memloc/stats.py'),

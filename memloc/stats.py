@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 # %% auto #0
-__all__ = ['interval', 'bootstrap_share', 'empirical_p', 'verdict', 'top_count']
+__all__ = ['ALPHA', 'interval', 'bootstrap_share', 'empirical_p', 'detectable', 'chance_supported', 'verdict', 'top_count']
 
 # %% ../nbs/06a_stats.ipynb #76970412
 def interval(samples, level: float = 0.95) -> tuple[float, float]:
@@ -38,7 +38,23 @@ def empirical_p(observed: float, draws, alternative: str = "less") -> float:
     k = (d <= observed).sum() if alternative == "less" else (d >= observed).sum()
     return float((1 + k) / (1 + d.size))
 
-def verdict(p: float | None, effect_ok: bool | None = True, alpha: float = 0.1, n_draws: int | None = None) -> str:
+ALPHA = 0.05   # the study's significance level for every comparison with random draws
+
+def detectable(draws, alpha: float = ALPHA, alternative: str = "less") -> dict:
+    "The smallest effect a comparison with these `draws` could detect at `alpha`: an observed value strictly beyond `bound` (below it for `less`) has `empirical_p` <= alpha; `effect` is the bound's distance from the draws' mean (None where no value can reach alpha)."
+    d = np.sort(np.asarray(draws, dtype=float))
+    if d.size == 0: raise ValueError("detectable needs at least one draw")
+    if alternative not in ("less", "greater"): raise ValueError(f"alternative must be 'less' or 'greater', got {alternative!r}")
+    k = math.floor(alpha * (1 + d.size) + 1e-9) - 1    # how many draws may be as extreme as the observed value
+    if k < 0: return {"bound": None, "effect": None, "n_draws": int(d.size), "alpha": alpha}
+    b = d[k] if alternative == "less" else d[::-1][k]
+    return {"bound": float(b), "effect": float(abs(d.mean() - b)), "n_draws": int(d.size), "alpha": alpha}
+
+def chance_supported(n_tests: int, alpha: float = ALPHA) -> float:
+    "How many of `n_tests` independent comparisons chance alone would call supported at `alpha` (an upper bound where the p-values are discrete)."
+    return float(n_tests * alpha)
+
+def verdict(p: float | None, effect_ok: bool | None = True, alpha: float = ALPHA, n_draws: int | None = None) -> str:
     "'supported' (p <= alpha and the effect goes the claimed way), 'not supported', or 'inconclusive' (p cannot reach alpha)."
     if p is None or effect_ok is None: return "inconclusive"
     if n_draws is not None and 1 / (1 + n_draws) > alpha: return "inconclusive"
