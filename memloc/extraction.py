@@ -25,8 +25,9 @@ __all__ = ['BACKENDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SSCD_THRESHOLD', 'GROUP
            'decode_all', 'candidate_scores', 'select_candidates', 'generate_uncached', 'greedy_from_prefix',
            'Similarity', 'register_backend', 'make_backend', 'pixel_ncc', 'digits_cnn', 'sscd_torchscript', 'sscd_onnx',
            'calibrate_threshold', 'prefix_similarity', 'extract', 'summarize', 'run_attack', 'results_entry',
-           'save_results', 'plot_grid', 'attack_set', 'Calibration', 'calibrate_attack', 'load_attack', 'score_dataset',
-           'scan_candidates', 'scan_state']
+           'save_results', 'plot_grid', 'attack_set', 'Calibration', 'calibrate_attack', 'attack_testbed',
+           'extraction_by_count', 'count_rank_correlation', 'load_attack', 'score_dataset', 'scan_candidates',
+           'scan_state']
 
 # %% ../nbs/04_extraction.ipynb #c7bbcba0
 class LookupModel(nn.Module):
@@ -414,6 +415,39 @@ def calibrate_attack(model, images_N3HW, split, backend: str = "pixel-ncc", n_me
     thr, nearest = calibrate_threshold(sim, recon[nm], recon, same_NM=idx[nm][:, None] == idx[None], quantile=quantile)
     sim = sim.with_threshold(thr, f"quantile {quantile} of {int(nm.sum())} non-members' nearest-other similarity among {len(idx)} reconstructions")
     return Calibration(sim, idx, grp, tok, nearest)
+
+# %% ../nbs/04_extraction.ipynb #a785cb1c
+def attack_testbed(model, images_N3HW, labels_N, split, per_class: int | None = 30, prefixes=None, backend: str = "pixel-ncc",
+                   n_members: int | None = None, seed: int = 0, quantile: float = 1.0, batch_size: int = 64):
+    "The attack as at full scale on a miniature testbed: calibrate on its non-members, score every point of `attack_set(split, n_members)` (all members and non-members by default), generate the `per_class` best-scored of each class: `(candidate table, Calibration)`."
+    c = calibrate_attack(model, images_N3HW, split, backend, n_members, seed, quantile, batch_size)
+    df = run_attack(model, images_N3HW[c.indices], labels_N[c.indices], c.backend, indices=c.indices, groups=c.groups,
+                    prefixes=prefixes, per_class=per_class, batch_size=batch_size, tokens_NL=c.tokens_NL)
+    return df, c
+
+def extraction_by_count(split, extracted, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
+    "Per number of copies in the training stream (1: the ordinary members), the members that many times there and how many of them `extracted` holds, with a bootstrap interval: `[{count, n, extracted, share, ci}]`."
+    from memloc.stats import bootstrap_share
+    c = split.count_of(); hit = np.zeros(split.n, dtype=bool); hit[np.asarray(list(extracted), dtype=np.int64)] = True
+    out = []
+    for k in sorted(set(c[c > 0].tolist())):
+        b = bootstrap_share(hit[c == k], n_boot, seed, level)
+        out.append({"count": int(k), "n": b["n"], "extracted": int(hit[c == k].sum()), "share": b["share"], "ci": [b["lo"], b["hi"]]})
+    return out
+
+def count_rank_correlation(split, extracted, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    "Spearman's rho between a member's copies in the stream and whether it was extracted, with a bootstrap interval over the members (resampled within each count): `{rho, ci, n}` (rho None where nothing, or everything, was extracted)."
+    from scipy.stats import spearmanr
+    from memloc.stats import interval
+    c = split.count_of(); hit = np.zeros(split.n, dtype=bool); hit[np.asarray(list(extracted), dtype=np.int64)] = True
+    m = split.members.numpy(); x, y = c[m], hit[m].astype(float)
+    rho = lambda xx, yy: float(spearmanr(xx, yy).statistic) if 0 < yy.sum() < len(yy) and len(set(xx.tolist())) > 1 else None
+    r = rho(x, y)
+    if r is None: return {"rho": None, "ci": [None, None], "n": int(len(m))}
+    rng, strata = np.random.default_rng(seed), [np.nonzero(x == k)[0] for k in sorted(set(x.tolist()))]
+    boots = [rho(x[i], y[i]) for i in (np.concatenate([s[rng.integers(0, len(s), len(s))] for s in strata]) for _ in range(n_boot))]
+    boots = [b for b in boots if b is not None]
+    return {"rho": r, "ci": list(interval(boots, level)) if boots else [None, None], "n": int(len(m))}
 
 # %% ../nbs/04_extraction.ipynb #818e9428
 def load_attack(name: str, profile: str = "mini", folder=None) -> dict:  # folder: where this stage wrote (default: the profile's)

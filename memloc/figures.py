@@ -20,8 +20,8 @@ from .config import load_settings, save_fig
 
 # %% auto #0
 __all__ = ['STYLE', 'COLORS', 'GROUP_NAMES', 'P_MARKERS', 'FIGURES', 'style', 'frame', 'side_legend', 'extracted_vs_prefix',
-           'headline', 'sweep', 'consistency', 'mitigation', 'var_depth', 'rar_profile', 'var_maps', 'classes', 'draw',
-           'stage_folders', 'redraw']
+           'extracted_vs_copies', 'headline', 'sweep', 'consistency', 'mitigation', 'var_depth', 'rar_profile',
+           'var_maps', 'classes', 'draw', 'stage_folders', 'redraw']
 
 # %% ../nbs/07_figures.ipynb #cc9146a4
 STYLE = {  # one look for every figure of the study
@@ -80,6 +80,28 @@ def extracted_vs_prefix(folder: Path):
                      f"{hg['non_member']['extracted']}/{hg['non_member']['candidates']} non-members",
                xlabel="prefix (tokens forced from the image)", ylabel="images extracted (count)", xticks=pre)
     axs[0, 0].legend(loc="best")
+    return fig
+
+# %% ../nbs/07_figures.ipynb #fecc26f4
+def extracted_vs_copies(folder: Path):
+    "Extraction stage: the share of members extracted against their copies in the training stream, per model, with 95% intervals (`results.json`'s `by_count`)."
+    r = {n: e for n, e in json.loads((Path(folder) / "results.json").read_text()).items() if e.get("by_count")}
+    fig, axs = frame("Extraction against duplication: the share of training images recovered, by copies in the training set",
+                     "Carlini et al. (2023) and Kowalczuk et al. (2025): what can be extracted is concentrated in images "
+                     "the training set holds many times. Here: members by their copies in the stream, at each model's headline prefix.",
+                     size=(6.0, 3.4), legend=1.9)
+    ax = axs[0, 0]
+    for k, (name, e) in enumerate(r.items()):
+        b = e["by_count"]; x = np.array([d["count"] for d in b], float) * (1 + 0.04 * (k - 1))   # a small offset per model
+        y = np.array([d["share"] for d in b]); lo, hi = (np.array([d["ci"][j] for d in b], float) for j in (0, 1))
+        rc = e.get("count_rank_correlation") or {}
+        lab = f"{name}: {e['extracted_total']} extracted" + (f", rho {rc['rho']:.2f}" if rc.get("rho") is not None else "")
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o-", capsize=3, label=lab)
+    counts = sorted({d["count"] for e in r.values() for d in e["by_count"]})
+    ax.set(xscale="log", xticks=counts, xticklabels=[str(c) for c in counts], ylim=(-0.03, 1.03),
+           xlabel="copies in the training stream (1 = an ordinary member)", ylabel="share extracted")
+    ax.minorticks_off()
+    side_legend(fig, *ax.get_legend_handles_labels(), title=f"n per count: {', '.join(str(d['n']) for d in next(iter(r.values()))['by_count'])}" if r else None)
     return fig
 
 # %% ../nbs/07_figures.ipynb #0a27714e
@@ -303,7 +325,7 @@ def classes(folder: Path, model: str):
 
 # %% ../nbs/07_figures.ipynb #6e20167d
 FIGURES = {  # stage -> figure name -> function of the stage folder (and the model, for names with {model})
-    "extraction": {"extracted_vs_prefix": extracted_vs_prefix},
+    "extraction": {"extracted_vs_prefix": extracted_vs_prefix, "extracted_vs_copies": extracted_vs_copies},
     "var_scales": {"{model}_depth": var_depth, "{model}_maps": var_maps, "{model}_classes": classes},
     "rar_blocks": {"{model}_profile": rar_profile, "{model}_classes": classes},
     "intervention": {"headline": headline, "sweep": sweep},
