@@ -204,6 +204,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'memloc.fixtures.load_fixture': ('fixtures.html#load_fixture', 'memloc/fixtures.py')},
             'memloc.ground_truth': { 'memloc.ground_truth.implant_checks': ('ground_truth.html#implant_checks', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.recall_at': ('ground_truth.html#recall_at', 'memloc/ground_truth.py'),
+                                     'memloc.ground_truth.regime_checks': ('ground_truth.html#regime_checks', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.regime_of': ('ground_truth.html#regime_of', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.testbed_checks': ('ground_truth.html#testbed_checks', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.unitmem_points': ('ground_truth.html#unitmem_points', 'memloc/ground_truth.py'),

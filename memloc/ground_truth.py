@@ -8,13 +8,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import Augment, MiniSplit, load_digits
-from .stats import bootstrap_share, empirical_p
+from .data import Augment, MiniSplit, load_source
+from .stats import bootstrap_share, detectable, empirical_p
 from .intervention import random_like, scale_units, select_units, unit_grid, unit_scores
 from .unitmem import measure
 
 # %% auto #0
-__all__ = ['unitmem_points', 'unitmem_units', 'recall_at', 'regime_of', 'testbed_checks', 'implant_checks']
+__all__ = ['REGIME_RULES', 'unitmem_points', 'unitmem_units', 'recall_at', 'regime_of', 'testbed_checks', 'regime_checks',
+           'implant_checks']
 
 # %% ../nbs/16_ground_truth.ipynb #c0d0f4d8
 def unitmem_points(split: MiniSplit, labels, extra, per_class: int, seed: int = 0) -> list[int]:
@@ -55,16 +56,20 @@ def regime_of(model, images, labels, split: MiniSplit, entry: dict, seed: int = 
 @torch.no_grad()
 def testbed_checks(family: str, testbed: str, augmentations: int = 4, seed: int = 0, per_class: int = 10,
                    top_p: float = 10.0, factor: float = 0.5, canary_top_p: float = 1.0,
-                   random_draws: int = 10, n_boot: int = 1000) -> dict:
-    "The testbed's regime, its attack's extraction shares, UnitMem's canary share and the paper's intervention on the canaries."
-    from memloc.implant import calibrated_similarity, extracted_ids
+                   random_draws: int = 20, n_boot: int = 1000, attack_per_class: int | None = 30) -> dict:
+    "The testbed's regime, its attack's extraction shares (all members scored; by copies in the stream), UnitMem's canary share and the paper's intervention on the canaries."
+    from memloc.extraction import attack_testbed, count_rank_correlation, extraction_by_count
+    from memloc.implant import extracted_ids
     from memloc.testbed import load_testbed, testbed_manifest
     model, split, entry = load_testbed(family, testbed_manifest(testbed))
-    images, labels = load_digits(model.image_size)
-    sim, prefix = calibrated_similarity(model, images, split, seed=seed), model.headline_prefix()
+    images, labels = load_source(split.source, model.image_size)
+    prefix = model.headline_prefix()
+    df, cal = attack_testbed(model, images, labels, split, attack_per_class, [prefix], seed=seed)   # every member scored, as at full scale
+    sim, got = cal.backend, set(df["index"][df.extracted].tolist())
     ext = lambda ids: set(extracted_ids(model, images, labels, ids, sim, prefix))
     can, non = split.canaries, split.non_members
-    can_hit, non_hit = ext(can), ext(non)
+    single = split.members[~torch.isin(split.members, can)]
+    can_hit, non_hit = {int(i) for i in can if int(i) in got}, {int(i) for i in non if int(i) in got}
     pts = unitmem_points(split, labels, can, per_class, seed)
     scores, am = unitmem_units(model, images, labels, pts, augmentations, seed)
     top_c = select_units(scores, canary_top_p)
@@ -75,9 +80,16 @@ def testbed_checks(family: str, testbed: str, augmentations: int = 4, seed: int 
     for d in range(random_draws):
         with scale_units(model, random_like(top, unit_grid(model), seed * 1000 + d), factor): after_rand.append(len(ext(can)))
     st, auc = regime_of(model, images, labels, split, entry, seed)
+    c = split.copies()
     return {"regime": entry.get("regime", testbed), "epochs": st.get("epochs"), "canary_stream_share": st.get("canary_stream_share"),
-            "membership_auc": auc, "prefix": prefix, "threshold": sim.threshold,
+            "dup_stream_share": int((c - 1).sum()) / len(split.train_indices()), "membership_auc": auc, "prefix": prefix,
+            "threshold": sim.threshold, "attack_per_class": attack_per_class, "scored": len(cal.indices),
+            "members": len(split.members), "non_members": len(non),
             "canaries_extracted_share": len(can_hit) / len(can), "non_members_extracted_share": len(non_hit) / len(non),
+            "members_extracted_share": sum(int(i) in got for i in single) / len(single),
+            "extracted_total": sum(int(i) in got for i in split.members),
+            "extraction_by_count": extraction_by_count(split, got, n_boot, seed),
+            "count_rank_correlation": count_rank_correlation(split, got, n_boot, seed),
             "canaries_extracted": bootstrap_share([int(i) in can_hit for i in can], n_boot, seed),
             "non_members_extracted": bootstrap_share([int(i) in non_hit for i in non], n_boot, seed),
             "unitmem_points": len(pts), "canary_point_share": len(cset) / len(pts),
@@ -85,7 +97,25 @@ def testbed_checks(family: str, testbed: str, augmentations: int = 4, seed: int 
             "top_units_p": canary_top_p,
             "intervention": {"p": top_p, "factor": factor, "n_units": len(top), "canaries_before": len(can_hit),
                              "canaries_after_top": after_top, "canaries_after_random": after_rand,
-                             "random_mean": float(np.mean(after_rand)), "p_value": empirical_p(after_top, after_rand, "less")}}
+                             "random_mean": float(np.mean(after_rand)), "p_value": empirical_p(after_top, after_rand, "less"),
+                             "n_draws": len(after_rand), "detectable": detectable(after_rand)}}
+
+# %% ../nbs/16_ground_truth.ipynb #2a69e55f
+REGIME_RULES = {"members_extracted_max": 0.05, "non_members_extracted_max": 0.01, "top_count_share_min": 0.8,
+                "extracted_total_min": 40, "auc_range": (0.6, 0.95), "dup_stream_share_max": 0.10}
+
+def regime_checks(r: dict, rules: dict = REGIME_RULES) -> dict:
+    "Does a testbed (a `testbed_checks` record) behave like the released models: members rarely extracted, non-members never, extraction rising with copies (rank correlation above 0, the most copied mostly extracted), enough extracted images to compare, membership measurable but not total, and few extra copies?"
+    top = max(r["extraction_by_count"], key=lambda b: b["count"])
+    lo = r["count_rank_correlation"]["ci"][0]
+    checks = {"members_rarely_extracted": r["members_extracted_share"] <= rules["members_extracted_max"],
+              "non_members_not_extracted": r["non_members_extracted_share"] <= rules["non_members_extracted_max"],
+              "rises_with_copies": lo is not None and lo > 0,
+              "most_copied_extracted": top["count"] > 1 and top["share"] >= rules["top_count_share_min"],
+              "enough_extracted": r["extracted_total"] >= rules["extracted_total_min"],
+              "membership_auc_in_range": rules["auc_range"][0] <= r["membership_auc"] <= rules["auc_range"][1],
+              "few_extra_copies": r["dup_stream_share"] <= rules["dup_stream_share_max"]}
+    return {"checks": checks, "released_regime": all(checks.values()), "failed": [k for k, v in checks.items() if not v]}
 
 # %% ../nbs/16_ground_truth.ipynb #d4f986b3
 @torch.no_grad()
@@ -93,7 +123,7 @@ def implant_checks(imp, augmentations: int = 4, seed: int = 0, per_class: int = 
     "UnitMem's Recall@|S|, argmax share on S, and the implants' extraction after scaling its top-|S| units."
     from memloc.implant import calibrated_similarity, extracted_ids
     model, rec = imp.model, imp.record
-    images, labels = load_digits(model.image_size)
+    images, labels = load_source(imp.split.source, model.image_size)
     sim = calibrated_similarity(model, images, imp.split, exclude=imp.implant_ids, seed=imp.seed)
     ext = lambda: len(extracted_ids(model, images, labels, imp.implant_ids, sim, rec["prefix"])) / len(imp.implant_ids)
     pts = unitmem_points(imp.split, labels, imp.implant_ids, per_class, seed)
