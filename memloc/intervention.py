@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .stats import empirical_p, top_count
+from .stats import detectable, empirical_p, top_count
 
 # %% auto #0
 __all__ = ['QUALITY_KEYS', 'PAPER', 'unit_grid', 'as_units', 'scale_units', 'unit_scores', 'select_units', 'random_like',
@@ -232,7 +232,9 @@ def run_setting(model, scores: torch.Tensor, probe: Probe,
             r = random_like(top, grid, s, match_blocks=match_blocks or per_block)
             q = quality_draws is None or i < quality_draws
             res["random"].append(dict(seed=int(s), units=r.tolist(), overlap=len(set(map(tuple, r.tolist())) & set(map(tuple, top.tolist()))), **run(r, q)))
-        res["p_vs_random"] = empirical_p(res["top"]["extracted_total"], [r["extracted_total"] for r in res["random"]], "less")
+        draws = [r["extracted_total"] for r in res["random"]]
+        res["p_vs_random"], res["n_draws"] = empirical_p(res["top"]["extracted_total"], draws, "less"), len(draws)
+        res["detectable"] = detectable(draws)   # the cut below random units' draws that this many draws could show
     return res
 
 # %% ../nbs/13_intervention.ipynb #4656795d

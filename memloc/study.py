@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .config import Settings, check_paths, load_settings
-from .data import ImageFolder, MiniSplit, PointDataset, class_subset, load_digits
+from .data import ImageFolder, MiniSplit, PointDataset, class_subset, load_digits, load_source
 from .family import FAMILIES, family_module, model_family, released_models
 
 # %% auto #0
@@ -121,7 +121,7 @@ def study_points(profile: str = "mini", which: str = "members", fraction: float 
     s = load_settings(profile)
     if profile == "mini" or not s.get("data_root", "").strip():
         if split is None: split = mini_split(mini_manifest(testbed), model)
-        images, labels = load_digits(s.int("image_size"))
+        images, labels = load_source(split.source, s.int("image_size"))
         pool = split.members if which == "members" else torch.cat([split.members, split.non_members]).sort().values
         keep = pool[class_subset(labels[pool], fraction, seed)] if fraction < 1 else pool
         groups = split.groups()[keep.numpy()]
@@ -134,11 +134,15 @@ def study_points(profile: str = "mini", which: str = "members", fraction: float 
 
 # %% ../nbs/06_study.ipynb #d70ea94b
 def unit_points(profile: str = "mini", fraction: float = 1.0, seed: int = 0, split: MiniSplit | None = None,
-                testbed: str | None = None):
-    "The points UnitMem measures: (data for `unitmem.measure`, sorted point ids, every dataset label, the split); canaries always included."
+                testbed: str | None = None,
+                add_canaries: bool | None = None):  # None: the profile's `unitmem_add_canaries` (true where unset)
+    "The points UnitMem measures: (data for `unitmem.measure`, sorted point ids, every dataset label, the split); the canaries added to the subset unless `add_canaries` is false (the paper's draw: uniform per class, duplicates only where drawn)."
     p = study_points(profile, "members", fraction, seed, split=split, testbed=testbed)
     src = p.dataset.source
     data = (src, p.dataset.labels) if torch.is_tensor(src) else src
     ids = p.indices
-    if p.split is not None: ids = torch.cat([ids, p.split.canaries]).unique()
+    if add_canaries is None:
+        s = load_settings(profile)
+        add_canaries = s.bool("unitmem_add_canaries") if "unitmem_add_canaries" in s else True
+    if p.split is not None and add_canaries: ids = torch.cat([ids, p.split.canaries]).unique()
     return data, ids.tolist(), torch.as_tensor(p.dataset.labels), p.split

