@@ -23,15 +23,15 @@ import pandas as pd
 from scipy import stats as sps
 
 from .config import Settings, load_settings, repo_root
-from .stats import verdict
+from .stats import ALPHA, chance_supported, verdict
 
 # %% auto #0
-__all__ = ['DEFAULT_TESTBED', 'SUPPORTED', 'NOT_SUPPORTED', 'INCONCLUSIVE', 'ALPHA', 'REGIME', 'SECTIONS', 'GENERIC',
-           'SITE_FILES', 'Page', 'root_testbed', 'stage_testbed', 'testbeds', 'read_json', 'read_csv', 'run_record',
-           'var_depth_claim', 'rar_late_claim', 'cut_verdict', 'intervention_claim', 'gt_intervention_claim',
-           'subset_claim', 'recall_p', 'implant_recall_claim', 'implant_removal_claim', 'regime_claim', 'Claim',
-           'claims', 'ground_truth', 'summary', 'Section', 'report_stages', 'report_page', 'write_report',
-           'fix_anchors', 'site_sources', 'build_site', 'check_site', 'main']
+__all__ = ['DEFAULT_TESTBED', 'SUPPORTED', 'NOT_SUPPORTED', 'INCONCLUSIVE', 'REGIME', 'SECTIONS', 'GENERIC', 'SITE_FILES', 'Page',
+           'root_testbed', 'stage_testbed', 'testbeds', 'read_json', 'read_csv', 'run_record', 'var_depth_claim',
+           'rar_late_claim', 'cut_verdict', 'intervention_claim', 'gt_intervention_claim', 'subset_claim', 'recall_p',
+           'implant_recall_claim', 'implant_removal_claim', 'regime_claim', 'Claim', 'claims', 'ground_truth',
+           'summary', 'Section', 'report_stages', 'report_page', 'write_report', 'fix_anchors', 'site_sources',
+           'build_site', 'check_site', 'main']
 
 # %% ../nbs/21_report.ipynb #badc0f19
 def _fmt(v, digits: int = 3) -> str:
@@ -98,10 +98,10 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;
         "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:0 .2rem}")
 
 # %% ../nbs/21_report.ipynb #7ccda8a4
-DEFAULT_TESTBED = "long"  # the testbed of the folders in figures/<profile>/ when neither the settings nor the stage name one
+DEFAULT_TESTBED = "dup"  # the testbed of the folders in figures/<profile>/ when neither the settings nor the stage name one
 
 def root_testbed(settings: Settings | None) -> str:
-    "The testbed whose stage folders sit directly in `figures/<profile>/`: the profile's `testbed` setting, else `long`."
+    "The testbed whose stage folders sit directly in `figures/<profile>/`: the profile's `testbed` setting, else `DEFAULT_TESTBED`."
     return (settings or {}).get("testbed") or DEFAULT_TESTBED
 
 def stage_testbed(d: Path, run: Path | None = None) -> str | None:
@@ -149,7 +149,6 @@ def run_record(notebook: Path) -> dict | None:
 
 # %% ../nbs/21_report.ipynb #9697cd62
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-ALPHA = 0.1  # the level of every p-value rule (memloc.stats.verdict's)
 
 def _ci_verdict(lo: float, hi: float, null: float) -> str:
     "Supported when the interval lies above `null`, not supported when it lies below, inconclusive when it straddles it."
@@ -225,7 +224,11 @@ def intervention_claim(dirs: dict, family: str, p: float) -> tuple[str, str] | N
         if m.get("family") != family or d.empty: continue
         b, t, rm, rs = (_units(d, k) for k in ("none (before)", "top UnitMem", "random mean", "random std"))
         pr = _p_row(d)
-        rnd = "" if rm is None else f" (random units {_fmt(rm.extracted, 3)} ± {_fmt(rs.extracted, 2)}{', ' + _p(pr.p_vs_random) if pr is not None else ''})"
+        det = next((s.get("detectable") for s in m.get("settings", []) if s.get("p") == p), None) or {}
+        n = next((s.get("n_draws") for s in m.get("settings", []) if s.get("p") == p), None)
+        need = "" if not det else (f", p <= {ALPHA} needs fewer than {_fmt(det['bound'])}" if det.get("bound") is not None else f", p cannot reach {ALPHA}")
+        rnd = "" if rm is None else (f" (random units {_fmt(rm.extracted, 3)} ± {_fmt(rs.extracted, 2)}"
+                                     f"{', ' + _p(pr.p_vs_random) if pr is not None else ''}{f' over {n} draws' if n else ''}{need})")
         cells.append(f"{name}: {_fmt(b.extracted)} -> {_fmt(t.extracted)}{rnd}; FID {_fmt(b.fid, 2)} -> {_fmt(t.fid, 2)}")
         verdicts.append(cut_verdict(d))
     return ("; ".join(cells), _combine(verdicts)) if cells else None
@@ -309,10 +312,20 @@ def implant_removal_claim(gt: dict | None) -> tuple[str, str] | None:
     return "; ".join(cells), _combine(verdicts)
 
 def regime_claim(gt: dict | None) -> tuple[str, str] | None:
-    "Ground truth: the testbed's epochs, canary share of the training stream and membership AUC against `REGIME`."
+    "Ground truth: does the testbed behave like the released models (`memloc.ground_truth.regime_checks`: members rarely extracted, extraction rising with copies, ...)? Older results: epochs, canary share and AUC against `REGIME`."
     if not gt: return None
     cells, verdicts = [], []
     for fam, e in gt.items():
+        rc = e.get("regime_checks")
+        if rc:
+            top = max(e["extraction_by_count"], key=lambda b: b["count"])
+            rho = e["count_rank_correlation"]
+            cells.append(f"{fam}: members extracted {e['members_extracted_share']:.1%}, non-members {e['non_members_extracted_share']:.1%}, "
+                         f"{top['extracted']} of {top['n']} with {top['count']} copies, rank correlation with copies "
+                         + ("n/a" if rho["rho"] is None else f"{rho['rho']:.2f} [{rho['ci'][0]:.2f}, {rho['ci'][1]:.2f}]")
+                         + f", {e['extracted_total']} extracted, membership AUC {e['membership_auc']:.2f}"
+                         + ("" if rc["released_regime"] else f" (fails: {', '.join(c.replace('_', ' ') for c in rc['failed'])})"))
+            verdicts.append(SUPPORTED if rc["released_regime"] else NOT_SUPPORTED); continue
         ep, sh, auc = (e.get(k) for k in REGIME)
         if None in (ep, sh, auc): cells.append(f"{fam}: not recorded"); verdicts.append(INCONCLUSIVE); continue
         cells.append(f"{fam}: {ep:.0f} epochs, canaries {sh:.1%} of the stream, membership AUC {auc:.2f}")
@@ -353,8 +366,9 @@ def claims() -> list[Claim]:
               lambda d, g: implant_recall_claim(g), "ground_truth"),
         Claim("Scaling UnitMem's top-|S| units removes the implants' extraction", "assumed: no ground truth in the paper",
               lambda d, g: implant_removal_claim(g), "ground_truth"),
-        Claim("The testbed is in the released models' regime (membership AUC, canary share of the stream)",
-              "hundreds of epochs; duplicates a small share of the data", lambda d, g: regime_claim(g), "ground_truth"),
+        Claim("The testbed behaves like the released models: members rarely extracted, duplicated images extracted, more with more copies",
+              "VAR-d30: 698 of ~1.28 M images extracted (0.05%), concentrated in duplicated images (Kowalczuk et al. 2025; Carlini et al. 2023)",
+              lambda d, g: regime_claim(g), "ground_truth"),
     ]
 
 def ground_truth(tbs: dict) -> dict:
@@ -404,12 +418,28 @@ def _testbed_text(d):
 def _extraction_numbers(d):
     r = read_json(d)
     if not r: return None
+    if all("by_count" in e for e in r.values()):   # the attack as at full scale: every member scored
+        rc = lambda e: e["count_rank_correlation"]
+        by = lambda e: ", ".join(f"{b['count']}: {b['extracted']}/{b['n']}" for b in e["by_count"] if b["count"] > 1)
+        return (["model", "prefix tokens", "members with one copy", "duplicated (copies: extracted/images)", "non-members", "extracted in all",
+                 "rank correlation with copies [95% CI]", "similarity > threshold"],
+                [[m, e["prefix"], f"{e['members_extracted_share']:.2%}", by(e), f"{e['non_members_extracted_share']:.2%}", e["extracted_total"],
+                  "n/a" if rc(e)["rho"] is None else f"{rc(e)['rho']:.2f} [{rc(e)['ci'][0]:.2f}, {rc(e)['ci'][1]:.2f}]",
+                  f"{e['backend']} > {e['threshold']:.3f}"] for m, e in r.items()])
     g = lambda e, k: f"{e['groups'][k]['extracted']} of {e['groups'][k]['candidates']}" + (f" ({_share(e['extracted_share'][k])})" if k in e.get("extracted_share", {}) else "")
     return (["model", "prefix tokens", "canaries [95% CI]", "other members", "non-members", "similarity > threshold"],
             [[m, e["prefix"], g(e, "canary"), g(e, "member"), g(e, "non_member"), f"{e['backend']} > {e['threshold']:.3f}"] for m, e in r.items()])
 
 def _extraction_text(d):
     r = read_json(d)
+    if all("by_count" in e for e in r.values()):
+        parts = [f"{m} {e['extracted_total']} members in all ({e['members_extracted_share']:.2%} of those seen once, "
+                 f"{max(e['by_count'], key=lambda b: b['count'])['share']:.0%} of those seen {max(b['count'] for b in e['by_count'])} times) "
+                 f"and {e['non_members_extracted_share']:.2%} of the non-members at prefix {e['prefix']}" for m, e in r.items()]
+        return ("Every member and non-member is scored, and the best-scored of each class generated, as at full scale. At the headline "
+                "prefix the attack extracts " + "; ".join(parts) + ". The threshold is calibrated on held-out non-members (the largest "
+                "similarity of a non-member's reconstruction to its nearest other image). The figure is the miniature's duplication curve: "
+                "the share extracted against the number of copies in the training stream.")
     parts = [f"{m} {e['groups']['canary']['extracted']} of {e['groups']['canary']['candidates']} canaries and "
              f"{e['groups']['non_member']['extracted']} of {e['groups']['non_member']['candidates']} non-members at prefix {e['prefix']}" for m, e in r.items()]
     return ("At the headline prefix the attack extracts " + "; ".join(parts) +
@@ -495,8 +525,9 @@ def _rar_numbers(d):
 
 def _rar_text(d):
     r = read_json(d)
-    parts = [f"{m}: {e['test']['verdict']}, the share of the top units rising from {e['top_share_per_block'][0]:.2f} in block 0 to "
-             f"{e['top_share_per_block'][-1]:.2f} in the last block"
+    trend = lambda a, b: "rising" if b > a else "falling" if b < a else "staying"
+    parts = [f"{m}: {e['test']['verdict']}, the share of the top units {trend(e['top_share_per_block'][0], e['top_share_per_block'][-1])} "
+             f"from {e['top_share_per_block'][0]:.2f} in block 0 to {e['top_share_per_block'][-1]:.2f} in the last block"
              + (f"; {e['canary']['top_units_on_canaries']} of them peak on a canary" if e["canary"] else "")
              for m, e in r["models"].items()]
     return "; ".join(parts) + "."
@@ -569,16 +600,24 @@ def _gt_numbers(d):
     if not r or not r.get("testbeds"): return None
     cols = [(tb, fam, e) for tb, fams in r["testbeds"].items() for fam, e in fams.items()]
     iv = lambda e, k: e.get("intervention", {}).get(k)
+    rc = lambda e: (e.get("count_rank_correlation") or {})
     rows = [("passes over the training stream", lambda e: _fmt(e.get("epochs"), 3)),
             ("canaries' share of the stream", lambda e: _fmt(e.get("canary_stream_share"), 2)),
+            ("extra copies' share of the stream", lambda e: _fmt(e.get("dup_stream_share"), 2)),
             ("membership AUC", lambda e: _fmt(e.get("membership_auc"), 2)),
+            ("members with one copy extracted", lambda e: "" if e.get("members_extracted_share") is None else f"{e['members_extracted_share']:.2%}"),
+            ("images extracted in all", lambda e: _fmt(e.get("extracted_total"))),
+            ("extracted by copies", lambda e: ", ".join(f"{b['count']}: {b['extracted']}/{b['n']}" for b in e.get("extraction_by_count", []))),
+            ("rank correlation with copies [95% CI]", lambda e: "" if rc(e).get("rho") is None else f"{rc(e)['rho']:.2f} [{rc(e)['ci'][0]:.2f}, {rc(e)['ci'][1]:.2f}]"),
+            ("in the released models' regime", lambda e: "" if not e.get("regime_checks") else "yes" if e["regime_checks"]["released_regime"]
+                                                           else "no: " + ", ".join(c.replace("_", " ") for c in e["regime_checks"]["failed"])),
             ("canaries extracted [95% CI]", lambda e: _share(e.get("canaries_extracted"))),
             ("non-members extracted [95% CI]", lambda e: _share(e.get("non_members_extracted"))),
             ("top units on a canary (canaries' share of the points)",
              lambda e: f"{_fmt(e.get('top_units_argmax_canary_share'), 2)} ({_fmt(e.get('canary_point_share'), 2)})"),
             ("canaries: before -> top units (random mean)",
              lambda e: f"{iv(e, 'canaries_before')} -> {iv(e, 'canaries_after_top')} ({_fmt(iv(e, 'random_mean'), 3)})" if e.get("intervention") else ""),
-            ("p against random units", lambda e: _p(iv(e, "p_value")))]
+            ("p against random units (draws)", lambda e: f"{_p(iv(e, 'p_value'))} ({iv(e, 'n_draws') or len(iv(e, 'canaries_after_random') or [])})" if e.get("intervention") else "")]
     side = (["quantity"] + [f"{tb}, {fam}" for tb, fam, _ in cols], [[name] + [f(e) for _, _, e in cols] for name, f in rows])
     imp = pd.DataFrame([dict(testbed=tb, family=fam, **i) for tb, fam, e in cols for i in _valid(e)])
     if imp.empty: return [side]
@@ -602,6 +641,30 @@ def _gt_text(d):
     return ("Does the instrument find what is known? Implanted memorization has known units S (those whose memory is shown to sit in S), and each testbed's "
             "canaries a known place in the data. " + _cap("; ".join(parts)) + ". Members' membership AUC, mean over the families: "
             + ", ".join(f"{_fmt(a, 2)} ({tb})" for tb, a in auc.items()) + ".")
+
+def _implant_records() -> list[dict]:
+    "Every implant of every testbed, from the testbeds' `implants.json` (the implant stage writes beside the weights, not under figures/)."
+    from memloc.implant import read_implants
+    from memloc.testbed import REGIMES
+    return [dict(testbed=tb, **r) for tb in REGIMES for recs in read_implants(tb).values() for r in recs]
+
+def _implant_numbers(d):
+    recs = _implant_records()
+    if not recs: return None
+    t = pd.DataFrame([dict(testbed=r["testbed"], family=r["family"], rate=r["rate"], valid=r["valid"]["all"],
+                           localized=bool(r["valid"]["extracted"] and r["valid"]["zero_S_removes"] and r["valid"]["zero_random_keeps"]),
+                           steps=r["train"]["steps"], fid_base=r["fid_base"], fid_implanted=r["fid_implanted"]) for r in recs])
+    rows = [[tb, fam, _fmt(rate), len(g), int(g.localized.sum()), int(g.valid.sum()), f"{g.steps.mean():.0f}",
+             f"{g.fid_base.mean():.3f} -> {g.fid_implanted.mean():.3f}"] for (tb, fam, rate), g in t.groupby(["testbed", "family", "rate"], sort=False)]
+    return (["testbed", "family", "|S| share of units", "seeds", "memory in S", "valid (FID within 10%)", "steps (mean)", "FID before -> after (mean)"], rows)
+
+def _implant_text(d):
+    recs = _implant_records()
+    n, v = len(recs), sum(r["valid"]["all"] for r in recs)
+    loc = sum(bool(r["valid"]["extracted"] and r["valid"]["zero_S_removes"] and r["valid"]["zero_random_keeps"]) for r in recs)
+    return (f"{n} implants over the testbeds: in {loc} the memory is shown to sit in S (the implant is extracted, zeroing S removes it, "
+            f"zeroing as many random units keeps it), and {v} also keep the FID within 10% (the strict rule). The ground-truth stage "
+            "reads them.")
 
 def _loc_budgets(e: dict) -> dict:
     "Testbed -> budget -> mitigation entry of a localization method (a flat budget -> entry is one unnamed testbed)."
@@ -658,7 +721,8 @@ def _loc_text(d):
 _d = lambda f: (lambda d, run: f(d))
 SECTIONS = {
     "testbed": Section("memorization.png", _d(_testbed_numbers), _d(_testbed_text)),
-    "extraction": Section("extracted_vs_prefix.png", _d(_extraction_numbers), _d(_extraction_text)),
+    "extraction": Section("extracted_vs_copies.png", _d(_extraction_numbers), _d(_extraction_text)),
+    "implant": Section(None, _d(_implant_numbers), _d(_implant_text)),
     "quality": Section(None, _d(_quality_numbers), _d(_quality_text)),
     "adaptation": Section(None, _adaptation_numbers, _adaptation_text),
     "var_scales": Section("var_depth.png", _d(_var_numbers), _d(_var_text)),
@@ -710,9 +774,16 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
          f"cannot reach {ALPHA} (results without a p-value: beyond one standard deviation of the random units); the subset claim is "
          "inconclusive when the largest subset's units themselves do not beat random units. Ground truth: Recall@|S| against random "
          "units by a hypergeometric tail per implant (Fisher's combination over the implants whose memory sits in S: extracted, removed by zeroing S, kept by zeroing as many random units); the implants' removal by a sign "
-         "test of UnitMem's top-|S| units against as many random units, both zeroed; the regime is the released models' when "
-         f"passes >= {REGIME['epochs']}, canaries <= {REGIME['canary_stream_share']:.0%} of the stream and membership AUC >= "
-         f"{REGIME['membership_auc']}. The stage folders in `{rel(figs)}/` are the `{root_tb}` testbed unless their results name another.")
+         "test of UnitMem's top-|S| units against as many random units, both zeroed; a testbed is in the released models' regime "
+         "when it behaves like them (`memloc.ground_truth.regime_checks`): at most 5% of the members with one copy and 1% of the "
+         "non-members extracted, extraction rising with the number of copies (rank correlation interval above 0, at least 80% of "
+         "the most copied images extracted), at least 40 images extracted, membership AUC between 0.6 and 0.95, and extra copies "
+         f"at most 10% of the stream. The stage folders in `{rel(figs)}/` are the `{root_tb}` testbed unless their results name another.")
+    n_tests = sum(r[-1].count(";") + 1 for r in rows if "random" in " ".join(r[2:-2]) and "not run" not in r[-1])
+    pg.p(f"Many comparisons: the table holds about {n_tests} verdicts that rest on random draws or p-values; at alpha {ALPHA}, chance "
+         f"alone would call about {chance_supported(n_tests):.1f} of them supported where nothing is there. Each comparison with random "
+         "units uses 20 draws (the smallest p-value is then 1/21, under 0.05); beside its p-value the tables give the smallest cut "
+         "those draws could have detected.")
     tbs = testbeds(figs, [s.name for s in stages], root_tb, runs)
     pg.h(2, "Runs")
     run_rows = []
