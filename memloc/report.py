@@ -646,7 +646,7 @@ def _implant_records() -> list[dict]:
     "Every implant of every testbed, from the testbeds' `implants.json` (the implant stage writes beside the weights, not under figures/)."
     from memloc.implant import read_implants
     from memloc.testbed import REGIMES
-    return [dict(testbed=tb, **r) for tb in REGIMES for recs in read_implants(tb).values() for r in recs]
+    return [{**r, "testbed": tb} for tb in REGIMES for recs in read_implants(tb).values() for r in recs]
 
 def _implant_numbers(d):
     recs = _implant_records()
