@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .config import resolve, save_json
-from .data import MiniSplit, load_digits
+from .data import MiniSplit, load_digits, load_source
 from .intervention import as_units, random_like, scale_units, unit_grid
 from .testbed import TestbedError, load_testbed, sha256_file, testbed_manifest
 
@@ -233,7 +233,7 @@ def build_implant(family: str, testbed: str, rate: float, seed: int, s: ImplantS
     old = torch.get_num_threads(); torch.set_num_threads(s.threads)
     try:
         model, split, entry = load_testbed(family, testbed_manifest(testbed))
-        images, labels = load_digits(model.image_size)
+        images, labels = load_source(split.source, model.image_size)
         grid = unit_grid(model)
         S, ids = implant_units(grid, rate, seed), choose_implants(split, s.n_implants, seed)
         sim = calibrated_similarity(model, images, split, exclude=ids, seed=seed)

