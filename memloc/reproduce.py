@@ -44,8 +44,8 @@ class Stage:
                          # "state" (its resumable state, <runs_dir>/tmp/<stage>) or "manifest" (the folder of manifest_path)
     miniature: bool = False  # the miniature's own stage: run only where the profile names a testbed (not at full scale)
 
-TESTBED_FILES = tuple(f"data/mini/{t}/manifest.json" for t in ("long", "canary"))   # the miniature's testbeds
-IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("long", "canary"))   # and their implants
+TESTBED_FILES = tuple(f"data/mini/{t}/manifest.json" for t in ("dup", "long", "canary"))   # the miniature's testbeds
+IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("dup", "long", "canary"))   # and their implants
 
 STAGES = [
     Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
