@@ -15,12 +15,20 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['rank_world', 'shard_batches', 'StaleRun', 'save_part', 'read_parts', 'run_batches']
+__all__ = ['join_ranks', 'rank_world', 'shard_batches', 'StaleRun', 'save_part', 'read_parts', 'run_batches']
 
 # %% ../nbs/00_shard.ipynb #ce06a8d6
+def join_ranks() -> bool:
+    "Whether this process is one of several: `torch.distributed` initialised, here at the first call if `memloc reproduce --nproc` started it (gloo for CPU tensors, nccl for CUDA ones)."
+    if not dist.is_available(): return False
+    if dist.is_initialized(): return True
+    if os.environ.get("MEMLOC_RANKS") != "torchrun" or int(os.environ.get("WORLD_SIZE", "1")) < 2: return False
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
 def rank_world(group=None) -> tuple[int, int]:
-    "(rank, world size) of this process: (0, 1) unless `torch.distributed` is initialised."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(group), dist.get_world_size(group)
+    "(rank, world size) of this process: (0, 1) unless `torch.distributed` is initialised (or `join_ranks` joins the processes of `--nproc`)."
+    if join_ranks(): return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
 
 def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[range]:
