@@ -27,7 +27,7 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
                      read_json, repo_root)
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'Stage', 'UsageError', 'available_stages',
+__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'KERNEL_ARGS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
            'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'Ranks', 'rank_command',
            'run_ranks', 'follow', 'rank_main', 'profile_checkpoints', 'check_manifest', 'unread_settings',
@@ -201,6 +201,7 @@ class RunLocked(RuntimeError):
     "Another `memloc reproduce` is running on the same output folders."
 
 CACHE_PATTERNS = ("*.pt", "*.seconds.json")  # resumable intermediate files a stage keeps in its folder (fingerprinted)
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log stays off the terminal (under Ctrl-C: its sockets closing)
 
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
@@ -305,7 +306,7 @@ def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None 
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(root / "nbs" / stage.notebook), str(out), parameters=params,
-                            cwd=str(settings.path("runs_dir")), kernel_name="python3", progress_bar=progress)
+                            cwd=str(settings.path("runs_dir")), kernel_name="python3", progress_bar=progress, extra_arguments=KERNEL_ARGS)
     except pm.PapermillExecutionError as e:
         raise StageFailed(f"stage {stage.name!r} failed in {_rel(out, root)}, cell {e.exec_count}: {e.ename}: {e.evalue} "
                           f"(the last good outputs are kept)") from None
@@ -410,7 +411,7 @@ def rank_main(job_path: str):
     out = nb_dir / Path(job["out"]).name
     try:
         pm.execute_notebook(job["notebook"], str(out), parameters=params, cwd=job["cwd"], kernel_name="python3",
-                            progress_bar=job["progress"] and rank == 0)
+                            progress_bar=job["progress"] and rank == 0, extra_arguments=KERNEL_ARGS)
     except pm.PapermillExecutionError as e:
         (part / f"rank{rank}.error").write_text(f"rank {rank}: cell {e.exec_count}: {e.ename}: {e.evalue} (in {_rel(out, Path(job['env']['MEMLOC_ROOT']))})\n")
         raise SystemExit(1)
