@@ -12,6 +12,8 @@ image tokens) with 2 blocks and random weights: the overhead is per block, as is
 Repetitions interleave plain / before / after; the medians are reported.
 
     python benchmarks/capture_overhead.py                 # CPU, 1 thread: results/capture_overhead_cpu.json
+    python benchmarks/capture_overhead.py --device cuda --dtype bfloat16 --depth 0 --models VAR-d16 VAR-d30 RAR-B RAR-XXL \
+        --batch 32 --views 10 --profile                   # GPU: released depths, bf16 autocast, a profile of the capture
 """
 import argparse
 import json
@@ -59,12 +61,19 @@ def update_before(st: UnitMemStats, v, idx):
     st.sum += v.sum(0); st._fold(mx, am); st.count += len(idx)
 
 
-def build(name):
+PRESETS = {"VAR-d16": ("var", "d16"), "VAR-d30": ("var", "d30"), "RAR-B": ("rar", "rar_b"), "RAR-XXL": ("rar", "rar_xxl")}
+
+
+def build(name, depth=2):
+    "The model `name` at its released width with `depth` blocks (0: the released depth), random weights (seed 0)."
     torch.manual_seed(0)
-    if name == "VAR-d16":
-        c = var.preset_config("d16"); c["var"]["depth"] = 2; c["var"]["drop_path_rate"] = 0.0
+    fam, preset = PRESETS[name]
+    if fam == "var":
+        c = var.preset_config(preset); c["var"]["drop_path_rate"] = 0.0
+        if depth: c["var"]["depth"] = depth
         return var.build_model(c).eval()
-    c = rar.rar_config("rar_b"); c["generator"]["num_hidden_layers"] = 2
+    c = rar.rar_config(preset)
+    if depth: c["generator"]["num_hidden_layers"] = depth
     return rar.build_model(c).eval()
 
 
@@ -84,8 +93,9 @@ def batch(model, cap, tok, lab, views, mode, st, idx):
 
 
 @torch.no_grad()
-def run(name, B, views, reps, device):
-    model = build(name).to(device)
+def run(name, B, views, reps, device, dtype="float32", depth=2, profile=False):
+    model = build(name, depth).to(device)
+    ac = torch.autocast(device, dtype=getattr(torch, dtype)) if dtype != "float32" else torch.autocast(device, enabled=False)
     g = torch.Generator().manual_seed(0)
     tok = torch.randint(0, model.vocab_size, (B, model.seq_len), generator=g).to(device)
     lab = (torch.arange(B) % 10).to(device)
@@ -94,7 +104,7 @@ def run(name, B, views, reps, device):
     def once(mode, k):
         if device == "cuda": torch.cuda.synchronize()
         t = time.perf_counter()
-        batch(model, caps.get(mode), tok, lab, views, mode, stats.get(mode), torch.arange(k * B, (k + 1) * B))
+        with ac: batch(model, caps.get(mode), tok, lab, views, mode, stats.get(mode), torch.arange(k * B, (k + 1) * B))
         if device == "cuda": torch.cuda.synchronize()
         return time.perf_counter() - t
     for m in ("plain", "before", "after"): once(m, reps)          # warm-up (ids past the measured ones)
@@ -104,8 +114,16 @@ def run(name, B, views, reps, device):
     same = all(torch.equal(getattr(stats["before"], a), getattr(stats["after"], a)) for a in ("sum", "max", "argmax"))
     med = {m: statistics.median(t) for m, t in times.items()}
     quart = {m: [round(q, 5) for q in statistics.quantiles(t, n=4)[::2]] for m, t in times.items()}   # the spread: [q1, q3]
-    return dict(model=f"{name} width, 2 blocks, random weights", grid=list(caps["after"].shape), batch=B, views=views, reps=reps,
-                dtype="float32", seconds_per_batch={m: round(v, 5) for m, v in med.items()}, quartiles_s=quart,
+    top = None
+    if profile:                                                   # where the capture's time goes: the ops of one batch with "after"
+        from torch.profiler import ProfilerActivity, profile as prof
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with prof(activities=acts) as p: once("after", reps + 1)
+        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        top = p.key_averages().table(sort_by=key, row_limit=15)
+        print(top)
+    return dict(model=f"{name} width, {depth or 'released'} blocks, random weights", grid=list(caps["after"].shape), batch=B, views=views,
+                reps=reps, dtype=dtype, profile=top, seconds_per_batch={m: round(v, 5) for m, v in med.items()}, quartiles_s=quart,
                 overhead_pct={m: round(100 * (med[m] - med["plain"]) / med["plain"], 2) for m in ("before", "after")},
                 stats_bit_identical=same)
 
@@ -113,7 +131,10 @@ def run(name, B, views, reps, device):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--models", nargs="+", default=["VAR-d16", "RAR-B"])
+    ap.add_argument("--models", nargs="+", default=["VAR-d16", "RAR-B"], choices=list(PRESETS))
+    ap.add_argument("--depth", type=int, default=2, help="blocks per model (0: the released depth)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast of the passes")
+    ap.add_argument("--profile", action="store_true", help="also profile one batch of the reworked capture")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
@@ -122,7 +143,7 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    rows = [run(m, a.batch, a.views, a.reps, a.device) for m in a.models]
+    rows = [run(m, a.batch, a.views, a.reps, a.device, a.dtype, a.depth, a.profile) for m in a.models]
     dev = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {a.threads} thread)"
     res = dict(device=dev, torch=torch.__version__, note=a.note, results=rows)
     out = Path(a.out) if a.out else HERE / "results" / f"capture_overhead_{'cpu' if a.device == 'cpu' else 'cuda'}.json"
