@@ -107,3 +107,26 @@ def test_two_gloo_processes_equal_one_and_a_killed_one_resumes(tmp_path):
     assert not (two / "runs" / ".partial").exists() and not (two / "figs" / ".partial").exists()
     r = _run(two, "--nproc", "2")
     assert r.returncode == 0 and "unchanged, kept" in r.stdout, r.stdout
+
+
+@pytest.mark.timeout(600)
+def test_two_machines_share_a_stage(tmp_path):
+    "Two 'machines' on this host (--nnodes 2, one process each, one shared folder): machine 1 joins machine 0's stage and stops with its run."
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None: pytest.skip("torchrun not installed")
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = str(s.getsockname()[1])
+    repo = _repo(tmp_path / "shared")
+    code = ("import sys; from memloc.reproduce import main, Stage; "
+            "main(sys.argv[1:], stages=[Stage('u', 'u.ipynb', 't', folders=(('state_dir', 'state'),), ranks=True)])")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}", "MEMLOC_ROOT": str(repo), "OMP_NUM_THREADS": "1"}
+    cmd = lambda r: [sys.executable, "-c", code, "reproduce", "--no-progress", "--nnodes", "2", "--node-rank", str(r),
+                     "--master-addr", "127.0.0.1", "--master-port", port]
+    follower = subprocess.Popen(cmd(1), env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r = subprocess.run(cmd(0), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None: follower.kill()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert follower.returncode == 0 and "u: joining" in out and "u: done" in out, out + err[-3000:]
+    assert _result(repo)["world"] == 2 and _result(repo)["count"] == 20
