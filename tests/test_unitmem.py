@@ -406,9 +406,10 @@ class _CaptureBefore(UnitCapture):
         return buf
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("family,preset", [("var", "mini"), ("rar", "mini")])
-def test_capture_equals_the_previous_capture_bit_for_bit(family, preset):
-    "float32: the reworked capture (|act| per slice, one division per pass, views summed in place) gives the same bits."
+def test_capture_equals_the_previous_capture_bit_for_bit(family, preset, dtype):
+    "The reworked capture (|act| per slice, one division per pass, views summed in place) gives the same bits, in float32 and under bf16 autocast (CPU)."
     import importlib
     from memloc.unitmem import batch_values
     mod = importlib.import_module(f"memloc.{family}")
@@ -417,11 +418,12 @@ def test_capture_equals_the_previous_capture_bit_for_bit(family, preset):
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(5, 3, model.image_size, model.image_size, generator=g), torch.arange(5) % model.num_classes
     views = lambda img, ids, v: img.roll(v, -1)
-    new, _, _ = batch_values(model, UnitCapture(model), (x, y), list(range(5)), views, 3, "cpu")
+    new, _, _ = batch_values(model, UnitCapture(model), (x, y), list(range(5)), views, 3, "cpu", dtype)
     old, acc = _CaptureBefore(model), None
     with torch.no_grad():
         for v in range(3):
-            with old: model.logits(model.tokenize(views(x, None, v)), y)
+            tok = model.tokenize(views(x, None, v))
+            with old, torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"): model.logits(tok, y)
             acc = old.values() if acc is None else acc + old.values()
     assert torch.equal(new, acc / 3)
 
