@@ -661,6 +661,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'memloc.reproduce._rank_folders': ('reproduce.html#_rank_folders', 'memloc/reproduce.py'),
                                   'memloc.reproduce._ranks_done': ('reproduce.html#_ranks_done', 'memloc/reproduce.py'),
                                   'memloc.reproduce._rel': ('reproduce.html#_rel', 'memloc/reproduce.py'),
+                                  'memloc.reproduce._relay': ('reproduce.html#_relay', 'memloc/reproduce.py'),
                                   'memloc.reproduce._sha': ('reproduce.html#_sha', 'memloc/reproduce.py'),
                                   'memloc.reproduce._state_path': ('reproduce.html#_state_path', 'memloc/reproduce.py'),
                                   'memloc.reproduce.available_stages': ('reproduce.html#available_stages', 'memloc/reproduce.py'),

@@ -360,6 +360,16 @@ def _rank_folders(part: Path, staging: Path, rank: int) -> tuple[Path, Path]:
     "(staging folder, executed notebook folder) of process `rank`: rank 0 writes the stage's own, the others a scratch folder in `part`."
     return (staging, part) if rank == 0 else (part / f"rank{rank}", part / f"rank{rank}")
 
+def _relay(stream):
+    "Copy `stream` (torchrun's stderr: the processes' messages and progress) to ours as it comes, until the returned event is set."
+    import codecs, threading
+    quiet, dec = threading.Event(), codecs.getincrementaldecoder("utf-8")(errors="replace")
+    def pump():
+        while chunk := os.read(stream.fileno(), 65536):
+            if not quiet.is_set(): sys.stderr.write(dec.decode(chunk)); sys.stderr.flush()
+    t = threading.Thread(target=pump, daemon=True); t.start()
+    return quiet, t
+
 def rank_command(ranks: Ranks, job: Path) -> list[str]:
     "The command that starts this machine's processes of a job: torchrun, each process running `rank_main(job)`."
     return [*ranks.torchrun(), "--no-python", sys.executable, "-c", "import sys; from memloc.reproduce import rank_main; rank_main(sys.argv[1])", str(job)]
@@ -373,11 +383,19 @@ def run_ranks(stage: Stage, params: dict, settings: Settings, root: Path, progre
     jf = part / "ranks.json"                               # the job; the other machines (`follow`) start their processes from it
     jf.with_name("ranks.json.tmp").write_text(json.dumps(job, indent=1) + "\n"); os.replace(jf.with_name("ranks.json.tmp"), jf)
     cmd = rank_command(ranks, jf)
-    try: r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    finally: jf.unlink(missing_ok=True)
-    if r.returncode:
+    p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+                         stderr=subprocess.PIPE, start_new_session=True)   # the terminal's Ctrl-C reaches the driver alone
+    quiet, pump = _relay(p.stderr)
+    try: rc = p.wait()
+    except BaseException:                                  # Ctrl-C, kill: torchrun stops its processes (and they their kernels),
+        quiet.set(); p.terminate()                         # its own report of the signal kept off the terminal
+        try: p.wait(timeout=60)
+        except subprocess.TimeoutExpired: p.kill(); p.wait()
+        raise
+    finally: pump.join(timeout=5); jf.unlink(missing_ok=True)
+    if rc:
         why = [f.read_text().strip() for f in sorted(part.glob("rank*.error"))]
-        raise StageFailed(f"stage {stage.name!r} failed under torchrun ({ranks.world} processes, exit {r.returncode}): "
+        raise StageFailed(f"stage {stage.name!r} failed under torchrun ({ranks.world} processes, exit {rc}): "
                           + ("; ".join(why) if why else "a process stopped (its output is above)")
                           + "; the last good outputs are kept, and the same command resumes it")
 
@@ -409,12 +427,14 @@ def rank_main(job_path: str):
     if gpus is None or "," in gpus:   # one GPU per process: its `cuda` is the LOCAL_RANK-th of the machine
         os.environ["CUDA_VISIBLE_DEVICES"] = (gpus.split(",")[local] if gpus else str(local))
     out = nb_dir / Path(job["out"]).name
+    signal.signal(signal.SIGTERM, _interrupt)             # torchrun stopping the processes: the kernel is shut down, quietly
     try:
         pm.execute_notebook(job["notebook"], str(out), parameters=params, cwd=job["cwd"], kernel_name="python3",
                             progress_bar=job["progress"] and rank == 0, extra_arguments=KERNEL_ARGS)
     except pm.PapermillExecutionError as e:
         (part / f"rank{rank}.error").write_text(f"rank {rank}: cell {e.exec_count}: {e.ename}: {e.evalue} (in {_rel(out, Path(job['env']['MEMLOC_ROOT']))})\n")
         raise SystemExit(1)
+    except KeyboardInterrupt: raise SystemExit(130) from None
     finally:
         if out.is_file(): relativize(out, Path(job["env"]["MEMLOC_ROOT"]))
 

@@ -17,8 +17,12 @@ HERE = Path(__file__).resolve().parent
 # A stage with both kinds of long pass: UnitMem statistics (`measure`, saved per process) and a `run_batches` pass
 # (parts in the stage's state folder). `die.rank1` makes process 1 kill itself in its second batch, after one save.
 STAGE = """
-import os, signal, torch
+import os, signal, time, torch
 from pathlib import Path
+root = Path(os.environ["MEMLOC_ROOT"])
+if (root / "wait").exists():                                     # a test interrupts the run here
+    (root / f"started.{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+    while (root / "wait").exists(): time.sleep(0.1)
 from memloc.config import out_dir
 from memloc.shard import rank_world, run_batches
 from memloc.unitmem import measure
@@ -130,3 +134,38 @@ def test_two_machines_share_a_stage(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert follower.returncode == 0 and "u: joining" in out and "u: done" in out, out + err[-3000:]
     assert _result(repo)["world"] == 2 and _result(repo)["count"] == 20
+
+
+def _gone(pid: int, timeout: float = 20) -> bool:
+    import time
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try: os.kill(pid, 0)
+        except ProcessLookupError: return True
+        time.sleep(0.1)
+    os.kill(pid, 9)                                                # the test's own orphan: do not leave it running
+    return False
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_every_process_with_the_drivers_message_alone(tmp_path):
+    import signal, time
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None: pytest.skip("torchrun not installed")
+    repo = _repo(tmp_path / "r")
+    (repo / "wait").write_text("")
+    code = ("import sys; from memloc.reproduce import main, Stage; "
+            "main(sys.argv[1:], stages=[Stage('u', 'u.ipynb', 't', folders=(('state_dir', 'state'),), ranks=True)])")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}", "MEMLOC_ROOT": str(repo), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-c", code, "reproduce", "--no-progress", "--nproc", "2"], env=env, cwd=repo,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not all((repo / f"started.{r}").exists() for r in (0, 1)):
+        assert p.poll() is None and time.time() - t0 < 200, p.communicate()
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.strip().splitlines() == [l for l in err.strip().splitlines() if l.startswith("interrupted")], err
+    assert all(_gone(int((repo / f"started.{r}").read_text())) for r in (0, 1)), "a process's kernel outlived the driver"
+    (repo / "wait").unlink()
+    r = _run(repo, "--nproc", "2")                                 # the same command redoes the stage
+    assert r.returncode == 0 and "u: resuming" in r.stdout, r.stdout + r.stderr[-2000:]
