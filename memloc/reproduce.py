@@ -401,9 +401,11 @@ def run_ranks(stage: Stage, params: dict, settings: Settings, root: Path, progre
 
 def follow(settings: Settings, ranks: Ranks, poll: float = 2.0):
     "On machine `ranks.node_rank` > 0: start this machine's processes of every split stage machine 0 starts (its job files), until machine 0's run ends."
-    partial, done, t0, seen = settings.path("runs_dir") / ".partial", settings.path("runs_dir") / ".ranks-done", time.time(), set()
+    partial, done, seen = settings.path("runs_dir") / ".partial", settings.path("runs_dir") / ".ranks-done", set()
+    ended = lambda: done.read_text() if done.is_file() else None   # what machine 0 wrote when its last run ended (no clocks compared)
+    before = ended()
     print(f"machine {ranks.node_rank} of {ranks.nnodes}: {ranks.nproc} process(es) join each split stage machine 0 starts", flush=True)
-    while not (done.is_file() and done.stat().st_mtime >= t0):
+    while ended() == before:
         for jf in sorted(partial.glob("*/ranks.json")):
             try: jid = json.loads(jf.read_text())["id"]
             except (OSError, ValueError, KeyError): continue   # gone, or being replaced
@@ -570,7 +572,8 @@ def _ranks_done(settings: Settings, ranks: Ranks | None):
     "On several machines: tell the others (`follow`) when machine 0's run ends, however it ends."
     try: yield
     finally:
-        if ranks is not None and ranks.nnodes > 1: (settings.path("runs_dir") / ".ranks-done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        if ranks is not None and ranks.nnodes > 1:
+            (settings.path("runs_dir") / ".ranks-done").write_text(f"pid {os.getpid()} on {socket.gethostname()}, {time.time_ns()}\n")
 
 def _interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
 
