@@ -127,8 +127,8 @@ def test_two_machines_share_a_stage(tmp_path):
                      "--master-addr", "127.0.0.1", "--master-port", port]
     follower = subprocess.Popen(cmd(1), env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        r = subprocess.run(cmd(0), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
-        out, err = follower.communicate(timeout=60)
+        r = subprocess.run(cmd(0), env=env, cwd=repo, capture_output=True, text=True, timeout=500)
+        out, err = follower.communicate(timeout=120)
     finally:
         if follower.poll() is None: follower.kill()
     assert r.returncode == 0, r.stderr[-3000:]
