@@ -44,7 +44,9 @@ reproduce: $(STAMP)
 # The dry run of the full-scale path: profile [smoke] (tiny models in the released file formats, an
 # ImageNet-layout folder, SSCD and Inception stand-ins) through every stage's full-scale branch, on the
 # CPU, with every process offline (tests/offline), and the stages that take a dtype once more under bf16
-# autocast (their own output folders); then tests/test_smoke_run.py checks what both wrote.
+# autocast (their own output folders), and the stages of the scan, the samples and UnitMem's maps once more in two
+# gloo processes (`--nproc 2`, runs/smoke/nproc2); then tests/test_smoke_run.py checks what they wrote, and
+# tests/test_smoke_nproc.py that the two processes wrote what one did.
 SMOKE_ENV := PYTHONPATH=$(CURDIR)/tests/offline MEMLOC_OFFLINE_LOG=$(CURDIR)/runs/smoke/network.log
 smoke: $(STAMP)
 	rm -rf runs/smoke figures/smoke runs/smoke-bf16 figures/smoke-bf16
@@ -53,7 +55,10 @@ smoke: $(STAMP)
 	$(SMOKE_ENV) $(BIN)/memloc reproduce --profile smoke --no-progress
 	$(SMOKE_ENV) $(BIN)/memloc reproduce --profile smoke --only var_scales rar_blocks --no-progress \
 	  --set dtype=bfloat16 --set figures_dir=figures/smoke-bf16 --set runs_dir=runs/smoke-bf16
-	MEMLOC_SMOKE_RUN=1 $(BIN)/python -m pytest tests/test_smoke_run.py -q -p no:cacheprovider
+	PYTHONPATH=$(CURDIR)/tests/offline MEMLOC_OFFLINE_LOG=$(CURDIR)/runs/smoke/network-nproc2.log \
+	  $(BIN)/memloc reproduce --profile smoke --only extraction quality var_scales rar_blocks --no-progress --nproc 2 \
+	  --set runs_dir=runs/smoke/nproc2 --set figures_dir=runs/smoke/nproc2/figures
+	MEMLOC_SMOKE_RUN=1 $(BIN)/python -m pytest tests/test_smoke_run.py tests/test_smoke_nproc.py -q -p no:cacheprovider
 
 # The report again from the saved results, every figure redrawn from its table (no stage runs).
 report: $(STAMP)

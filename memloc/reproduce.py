@@ -27,10 +27,11 @@ from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_
                      read_json, repo_root)
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'Stage', 'UsageError', 'available_stages',
+__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'KERNEL_ARGS', 'Stage', 'UsageError', 'available_stages',
            'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
-           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'profile_checkpoints',
-           'check_manifest', 'unread_settings', 'check_profile', 'reproduce', 'clean_state', 'main']
+           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'Ranks', 'rank_command',
+           'run_ranks', 'follow', 'rank_main', 'profile_checkpoints', 'check_manifest', 'unread_settings',
+           'check_profile', 'reproduce', 'clean_state', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Stage:
     folders: tuple = ()  # (parameter, what) pairs the driver fills with a folder: "figures" (where the stage writes),
                          # "state" (its resumable state, <runs_dir>/tmp/<stage>) or "manifest" (the folder of manifest_path)
     miniature: bool = False  # the miniature's own stage: run only where the profile names a testbed (not at full scale)
+    ranks: bool = False      # its long passes split across the processes of `--nproc` (every process runs the notebook under torchrun)
 
 TESTBED_FILES = tuple(f"data/mini/{t}/manifest.json" for t in ("dup", "long", "canary"))   # the miniature's testbeds
 IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("dup", "long", "canary"))   # and their implants
@@ -51,17 +53,17 @@ STAGES = [
     Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
           folders=(("fig_dir", "figures"),), miniature=True),
     Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES,
-          folders=(("state_dir", "state"),)),   # the candidate scan's saved progress
+          folders=(("state_dir", "state"),), ranks=True),   # the candidate scan's saved progress
     Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES,
-          folders=(("state_dir", "state"),)),   # the FID samples made so far
+          folders=(("state_dir", "state"),), ranks=True),   # the FID samples made so far
     Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", TESTBED_FILES,
-          settings=("seed", "augmentations")),  # its demonstrations are sized by their own parameters
-    Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", TESTBED_FILES),
-    Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES),
+          settings=("seed", "augmentations"), ranks=True),  # its demonstrations are sized by their own parameters
+    Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", TESTBED_FILES, ranks=True),
+    Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES, ranks=True),
     Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", TESTBED_FILES),
-    Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES),
+    Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES, ranks=True),
     Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", IMPLANT_FILES, settings=(), miniature=True),
-    Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", IMPLANT_FILES),
+    Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", IMPLANT_FILES, ranks=True),
     Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", IMPLANT_FILES,
           settings=("seed", "augmentations"), miniature=True),
 ]
@@ -199,6 +201,7 @@ class RunLocked(RuntimeError):
     "Another `memloc reproduce` is running on the same output folders."
 
 CACHE_PATTERNS = ("*.pt", "*.seconds.json")  # resumable intermediate files a stage keeps in its folder (fingerprinted)
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log stays off the terminal (under Ctrl-C: its sockets closing)
 
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
@@ -263,6 +266,12 @@ def promote(stage: Stage, settings: Settings, root: Path | None = None):
     part, staging = _partial(settings, stage)
     live, new = settings.path("figures_dir") / stage.name, staging / stage.name
     executed = part / stage.notebook
+    for r in sorted(part.glob("rank*/")):                  # --nproc: the other processes' resumable files join ours
+        src = r / stage.name
+        for pat in CACHE_PATTERNS:
+            for f in (src.rglob(pat) if src.is_dir() else []):
+                if not (new / f.relative_to(src)).exists():
+                    (new / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, new / f.relative_to(src))
     text = executed.read_text()
     for a, b in ((str(new), str(live)), (_rel(new, root), _rel(live, root))): text = text.replace(a, b)
     executed.write_text(text)
@@ -278,20 +287,26 @@ def promote(stage: Stage, settings: Settings, root: Path | None = None):
         except OSError: pass
 
 def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None = None, progress: bool = True,
-              key: str = "") -> float:
-    "Execute one stage notebook with papermill into its staging folders, then move its outputs into place; returns the seconds it took."
+              key: str = "", ranks: "Ranks | None" = None) -> float:
+    "Execute one stage notebook with papermill into its staging folders (in every process of `ranks` where the stage splits its passes), then move its outputs into place; returns the seconds it took."
     import papermill as pm
     root = root or repo_root()
     part, staging = prepare_stage(stage, settings, key)
     out = part / stage.notebook
     params = {**params, **_folders(stage, settings, staging)}
     env = {"MEMLOC_ROOT": str(root), "MEMLOC_STAGING": str(staging), "MEMLOC_STAGE": f"{settings.profile}:{stage.name}"}
+    if ranks is not None and ranks.world > 1 and stage.ranks:
+        t0 = time.perf_counter()
+        run_ranks(stage, params, settings, root, progress, ranks, env)
+        secs = time.perf_counter() - t0
+        promote(stage, settings, root)
+        return secs
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)               # the kernel inherits them: `out_dir(profile, stage)` is the staging folder
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(root / "nbs" / stage.notebook), str(out), parameters=params,
-                            cwd=str(settings.path("runs_dir")), kernel_name="python3", progress_bar=progress)
+                            cwd=str(settings.path("runs_dir")), kernel_name="python3", progress_bar=progress, extra_arguments=KERNEL_ARGS)
     except pm.PapermillExecutionError as e:
         raise StageFailed(f"stage {stage.name!r} failed in {_rel(out, root)}, cell {e.exec_count}: {e.ename}: {e.evalue} "
                           f"(the last good outputs are kept)") from None
@@ -313,6 +328,118 @@ def relativize(path: Path, root: Path):
     text = path.read_text()
     new = text.replace(str(root) + "/", "").replace(str(root), ".")
     if new != text: path.write_text(new)
+
+# %% ../nbs/20_reproduce.ipynb #b2e1d4f2
+@dataclass(frozen=True)
+class Ranks:
+    "The processes of `--nproc`: how many on this machine, and torchrun's rendezvous when several machines share a stage."
+    nproc: int = 1              # processes on this machine (one per GPU)
+    nnodes: int = 1             # machines
+    node_rank: int = 0          # this machine's index (0: the one that runs the stages and writes the report)
+    master_addr: str = "127.0.0.1"  # machine 0's address, reachable from every machine
+    master_port: int = 29500    # a free port on machine 0
+
+    @property
+    def world(self) -> int: return self.nproc * self.nnodes
+
+    def check(self) -> "Ranks":
+        if self.nproc < 1 or self.nnodes < 1: raise UsageError(f"--nproc and --nnodes must be >= 1, got {self.nproc} and {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes: raise UsageError(f"--node-rank {self.node_rank} is not in 0..{self.nnodes - 1}")
+        if not 0 < self.master_port < 65536: raise UsageError(f"--master-port {self.master_port} is not a port")
+        return self
+
+    def torchrun(self) -> list[str]:
+        "The torchrun command (before the program) that starts this machine's processes."
+        where = (["--standalone"] if self.nnodes == 1 else
+                 [f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}", f"--master_addr={self.master_addr}", f"--master_port={self.master_port}"])
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.nproc}", *where]
+
+
+# %% ../nbs/20_reproduce.ipynb #c3f2e5a3
+def _rank_folders(part: Path, staging: Path, rank: int) -> tuple[Path, Path]:
+    "(staging folder, executed notebook folder) of process `rank`: rank 0 writes the stage's own, the others a scratch folder in `part`."
+    return (staging, part) if rank == 0 else (part / f"rank{rank}", part / f"rank{rank}")
+
+def _relay(stream):
+    "Copy `stream` (torchrun's stderr: the processes' messages and progress) to ours as it comes, until the returned event is set."
+    import codecs, threading
+    quiet, dec = threading.Event(), codecs.getincrementaldecoder("utf-8")(errors="replace")
+    def pump():
+        while chunk := os.read(stream.fileno(), 65536):
+            if not quiet.is_set(): sys.stderr.write(dec.decode(chunk)); sys.stderr.flush()
+    t = threading.Thread(target=pump, daemon=True); t.start()
+    return quiet, t
+
+def rank_command(ranks: Ranks, job: Path) -> list[str]:
+    "The command that starts this machine's processes of a job: torchrun, each process running `rank_main(job)`."
+    return [*ranks.torchrun(), "--no-python", sys.executable, "-c", "import sys; from memloc.reproduce import rank_main; rank_main(sys.argv[1])", str(job)]
+
+def run_ranks(stage: Stage, params: dict, settings: Settings, root: Path, progress: bool, ranks: Ranks, env: dict):
+    "Run `stage`'s notebook in every process of `ranks` under torchrun: each takes its share of the long passes, every one gets the merged results; rank 0's notebook and outputs are the stage's."
+    part, staging = _partial(settings, stage)
+    for f in part.glob("rank*.error"): f.unlink()
+    job = dict(id=f"{stage.name}-{os.getpid()}-{time.time_ns()}", notebook=str(root / "nbs" / stage.notebook), out=str(part / stage.notebook),
+               params=params, stage=stage.name, cwd=str(settings.path("runs_dir")), staging=str(staging), part=str(part), env=env, progress=progress)
+    jf = part / "ranks.json"                               # the job; the other machines (`follow`) start their processes from it
+    jf.with_name("ranks.json.tmp").write_text(json.dumps(job, indent=1) + "\n"); os.replace(jf.with_name("ranks.json.tmp"), jf)
+    cmd = rank_command(ranks, jf)
+    p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+                         stderr=subprocess.PIPE, start_new_session=True)   # the terminal's Ctrl-C reaches the driver alone
+    quiet, pump = _relay(p.stderr)
+    try: rc = p.wait()
+    except BaseException:                                  # Ctrl-C, kill: torchrun stops its processes (and they their kernels),
+        quiet.set(); p.terminate()                         # its own report of the signal kept off the terminal
+        try: p.wait(timeout=60)
+        except subprocess.TimeoutExpired: p.kill(); p.wait()
+        raise
+    finally: pump.join(timeout=5); jf.unlink(missing_ok=True)
+    if rc:
+        why = [f.read_text().strip() for f in sorted(part.glob("rank*.error"))]
+        raise StageFailed(f"stage {stage.name!r} failed under torchrun ({ranks.world} processes, exit {rc}): "
+                          + ("; ".join(why) if why else "a process stopped (its output is above)")
+                          + "; the last good outputs are kept, and the same command resumes it")
+
+def follow(settings: Settings, ranks: Ranks, poll: float = 2.0):
+    "On machine `ranks.node_rank` > 0: start this machine's processes of every split stage machine 0 starts (its job files), until machine 0's run ends."
+    partial, done, seen = settings.path("runs_dir") / ".partial", settings.path("runs_dir") / ".ranks-done", set()
+    ended = lambda: done.read_text() if done.is_file() else None   # what machine 0 wrote when its last run ended (no clocks compared)
+    before = ended()
+    print(f"machine {ranks.node_rank} of {ranks.nnodes}: {ranks.nproc} process(es) join each split stage machine 0 starts", flush=True)
+    while ended() == before:
+        for jf in sorted(partial.glob("*/ranks.json")):
+            try: jid = json.loads(jf.read_text())["id"]
+            except (OSError, ValueError, KeyError): continue   # gone, or being replaced
+            if jid in seen: continue
+            seen.add(jid)
+            print(f"{jf.parent.name}: joining", flush=True)
+            r = subprocess.run(rank_command(ranks, jf))
+            print(f"{jf.parent.name}: {'done' if r.returncode == 0 else f'exit {r.returncode}'}", flush=True)
+        time.sleep(poll)
+
+def rank_main(job_path: str):
+    "One process of `run_ranks` (started by torchrun): the stage's notebook with this process's folders, joined to the others through `memloc.shard`."
+    import papermill as pm
+    job, rank = json.loads(Path(job_path).read_text()), int(os.environ.get("RANK", "0"))
+    part, staging = Path(job["part"]), Path(job["staging"])
+    mine, nb_dir = _rank_folders(part, staging, rank)
+    (mine / job["stage"]).mkdir(parents=True, exist_ok=True)
+    params = {k: v.replace(str(staging), str(mine)) if isinstance(v, str) and rank else v for k, v in job["params"].items()}
+    os.environ.update({**job["env"], "MEMLOC_STAGING": str(mine), "MEMLOC_RANKS": "torchrun"})
+    local, gpus = int(os.environ.get("LOCAL_RANK", "0")), os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus is None or "," in gpus:   # one GPU per process: its `cuda` is the LOCAL_RANK-th of the machine
+        os.environ["CUDA_VISIBLE_DEVICES"] = (gpus.split(",")[local] if gpus else str(local))
+    out = nb_dir / Path(job["out"]).name
+    signal.signal(signal.SIGTERM, _interrupt)             # torchrun stopping the processes: the kernel is shut down, quietly
+    try:
+        pm.execute_notebook(job["notebook"], str(out), parameters=params, cwd=job["cwd"], kernel_name="python3",
+                            progress_bar=job["progress"] and rank == 0, extra_arguments=KERNEL_ARGS)
+    except pm.PapermillExecutionError as e:
+        (part / f"rank{rank}.error").write_text(f"rank {rank}: cell {e.exec_count}: {e.ename}: {e.evalue} (in {_rel(out, Path(job['env']['MEMLOC_ROOT']))})\n")
+        raise SystemExit(1)
+    except KeyboardInterrupt: raise SystemExit(130) from None
+    finally:
+        if out.is_file(): relativize(out, Path(job["env"]["MEMLOC_ROOT"]))
+
 
 # %% ../nbs/20_reproduce.ipynb #ba610c60
 def profile_checkpoints(settings: Settings) -> tuple[dict, list[str]]:
@@ -400,7 +527,9 @@ def check_profile(settings: Settings, stages: list[Stage] | None = None, root: P
 # %% ../nbs/20_reproduce.ipynb #78ffa861
 def reproduce(profile: str = "mini", only: list[str] | None = None, start: str | None = None,
               force: bool = False, check: bool = False, progress: bool = True,
-              root: Path | None = None, stages: list[Stage] | None = None) -> dict:
+              root: Path | None = None, stages: list[Stage] | None = None,
+              ranks: Ranks | None = None,   # processes for the stages that split their passes (`--nproc`; None: one)
+             ) -> dict:
     "Run the study's stages (default: `STAGES`) for `profile`; returns the state (key and seconds per stage)."
     root = root or repo_root()
     settings = load_settings(profile, root / "settings.ini")
@@ -415,7 +544,9 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
     if check:
         for line in checked: print("ok", line)
         return {}
-    with run_lock(settings):
+    if ranks is not None and ranks.node_rank > 0:             # another machine: its processes join machine 0's stages
+        follow(settings, ranks); return {}
+    with run_lock(settings), _ranks_done(settings, ranks):
         state = load_state(settings)
         print(f"memloc reproduce [{profile}]: {len(chosen)} stage(s)")
         for i, s in enumerate(chosen, 1):
@@ -427,7 +558,7 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
                 print(f"{tag}: unchanged, kept ({state[s.name]['seconds']:.1f} s last run)"); continue
             resumed = (_partial(settings, s)[0] / "key").is_file() and (_partial(settings, s)[0] / "key").read_text() == key
             print(f"{tag}: {'resuming' if resumed else 'running'} nbs/{s.notebook} {params}", flush=True)
-            secs = run_stage(s, params, settings, root, progress, key)
+            secs = run_stage(s, params, settings, root, progress, key, ranks)
             state[s.name] = {"key": key, "seconds": round(secs, 1)}   # done only once its outputs are in place
             save_state(settings, state)
             print(f"{tag}: done in {secs:.1f} s", flush=True)
@@ -436,12 +567,21 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
     print(f"report: {_rel(report, root)}")
     return state
 
+@contextmanager
+def _ranks_done(settings: Settings, ranks: Ranks | None):
+    "On several machines: tell the others (`follow`) when machine 0's run ends, however it ends."
+    try: yield
+    finally:
+        if ranks is not None and ranks.nnodes > 1:
+            (settings.path("runs_dir") / ".ranks-done").write_text(f"pid {os.getpid()} on {socket.gethostname()}, {time.time_ns()}\n")
+
 def _interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
 
 def clean_state(settings: Settings, remove: bool = False) -> list[tuple[Path, int]]:
-    "The resumable parts under `<runs_dir>/tmp/<stage>/` (saved scans, samples, training state) with their bytes; with `remove`, deleted, under the run lock (never beneath a running study)."
+    "The resumable parts under `<runs_dir>/tmp/<stage>/` (saved scans, samples, training state) and the staging folders of interrupted stages (`.partial/` in `runs_dir` and `figures_dir`) with their bytes; with `remove`, deleted, under the run lock (never beneath a running study)."
     tmp = settings.path("runs_dir") / "tmp"
     parts = sorted(p for stage in (tmp.iterdir() if tmp.is_dir() else []) if stage.is_dir() for p in stage.iterdir())
+    parts += sorted(p for d in (settings.path("runs_dir") / ".partial", settings.path("figures_dir") / ".partial") if d.is_dir() for p in d.iterdir())
     found = [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() and not p.is_symlink() else p.lstat().st_size) for p in parts]
     if remove and found:
         with run_lock(settings):
@@ -461,6 +601,12 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     r.add_argument("--set", dest="values", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the profile for this run only (the driver and every stage read it; repeat for more)")
+    r.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes per machine (one per GPU) for the stages that split their long passes, under torchrun (default: 1)")
+    r.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines that share those stages (each runs this command; default: 1)")
+    r.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's index; 0 runs the stages and writes the report (default: 0)")
+    r.add_argument("--master-addr", default="127.0.0.1", metavar="HOST", help="machine 0's address, for --nnodes > 1")
+    r.add_argument("--master-port", type=int, default=29500, metavar="PORT", help="a free port on machine 0, for --nnodes > 1 (default: 29500)")
     sm = sub.add_parser("smoke-assets", help="write the input files of profile [smoke] (tiny models, a small ImageNet-layout folder)")
     sm.add_argument("root", nargs="?", default="runs/smoke/assets", help="where (default: runs/smoke/assets, where [smoke] reads them)")
     fs = sub.add_parser("fid-stats", help="compute FID's reference statistics of a profile's data_root into its fid_stats_path (once; cached)")
@@ -505,7 +651,9 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
         os.environ["MEMLOC_SET"] = json.dumps({a.profile: values})
         print("this run's settings: " + ", ".join(f"{k} = {v}" for k, v in values.items()))
     try:
-        reproduce(a.profile, a.only, a.start, a.force, a.check, not a.no_progress, stages=stages)
+        ranks = Ranks(a.nproc, a.nnodes, a.node_rank, a.master_addr, a.master_port).check()
+        reproduce(a.profile, a.only, a.start, a.force, a.check, not a.no_progress, stages=stages,
+                  ranks=None if ranks.world == 1 else ranks)
     except (SettingsError, UsageError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr); raise SystemExit(2)
     except (StageFailed, RunLocked) as e:

@@ -9,19 +9,37 @@ import hashlib
 import itertools
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['rank_world', 'shard_batches', 'StaleRun', 'save_part', 'read_parts', 'run_batches']
+__all__ = ['join_ranks', 'rank_world', 'alone', 'shard_batches', 'StaleRun', 'save_part', 'read_parts', 'run_batches', 'run_each']
 
 # %% ../nbs/00_shard.ipynb #ce06a8d6
+def join_ranks() -> bool:
+    "Whether this process is one of several: `torch.distributed` initialised, here at the first call if `memloc reproduce --nproc` started it (gloo for CPU tensors, nccl for CUDA ones)."
+    if not dist.is_available(): return False
+    if dist.is_initialized(): return True
+    if os.environ.get("MEMLOC_RANKS") != "torchrun" or int(os.environ.get("WORLD_SIZE", "1")) < 2: return False
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+_ALONE = [False]   # inside `alone()`: this process's passes are its own
+
 def rank_world(group=None) -> tuple[int, int]:
-    "(rank, world size) of this process: (0, 1) unless `torch.distributed` is initialised."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(group), dist.get_world_size(group)
+    "(rank, world size) of this process: (0, 1) unless `torch.distributed` is initialised (or `join_ranks` joins the processes of `--nproc`), and inside `alone()`."
+    if not _ALONE[0] and join_ranks(): return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
+
+@contextmanager
+def alone():
+    "Run the passes inside in this process only, as if it were the only one (for work one process does while the others do theirs)."
+    was, _ALONE[0] = _ALONE[0], True
+    try: yield
+    finally: _ALONE[0] = was
 
 def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[range]:
     "The batches (item ranges) of `n` items that `rank` of `world` runs: every `world`-th, from `rank`."
@@ -150,3 +168,17 @@ def _read_results(files, n: int, batch_size: int) -> dict[str, torch.Tensor]:
             m = ids == b
             chunks.append((int(b), {k.removeprefix("result."): v[m] for k, v in t.items()}))
     return _assemble(chunks, n, batch_size)
+
+# %% ../nbs/00_shard.ipynb #a7d6c9e7
+def run_each(fn,                 # fn(item) -> any picklable result
+             items: list,        # e.g. the seeds of random draws
+            ) -> list:
+    "`[fn(item) for item in items]`, split across ranks: item i runs on rank i % world, `alone()` (its own passes stay in its process); every rank gets every result, in order."
+    rank, world = rank_world()
+    with alone(): mine = {i: fn(it) for i, it in enumerate(items) if i % world == rank}
+    if world > 1:
+        every = [None] * world
+        dist.all_gather_object(every, mine)
+        mine = {i: r for part in every for i, r in part.items()}
+    return [mine[i] for i in range(len(items))]
+

@@ -177,7 +177,8 @@ def default_manifest_path() -> Path:
 def read_manifest(manifest_path=None) -> dict:
     "The manifest as a dict (`{}` if the file does not exist)."
     p = resolve(manifest_path) if manifest_path else default_manifest_path()
-    return json.loads(p.read_text()) if p.is_file() else {}
+    from memloc.config import read_json   # a truncated file: an error that names it
+    return read_json(p, "testbed manifest") if p.is_file() else {}
 
 def save_testbed(model, split: MiniSplit, entry: dict, out_dir="data/mini") -> dict:
     "Write `model` as `out_dir/<family>.safetensors` and merge its entry into `out_dir/manifest.json`."

@@ -16,12 +16,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .shard import rank_world
 from .stats import top_count
 
 # %% auto #0
 __all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'augment_views',
            'batch_values', 'StaleStats', 'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content',
-           'stale_meta', 'load_stats', 'precision_of', 'matching_stats', 'measure', 'canary_share']
+           'stale_meta', 'load_stats', 'precision_of', 'tokenizer_precision', 'matching_stats', 'measure',
+           'canary_share']
 
 # %% ../nbs/10_adaptation.ipynb #7df162c3
 def _check_points(n: int, what: str = "UnitMem"):
@@ -98,8 +100,9 @@ class UnitMemStats:
         if B == 0: return self
         v = values.to(self.sum.device, torch.float64)
         bad = ~torch.isfinite(v)
-        if bad.any(): raise ValueError(f"update: non-finite value at (row, *unit) {tuple(bad.nonzero()[0].tolist())}")
-        if not self.signed and (v < 0).any():
+        any_bad, any_neg = torch.stack([bad.any(), (v < 0).any() & (not self.signed)]).tolist()   # one wait for the device
+        if any_bad: raise ValueError(f"update: non-finite value at (row, *unit) {tuple(bad.nonzero()[0].tolist())}")
+        if any_neg:
             raise ValueError(f"update: negative value {v.min().item():.4g} at (row, *unit) {tuple((v < 0).nonzero()[0].tolist())}: "
                              "UnitMem is defined on magnitudes (measure with abs=True), or make the statistics signed=True")
         idx = torch.arange(self.count, self.count + B) if index is None else torch.as_tensor(index, dtype=torch.int64)
@@ -213,7 +216,7 @@ class UnitCapture:
         if not self.groups or any(not 0 <= b < e for b, e in self.groups): raise ValueError(f"unit_groups() must be non-empty (begin, end) ranges with 0 <= begin < end, got {self.groups}")
         self.acts, self.abs, self.hidden = [blk[1] for blk in blocks], abs, hidden.pop()
         self.shape = (len(self.groups), len(blocks), self.hidden)  # (G, n_blocks, hidden)
-        self._buf, self._handles, self._end = None, [], max(e for _, e in self.groups)
+        self._buf, self._handles, self._end, self._n = None, [], max(e for _, e in self.groups), None
 
     def _hook(self, b, mod, inp, out):
         if out.ndim != 3 or out.shape[-1] != self.hidden:
@@ -223,9 +226,12 @@ class UnitCapture:
         dt = torch.promote_types(out.dtype, torch.float32)
         if self._buf is None or self._buf.shape[0] != B or self._buf.device != out.device or self._buf.dtype != dt:
             self._buf = torch.empty(B, *self.shape, device=out.device, dtype=dt)
-        x_BTH = out.detach().abs() if self.abs else out.detach()   # abs is exact in any dtype
+        x_BTH = out.detach()
+        whole = self.abs and out.device.type != "cpu"              # GPU: one |act| for all groups (fewer launches);
+        if whole: x_BTH = x_BTH.abs()                              # CPU: |act| per group's slice (stays in cache)
         for g, (s, e) in enumerate(self.groups):                   # sum over the group's tokens, in >= float32
-            torch.div(x_BTH[:, s:e].sum(1, dtype=dt), e - s, out=self._buf[:, g, b])
+            x = x_BTH[:, s:e]
+            torch.sum(x.abs() if self.abs and not whole else x, 1, dtype=dt, out=self._buf[:, g, b])
         self._seen[b] = True
 
     def __enter__(self):
@@ -237,17 +243,25 @@ class UnitCapture:
         for h in self._handles: h.remove()
         self._handles = []
 
-    def values(self) -> torch.Tensor:
-        "The last forward pass's per-point values `[B, G, n_blocks, hidden]` (on the model's device); checks they are finite."
+    def values(self, check: bool = True, # check that they are finite (a wait for the device; `check` them later instead)
+              ) -> torch.Tensor:
+        "The last forward pass's per-point values `[B, G, n_blocks, hidden]` (on the model's device)."
         if self._buf is None or not all(self._seen):
             missing = [b for b, s in enumerate(getattr(self, "_seen", [])) if not s]
             raise RuntimeError(f"no activations captured for blocks {missing or 'all'}: run a forward pass inside `with capture:`")
         buf, self._buf, self._seen = self._buf, None, [False] * self.shape[1]
-        bad = ~torch.isfinite(buf)
+        if self._n is None or self._n.device != buf.device or self._n.dtype != buf.dtype:
+            self._n = torch.tensor([e - s for s, e in self.groups], dtype=buf.dtype, device=buf.device).view(-1, 1, 1)
+        buf.div_(self._n)                                          # the token means: one division for the whole pass
+        return self.check(buf) if check else buf
+
+    def check(self, values: torch.Tensor) -> torch.Tensor:
+        "`values` (`[B, G, n_blocks, hidden]`, or a sum of them: NaN and inf survive sums of magnitudes) if finite; else `NonFiniteActivation` naming the first cell."
+        bad = ~torch.isfinite(values)
         if bad.any():
             p, g, b, u = bad.nonzero()[0].tolist()
             raise NonFiniteActivation(f"non-finite activation in block {b}, unit {u} (unit group {g} = tokens {self.groups[g]}, batch row {p})")
-        return buf
+        return values
 
 # %% ../nbs/10_adaptation.ipynb #1b71d9a9
 def _batch(dataset, ids):
@@ -289,9 +303,9 @@ def batch_values(model, cap: "UnitCapture", dataset, ids: list[int],
         x = img if views is None else views(img, idx, view)
         with torch.autocast(dev.type, enabled=False): tok = model.tokenize(x)
         with _autocast(dev, dtype), cap: model.logits(tok, lab)
-        v = cap.values()
-        acc = v if acc is None else acc + v
-    return acc / augmentations, pid, hashes
+        v = cap.values(check=False)                             # no wait for the device per view:
+        acc = v if acc is None else acc.add_(v)
+    return cap.check(acc.div_(augmentations)), pid, hashes     # one check per batch (a NaN or inf of any view survives the sum)
 
 def _rank_path(path, rank, world):
     p = Path(path)
@@ -376,10 +390,18 @@ def precision_of(model) -> str:
     dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else (weights[0].dtype if weights else torch.float32)
     return str(dt).removeprefix("torch.")
 
+def tokenizer_precision(model) -> str:
+    "The precision the tokenizer of `model` runs in: its weights' dtype (it runs outside autocast); float32 for a tokenizer without weights."
+    tok = getattr(model, "tokenizer", None)
+    w = [*tok.parameters(), *tok.buffers()] if isinstance(tok, nn.Module) else []
+    w = [t for t in w if t.is_floating_point()]
+    return str(w[0].dtype if w else torch.float32).removeprefix("torch.")
+
 def _run_meta(model, cap, augmentations, abs, seed, rank, world, aug_fp) -> dict:
-    "What a `measure` run is: its settings, its precision (a bfloat16 run is not a float32 one) and the fingerprints of its weights and augmentation."
+    "What a `measure` run is: its settings, its precisions (a bfloat16 run is not a float32 one; the tokens come from the tokenizer's) and the fingerprints of its weights and augmentation."
     return {"shape": list(cap.shape), "augmentations": augmentations, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
-            "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp, "precision": precision_of(model)}
+            "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp, "precision": precision_of(model),
+            "tokenizer_precision": tokenizer_precision(model)}
 
 def matching_stats(path,                  # a statistics file saved by `measure` (e.g. by another stage)
                    model: nn.Module, dataset, points, augment=None, augmentations: int = 10, seed: int = 0, abs: bool = True,
@@ -422,8 +444,9 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
     if augmentations < 1 or batch_size < 1 or save_every < 1: raise ValueError(f"augmentations, batch_size and save_every must be >= 1, got {augmentations}, {batch_size}, {save_every}")
     if augment is None and augmentations != 1: raise ValueError(f"augmentations={augmentations} identical views without an augment function; pass augment or augmentations=1")
     aug_fp, views = augment_fingerprint(augment), augment_views(augment, seed)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    pts = pts[rank::world]
+    rank, world = rank_world()
+    mine = [pts[i:i + batch_size] for i in range(0, len(pts), batch_size)][rank::world]   # every world-th batch, from rank's
+    pts = [p for b in mine for p in b]
     cap = UnitCapture(model, abs=abs)
     device = device or next(iter(model.parameters())).device
     meta = _run_meta(model, cap, augmentations, abs, seed, rank, world, aug_fp)
@@ -445,8 +468,7 @@ def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_b
             stats.load_state_dict(ck["stats"].state_dict())
             done, content = ck["done"], ck["content"].tolist()
     done_set = set(done)
-    todo = [p for p in pts if p not in done_set]
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = [b for b in ([p for p in b if p not in done_set] for b in mine) if b]   # a saved run holds whole batches
     from tqdm import tqdm
     was_training = model.training; model.eval()
     try:

@@ -6,6 +6,7 @@ import torch.distributed as dist
 
 from memloc.extraction import score_dataset
 from memloc.quality import sample_images
+from memloc.shard import run_each
 import memloc.var as var
 
 
@@ -25,7 +26,9 @@ def run(out_dir, state: bool):
     st = (lambda k: f"{out_dir}/state/{k}") if state else (lambda k: None)
     scores, labels = score_dataset(model, data, keep, batch_size=4, num_workers=0, state_dir=st("scan"), save_every=1, progress=False)
     samples, sample_labels = sample_images(model, 10, seed=3, batch_size=4, state_dir=st("samples"), save_every=1)
-    return dict(scores=scores, labels=labels, samples=samples, sample_labels=sample_labels)
+    # three "random draws", each with samples of its own (a pass inside a task: that process's alone), split across ranks
+    draws = run_each(lambda s: sample_images(model, 3, seed=10 + s, batch_size=2)[0], [0, 1, 2])
+    return dict(scores=scores, labels=labels, samples=samples, sample_labels=sample_labels, draws=torch.stack(draws))
 
 
 if __name__ == "__main__":

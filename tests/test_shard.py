@@ -1,4 +1,4 @@
-"memloc.shard: the candidate scan and the FID samples split across two gloo processes equal one process's, with and without saved parts."
+"memloc.shard: the candidate scan, the FID samples and tasks split by run_each across two gloo processes equal one process's, with and without saved parts."
 import os
 import subprocess
 import sys
