@@ -25,14 +25,17 @@ from .unitmem import UnitCapture, _autocast, measure
 from .var_scales import model_fingerprint
 
 # %% auto #0
-__all__ = ['METHODS', 'COLORS', 'NothingToLocalize', 'audit_sets', 'Evidence', 'Method', 'register_method', 'localize',
-           'act_hooks', 'requires_grad', 'tf_loss', 'tf_prob', 'PlantedToy', 'planted_evidence', 'unitmem_scores',
-           'unit_values', 'activation_contrast', 'attribution', 'gradient_scores', 'learned_mask', 'random_scores',
-           'top_units', 'recall_at_k', 'recall_curve', 'load_implants_or_none', 'implant_recall', 'fingerprint',
-           'probe_fingerprint', 'ResultCache', 'count_in', 'attack_and_fid', 'mitigation', 'empirical_p',
-           'testbed_model', 'training_points', 'unitmem_stats', 'audit_probe', 'testbed_attack', 'cached_attack',
-           'study_inputs', 'method_scores', 'benchmark', 'study_task', 'run_tasks', 'results_entry', 'random_entry',
-           'headline_table', 'pareto_front', 'plot_pareto', 'plot_recall']
+__all__ = ['METHODS', 'VARIANT_RUNNERS', 'COLORS', 'NothingToLocalize', 'audit_sets', 'Evidence', 'Method', 'register_method',
+           'localize', 'act_hooks', 'requires_grad', 'tf_loss', 'tf_prob', 'PlantedToy', 'planted_evidence',
+           'unitmem_scores', 'unit_values', 'contrast_parts', 'contrast_from', 'activation_contrast', 'attributions',
+           'attribution', 'gradient_from', 'gradient_scores', 'mask_path', 'learned_mask', 'random_scores',
+           'method_variants', 'variant_scores', 'top_units', 'recall_at_k', 'recall_curve', 'load_implants_or_none',
+           'implant_recall', 'cached_variant_scores', 'implant_variant_recall', 'split_recall', 'choose_variants',
+           'matched_compute', 'fingerprint', 'probe_fingerprint', 'ResultCache', 'count_in', 'attack_and_fid',
+           'mitigation', 'empirical_p', 'min_detectable', 'by_chance', 'testbed_model', 'training_points',
+           'unitmem_stats', 'audit_probe', 'testbed_attack', 'cached_attack', 'study_inputs', 'method_scores',
+           'benchmark', 'study_task', 'run_tasks', 'results_entry', 'random_entry', 'headline_table', 'pareto_front',
+           'plot_pareto', 'plot_recall', 'plot_compute']
 
 # %% ../nbs/15_localization.ipynb #e859fc41
 class NothingToLocalize(ValueError):
@@ -233,31 +236,42 @@ def unit_values(model, images, labels, batch_size: int = 64, dtype: str = "float
             model.logits(model.tokenize(images[i:i + batch_size].to(dev)), labels[i:i + batch_size].to(dev))
         yield cap.values().double()
 
-@register_method("activation_contrast", uses_targets=True, knows="the targets and reference training images")
-def activation_contrast(model, evidence: Evidence,
-                        reduce: str = "mean",    # over the targets: "mean" or "max"
-                        eps: float = 1e-6,       # added to the references' standard deviation
-                        dtype: str = "float32"):
-    "z-score of the targets' |act| against the references', per (group, block, unit); max over groups."
-    if reduce not in ("mean", "max"): raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
-    ev, t = evidence, None
+def contrast_parts(model, evidence: Evidence, dtype: str = "float32") -> dict:
+    "One forward pass over every image: the targets' mean and max |act| and the references' mean and standard deviation, per (group, block, unit)."
+    ev, tsum, tmax = evidence, None, None
     for v in unit_values(model, ev.targets, ev.target_labels, ev.batch_size, dtype):
-        r = v.sum(0) if reduce == "mean" else v.amax(0)
-        t = r if t is None else (t + r if reduce == "mean" else torch.maximum(t, r))
-    if reduce == "mean": t = t / len(ev.targets)
+        tsum = v.sum(0) if tsum is None else tsum + v.sum(0)
+        tmax = v.amax(0) if tmax is None else torch.maximum(tmax, v.amax(0))
     n, s, s2 = 0, 0.0, 0.0
     for v in unit_values(model, ev.references, ev.reference_labels, ev.batch_size, dtype):
         n, s, s2 = n + len(v), s + v.sum(0), s2 + (v * v).sum(0)
     mu = s / n
-    sd = ((s2 - n * mu * mu) / (n - 1)).clamp_min(0).sqrt()
-    return ((t - mu) / (sd + eps)).amax(0)
+    return dict(mean=tsum / len(ev.targets), max=tmax, mu=mu, sd=((s2 - n * mu * mu) / (n - 1)).clamp_min(0).sqrt())
+
+def contrast_from(parts: dict, reduce: str = "mean", stat: str = "z", eps: float = 1e-6) -> torch.Tensor:
+    "The targets' |act| (`reduce`d over them) against the references': z-score or ratio to their mean; max over groups."
+    if reduce not in ("mean", "max"): raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    if stat not in ("z", "ratio"): raise ValueError(f"stat must be 'z' or 'ratio', got {stat!r}")
+    t, mu = parts[reduce], parts["mu"]
+    return ((t - mu) / (parts["sd"] + eps) if stat == "z" else t / (mu + eps)).amax(0)
+
+@register_method("activation_contrast", uses_targets=True, knows="the targets and reference training images")
+def activation_contrast(model, evidence: Evidence,
+                        reduce: str = "mean",    # over the targets: "mean" or "max"
+                        stat: str = "z",         # "z": (t - mean) / sd of the references; "ratio": t / their mean
+                        eps: float = 1e-6,       # added to the denominator
+                        dtype: str = "float32"):
+    "z-score (or ratio) of the targets' |act| against the references', per (group, block, unit); max over groups."
+    if reduce not in ("mean", "max"): raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    if stat not in ("z", "ratio"): raise ValueError(f"stat must be 'z' or 'ratio', got {stat!r}")
+    return contrast_from(contrast_parts(model, evidence, dtype), reduce, stat, eps)
 
 # %% ../nbs/15_localization.ipynb #21c2c2f3
-def attribution(model, images, labels, batch_size: int = 64, dtype: str = "float32") -> torch.Tensor:
-    "Sum over images and the unit groups' tokens of |a * dL/da|, L the image's teacher-forced loss: float64 `[blocks, hidden]`."
+def attributions(model, images, labels, batch_size: int = 64, dtype: str = "float32") -> dict:
+    "One backward pass per batch: `{'axgrad': sum |a * dL/da|, 'grad': sum |dL/da|}` over images and the unit groups' tokens, L the image's teacher-forced loss; float64 `[blocks, hidden]` each."
     nb, h = unit_grid(model)
     dev, (b0, b1) = _device(model), _span(model)
-    out, acts = torch.zeros(nb, h, dtype=torch.float64, device=dev), {}
+    out, acts = {k: torch.zeros(nb, h, dtype=torch.float64, device=dev) for k in ("axgrad", "grad")}, {}
     was = model.training; model.eval()
     try:
         with requires_grad(model, True), act_hooks(model, lambda b, a: acts.__setitem__(b, a)):
@@ -266,50 +280,64 @@ def attribution(model, images, labels, batch_size: int = 64, dtype: str = "float
                 acts.clear()
                 with _autocast(dev, dtype): loss = tf_loss(model, tok, labels[i:i + batch_size].to(dev)).sum()
                 grads = torch.autograd.grad(loss, [acts[b] for b in range(nb)])
-                for b, g in enumerate(grads): out[b] += (acts[b].detach() * g)[:, b0:b1].float().abs().sum((0, 1)).double()
+                for b, g in enumerate(grads):
+                    out["axgrad"][b] += (acts[b].detach() * g)[:, b0:b1].float().abs().sum((0, 1)).double()
+                    out["grad"][b] += g[:, b0:b1].float().abs().sum((0, 1)).double()
     finally: model.train(was)
-    return out.cpu()
+    return {k: v.cpu() for k, v in out.items()}
+
+def attribution(model, images, labels, batch_size: int = 64, dtype: str = "float32") -> torch.Tensor:
+    "Sum over images and the unit groups' tokens of |a * dL/da|, L the image's teacher-forced loss: float64 `[blocks, hidden]`."
+    return attributions(model, images, labels, batch_size, dtype)["axgrad"]
+
+def gradient_from(on_targets: dict, on_references: dict | None, n_targets: int, n_references: int, kind: str = "axgrad") -> torch.Tensor:
+    "The targets' attribution `kind`, minus the references' per image times the targets' count (None: no contrast)."
+    if kind not in ("axgrad", "grad"): raise ValueError(f"kind must be 'axgrad' (|a * grad|) or 'grad' (|grad|), got {kind!r}")
+    s = on_targets[kind]
+    return s if on_references is None else s - on_references[kind] * (n_targets / n_references)
 
 @register_method("gradient", uses_targets=True, knows="the targets (and, with contrast, the reference training images)")
 def gradient_scores(model, evidence: Evidence,
                     contrast: bool = True,   # subtract the references' attribution (per image, times the targets' count)
+                    kind: str = "axgrad",    # "axgrad": |a * dL/da|; "grad": |dL/da|
                     dtype: str = "float32"):
-    "|a * dL_targets/da| summed over tokens and targets, minus the same on the references."
+    "|a * dL_targets/da| (or |dL/da|) summed over tokens and targets, minus the same on the references."
+    if kind not in ("axgrad", "grad"): raise ValueError(f"kind must be 'axgrad' (|a * grad|) or 'grad' (|grad|), got {kind!r}")
     ev = evidence
-    s = attribution(model, ev.targets, ev.target_labels, ev.batch_size, dtype)
-    if contrast: s = s - attribution(model, ev.references, ev.reference_labels, ev.batch_size, dtype) * (len(ev.targets) / len(ev.references))
-    return s
+    t = attributions(model, ev.targets, ev.target_labels, ev.batch_size, dtype)
+    r = attributions(model, ev.references, ev.reference_labels, ev.batch_size, dtype) if contrast else None
+    return gradient_from(t, r, len(ev.targets), len(ev.references), kind)
 
 # %% ../nbs/15_localization.ipynb #01ad9c05
-@register_method("learned_mask", uses_targets=True, knows="the targets and reference training images")
-def learned_mask(model, evidence: Evidence,
-                 steps: int = 100,          # optimizer steps
-                 lr: float = 0.05,          # Adam step size
-                 l1: float = 1e-4,          # weight of sum(1 - m): the sparsity of the dropped units
-                 ref_weight: float = 1.0,   # weight of the references' change of loss
-                 target_term: str = "prob", # "prob": the targets' mean true-token probability; "loss": minus their loss
-                 init: float = 3.0,         # initial logit of the mask (sigmoid(3) = 0.95)
-                 batch_size: int | None = None,  # targets and references per step, each (default: the evidence's)
-                 seed: int = 0,             # seeds the batches
-                 dtype: str = "float32"):   # autocast dtype (bfloat16 on a GPU at full scale)
-    "1 - m for a per-unit mask m trained to raise the targets' loss and keep the references', model frozen."
-    if steps < 1 or lr <= 0 or l1 < 0: raise ValueError(f"need steps >= 1, lr > 0, l1 >= 0; got {steps}, {lr}, {l1}")
+def mask_path(model, evidence: Evidence,
+              checkpoints=(100,),        # optimizer steps at which the scores are taken (one run, up to the largest)
+              lr: float = 0.05,          # Adam step size
+              l1: float = 1e-4,          # weight of sum(1 - m): the sparsity of the dropped units
+              ref_weight: float = 1.0,   # weight of the references' change of loss
+              target_term: str = "prob", # "prob": the targets' mean true-token probability; "loss": minus their loss
+              init: float = 3.0,         # initial logit of the mask (sigmoid(3) = 0.95)
+              batch_size: int | None = None,  # targets and references per step, each (default: the evidence's)
+              seed: int = 0,             # seeds the batches
+              dtype: str = "float32") -> dict:   # autocast dtype (bfloat16 on a GPU at full scale)
+    "`{step: (1 - m, seconds so far)}` at every checkpoint of one run of the learned mask (a run stopped there gives the same scores)."
+    cks = sorted({int(s) for s in checkpoints})
+    if not cks or cks[0] < 1 or lr <= 0 or l1 < 0: raise ValueError(f"need steps >= 1, lr > 0, l1 >= 0; got {list(checkpoints)}, {lr}, {l1}")
     if target_term not in ("prob", "loss"): raise ValueError(f"target_term must be 'prob' or 'loss', got {target_term!r}")
-    ev, dev = evidence, _device(model)
+    from memloc.extraction import tokenize_all
+    t0, ev, dev = time.perf_counter(), evidence, _device(model)
     theta = torch.full(unit_grid(model), float(init), device=dev, requires_grad=True)
     opt, g = torch.optim.Adam([theta], lr=lr), torch.Generator().manual_seed(int(seed))
-    from memloc.extraction import tokenize_all
     tok_t, tok_r = tokenize_all(model, ev.targets, ev.batch_size), tokenize_all(model, ev.references, ev.batch_size)
     bs = batch_size or ev.batch_size
     pick = lambda n: torch.randperm(n, generator=g)[:bs] if n > bs else torch.arange(n)
     loss = lambda tok, y, i: tf_loss(model, tok[i].to(dev), y[i].to(dev))
-    was = model.training; model.eval()
+    out, was = {}, model.training; model.eval()
     try:
         with torch.no_grad(), _autocast(dev, dtype):
             base_r = torch.cat([loss(tok_r, ev.reference_labels, torch.arange(i, min(i + ev.batch_size, len(tok_r))))
                                 for i in range(0, len(tok_r), ev.batch_size)])
         with requires_grad(model, False), act_hooks(model, lambda b, a: a * m[b].to(a.dtype)):
-            for _ in range(steps):
+            for step in range(1, cks[-1] + 1):
                 m = theta.sigmoid()
                 it, ir = pick(len(tok_t)), pick(len(tok_r))
                 with _autocast(dev, dtype):   # targets and references in one forward pass
@@ -321,14 +349,100 @@ def learned_mask(model, evidence: Evidence,
                     obj = t + ref_weight * (-lp[nt:].mean(1) - base_r[ir.to(base_r.device)]).abs().mean()
                 obj = obj + l1 * (1 - m).sum()
                 opt.zero_grad(); obj.backward(); opt.step()
+                if step in cks: out[step] = ((1 - theta.detach().double().sigmoid()).cpu(), time.perf_counter() - t0)
     finally: model.train(was)
-    return (1 - theta.detach().double().sigmoid()).cpu()
+    return out
+
+@register_method("learned_mask", uses_targets=True, knows="the targets and reference training images")
+def learned_mask(model, evidence: Evidence,
+                 steps: int = 100,          # optimizer steps
+                 **options):                # `mask_path`'s: lr, l1, ref_weight, target_term, init, batch_size, seed, dtype
+    "1 - m for a per-unit mask m trained to raise the targets' loss and keep the references', model frozen."
+    if steps < 1: raise ValueError(f"need steps >= 1; got {steps}")
+    return mask_path(model, evidence, checkpoints=(steps,), **options)[steps][0]
 
 # %% ../nbs/15_localization.ipynb #187966a6
 @register_method("random", uses_targets=False, knows="nothing (a seeded draw)")
 def random_scores(model, evidence: Evidence | None = None, seed: int = 0):
     "Seeded uniform scores: their top p% is a uniform random selection."
     return torch.rand(unit_grid(model), generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+
+# %% ../nbs/15_localization.ipynb #a1b2c302
+def method_variants(mask_steps=(30, 10, 20),    # learned mask: step counts (one run per sparsity weight)
+                    mask_l1s=(1e-3, 1e-2),      # learned mask: sparsity weights
+                    mask_options: dict | None = None,   # the mask's other options (lr, batch_size, seed)
+                    dtype: str = "float32") -> dict:
+    "`{method: {variant: options}}`; each method's first variant is its default."
+    mo, steps = dict(mask_options or {}), list(dict.fromkeys(int(s) for s in mask_steps))
+    return {"unitmem": {"max": dict(how="max"), "mean": dict(how="mean")},
+            "activation_contrast": {f"{r} {s}": dict(reduce=r, stat=s, dtype=dtype) for r in ("mean", "max") for s in ("z", "ratio")},
+            "gradient": {f"{k}{' contrast' if c else ''}": dict(kind=k, contrast=c, dtype=dtype) for c in (True, False) for k in ("axgrad", "grad")},
+            "learned_mask": {f"l1 {l:g}, {s} steps": dict(mo, l1=float(l), steps=s, dtype=dtype) for l in mask_l1s for s in steps}}
+
+# %% ../nbs/15_localization.ipynb #a1b2c304
+def _entry(scores, seconds, forward, backward) -> dict:
+    return dict(scores=unit_scores(scores.detach().double().cpu()), seconds=None if seconds is None else float(seconds),
+                forward=int(forward), backward=int(backward))
+
+def _unitmem_variants(model, ev, variants, stats=None, seconds=None, forward=None, augment=None, augmentations: int = 1, seed: int = 0,
+                      dtype: str = "float32"):
+    "Statistics given (with the `seconds` and `forward` passes they took), else measured on the evidence's images as `unitmem_scores` measures."
+    if stats is None:
+        if ev is None: raise ValueError("unitmem needs statistics, or evidence whose images it measures")
+        t0, A = time.perf_counter(), max(1, int(augmentations))
+        data = (torch.cat([ev.targets, ev.references]), torch.cat([ev.target_labels, ev.reference_labels]))
+        with _autocast(_device(model), dtype):
+            stats = measure(model, data, augment=augment, augmentations=augmentations, batch_size=ev.batch_size, seed=seed, progress=False)
+        seconds, forward = time.perf_counter() - t0, len(data[0]) * A
+    um = stats.compute()
+    return {v: _entry(unit_scores(um, o.get("how", "max")), seconds, forward or 0, 0) for v, o in variants.items()}
+
+def _contrast_variants(model, ev, variants):
+    t0 = time.perf_counter()
+    parts = contrast_parts(model, ev, next(iter(variants.values())).get("dtype", "float32"))
+    sec, n = time.perf_counter() - t0, len(ev.targets) + len(ev.references)
+    return {v: _entry(contrast_from(parts, o.get("reduce", "mean"), o.get("stat", "z"), o.get("eps", 1e-6)), sec, n, 0) for v, o in variants.items()}
+
+def _gradient_variants(model, ev, variants):
+    dt, T, R = next(iter(variants.values())).get("dtype", "float32"), len(ev.targets), len(ev.references)
+    t0 = time.perf_counter(); at = attributions(model, ev.targets, ev.target_labels, ev.batch_size, dt); st = time.perf_counter() - t0
+    ar, sr = None, 0.0
+    if any(o.get("contrast", True) for o in variants.values()):
+        t0 = time.perf_counter(); ar = attributions(model, ev.references, ev.reference_labels, ev.batch_size, dt); sr = time.perf_counter() - t0
+    out = {}
+    for v, o in variants.items():
+        c = o.get("contrast", True)
+        n = T + (R if c else 0)
+        out[v] = _entry(gradient_from(at, ar if c else None, T, R, o.get("kind", "axgrad")), st + (sr if c else 0.0), n, n)
+    return out
+
+def _mask_variants(model, ev, variants):
+    "One `mask_path` run per option set but the step count."
+    groups = {}
+    for v, o in variants.items():
+        rest = {k: x for k, x in o.items() if k != "steps"}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), (rest, []))[1].append((v, int(o.get("steps", 100))))
+    out = {}
+    for rest, vs in groups.values():
+        path = mask_path(model, ev, checkpoints=[s for _, s in vs], **rest)
+        bs = rest.get("batch_size") or ev.batch_size
+        per = min(bs, len(ev.targets)) + min(bs, len(ev.references))
+        for v, s in vs: out[v] = _entry(path[s][0], path[s][1], len(ev.references) + s * per, s * per)
+    return out
+
+VARIANT_RUNNERS = {"unitmem": _unitmem_variants, "activation_contrast": _contrast_variants, "gradient": _gradient_variants,
+                   "learned_mask": _mask_variants}
+
+def variant_scores(model, evidence: Evidence | None, variants: dict,   # `{method: {variant: options}}`
+                   unitmem: dict | None = None) -> dict:   # UnitMem's measurement: `stats` (with `seconds`, `forward`), or `measure`'s options
+    "`{method: {variant: dict(scores, seconds, forward, backward)}}`, each shared computation done once (`localize(method, ..., **options)` gives the same scores)."
+    out = {}
+    for m, vs in variants.items():
+        if m not in VARIANT_RUNNERS: raise KeyError(f"no variants for method {m!r}; methods with variants: {', '.join(VARIANT_RUNNERS)}")
+        if not vs: raise ValueError(f"method {m!r}: no variant given")
+        if METHODS[m].uses_targets and evidence is None: raise ValueError(f"method {m!r} uses the targets: pass evidence")
+        out[m] = VARIANT_RUNNERS[m](model, evidence, vs, **(unitmem or {})) if m == "unitmem" else VARIANT_RUNNERS[m](model, evidence, vs)
+    return out
 
 # %% ../nbs/15_localization.ipynb #3f2a9022
 def top_units(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -380,6 +494,78 @@ def implant_recall(implants,                   # implants: .seed, .rate, .model,
             if ks is not None: r["curve"] = recall_curve(s, S, ks)
             rows.append(r)
     return pd.DataFrame(rows)
+
+# %% ../nbs/15_localization.ipynb #a1b2c306
+def cached_variant_scores(model, evidence: Evidence, variants: dict, unitmem: dict | None = None, folder=None, model_key: str | None = None) -> dict:
+    "`variant_scores`, saved in `folder` under the fingerprint of the weights, the evidence and every option (read from there when they match)."
+    if folder is None: return variant_scores(model, evidence, variants, unitmem)
+    um = {k: v for k, v in (unitmem or {}).items() if k not in ("seconds", "forward")}
+    key = fingerprint("variants", model_key or model_fingerprint(model), evidence.fingerprint(), {m: {v: _opts_key(o) for v, o in vs.items()} for m, vs in variants.items()},
+                      _opts_key(um))
+    f = Path(folder) / f"variants-{key}.pt"
+    if f.is_file(): return torch.load(f, map_location="cpu", weights_only=True)
+    out = variant_scores(model, evidence, variants, unitmem)
+    f.parent.mkdir(parents=True, exist_ok=True); tmp = f.with_name(f.name + ".tmp"); torch.save(out, tmp); os.replace(tmp, f)
+    return out
+
+def implant_variant_recall(implants, evidence_of: Callable, variants: dict,
+                           unitmem: dict | None = None,   # UnitMem's `measure` options on the implant images
+                           random_draws: int = 20, ks=None,
+                           scores: dict | None = None,    # filled with {(seed, rate, method, variant): unit scores}
+                           folder=None) -> pd.DataFrame:
+    "Recall@|S| (and Recall@k) of every variant and random draw on every implant, with each variant's seconds and passes: one row per (implant, method, variant or draw)."
+    rows = []
+    for imp in implants:
+        ev, S = evidence_of(imp), as_units(imp.units, unit_grid(imp.model))
+        got = cached_variant_scores(imp.model, ev, variants, unitmem, folder)
+        runs = [(m, v, None, e) for m, vs in got.items() for v, e in vs.items()]
+        runs += [("random", "uniform", d, dict(scores=localize("random", imp.model, seed=d), seconds=0.0, forward=0, backward=0)) for d in range(random_draws)]
+        for m, v, d, e in runs:
+            if scores is not None and d is None: scores[(int(imp.seed), float(imp.rate), m, v)] = e["scores"]
+            r = dict(seed=int(imp.seed), rate=float(imp.rate), n_units=len(S), method=m, variant=v, draw=d, recall=recall_at_k(e["scores"], S),
+                     seconds=e["seconds"], forward=e["forward"], backward=e["backward"])
+            if ks is not None: r["curve"] = recall_curve(e["scores"], S, ks)
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/15_localization.ipynb #a1b2c309
+def split_recall(rec: pd.DataFrame, validation_seeds) -> pd.DataFrame:
+    "Per (method, variant): Recall@|S| on the validation and test seeds' implants, the seconds and passes (means over implants), `compute` = forward + 2 x backward."
+    val, seeds = {int(s) for s in validation_seeds}, set(rec.seed.astype(int))
+    if not val & seeds: raise ValueError(f"no implant has a validation seed ({sorted(val)}); the implants' seeds are {sorted(seeds)}")
+    if not seeds - val: raise ValueError(f"every implant seed ({sorted(seeds)}) is a validation seed: none is left to test on")
+    d = rec.assign(split=np.where(rec.seed.astype(int).isin(list(val)), "validation", "test"))
+    keys = ["method", "variant"]
+    cell = d.groupby(keys + ["split", "seed", "rate"], sort=False).recall.mean().reset_index()
+    r = cell.groupby(keys + ["split"], sort=False).recall.agg(["mean", "size"]).unstack("split")
+    cost = d[d.draw.isna()].groupby(keys, sort=False)[["seconds", "forward", "backward"]].mean()
+    out = pd.DataFrame({"recall_validation": r[("mean", "validation")], "recall_test": r[("mean", "test")],
+                        "n_validation": r[("size", "validation")], "n_test": r[("size", "test")]}).join(cost)
+    out["compute"] = out.forward + 2 * out.backward
+    order = list(dict.fromkeys(zip(d.method, d.variant)))
+    return out.loc[order].reset_index()
+
+def choose_variants(table: pd.DataFrame, max_compute: float | None = None) -> dict:
+    "`{method: dict(variant, recall_validation, recall_test, compute, of, why)}`: per method (random excluded) the highest validation recall among the variants no dearer than `max_compute`; ties: the cheaper, then the earlier."
+    out = {}
+    for m, d in table[table.method != "random"].groupby("method", sort=False):
+        d = d.reset_index(drop=True)
+        ok = d if max_compute is None else d[d.compute <= max_compute + 1e-9]
+        if ok.empty: continue
+        best = ok.assign(order=ok.index).sort_values(["recall_validation", "compute", "order"], ascending=[False, True, True]).iloc[0]
+        tied = int((ok.recall_validation == best.recall_validation).sum())
+        why = (f"highest Recall@|S| on the validation implants ({best.recall_validation:.3f}) of {len(ok)} variants"
+               + (f" no dearer than {max_compute:g} forward-pass equivalents" if max_compute is not None else "")
+               + (f"; {tied} tied, the cheapest taken" if tied > 1 else ""))
+        out[m] = dict(variant=best.variant, recall_validation=float(best.recall_validation), recall_test=float(best.recall_test),
+                      compute=float(best.compute), seconds=None if pd.isna(best.seconds) else float(best.seconds), of=len(ok), why=why)
+    return out
+
+def matched_compute(table: pd.DataFrame) -> dict:
+    "The choice again, every method held to the same budget of compute: the largest of the methods' cheapest variants."
+    t = table[table.method != "random"]
+    budget = float(t.groupby("method").compute.min().max())
+    return dict(budget=budget, unit="forward-pass equivalents per implant (forward + 2 x backward image passes)", chosen=choose_variants(table, budget))
 
 # %% ../nbs/15_localization.ipynb #19db5187
 def fingerprint(*parts) -> str:
@@ -476,6 +662,22 @@ def empirical_p(value: float, draws, lower_is_better: bool = True) -> float:
     if value is None or len(d) == 0: return None
     good = (d <= value) if lower_is_better else (d >= value)
     return float((1 + good.sum()) / (1 + len(d)))
+
+# %% ../nbs/15_localization.ipynb #a1b2c312
+def min_detectable(draws, before: float | None = None, alpha: float = 0.05) -> dict:
+    "The most targets still extracted that reaches p <= `alpha` against these random draws' counts, and the cut that is below their mean (images, and % of `before`)."
+    d = np.sort(np.asarray([x for x in draws if x is not None], dtype=float))
+    n, j = len(d), int(np.floor(alpha * (len(d) + 1) + 1e-9)) - 1      # j: draws allowed at or below the count
+    none = dict(max_count=None, min_cut=None, min_cut_pct=None)
+    if n == 0 or j < 0: return dict(none, note=f"{n} random draws cannot reach p <= {alpha} (that needs at least {int(np.ceil(1 / alpha)) - 1})")
+    x = np.ceil(d[j]) - 1                     # counts are integers: the largest below the (j + 1)-th smallest draw
+    if x < 0: return dict(none, note="random units already leave too few extracted: no cut can be shown")
+    cut = float(d.mean() - x)
+    return dict(max_count=int(x), min_cut=cut, min_cut_pct=None if not before else 100.0 * cut / before, note=None)
+
+def by_chance(n_settings: int, n_draws: int, alpha: float = 0.05) -> float:
+    "Expected number of `n_settings` comparisons with p <= `alpha` (empirical p over `n_draws` draws) for a selection as good as random."
+    return n_settings * np.floor(alpha * (n_draws + 1) + 1e-9) / (n_draws + 1)
 
 # %% ../nbs/15_localization.ipynb #06ccd389
 def testbed_model(family: str, testbed: str = "long"):
@@ -609,13 +811,14 @@ def benchmark(model, evidence: Evidence, probe, sets: dict,
               cache: ResultCache | None = None, folder=None,
               draws=None,                    # which random draws (default: all `random_draws`)
               fid_factors=None,              # factors that get an FID at fid_ps (None: every one)
+              given: dict | None = None,     # {name: (scores, seconds)} already computed (e.g. by `variant_scores`)
              ) -> dict:
     "Scores, their seconds and the mitigation rows of every method on one model, and of the random draws."
     mk, cache = model_fingerprint(model), cache or ResultCache()
     out = dict(scores={}, seconds={}, mitigation={}, random=[])
     mit = lambda s, n: mitigation(model, s, probe, sets["targets"], sets["others"], top_ps, factors, n, fid_ps, cache, mk, fid_factors=fid_factors)
     for name, opts in methods.items():
-        out["scores"][name], out["seconds"][name] = method_scores(name, model, evidence, opts, folder, mk)
+        out["scores"][name], out["seconds"][name] = (given or {}).get(name) or method_scores(name, model, evidence, opts, folder, mk)
         out["mitigation"][name] = mit(out["scores"][name], n_samples)
     for d in (range(random_draws) if draws is None else draws):
         out["random"].append(mit(localize("random", model, seed=d), n_samples if d < random_fid_draws else 0))
@@ -657,21 +860,23 @@ def study_task(task: dict) -> dict:
             refs = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"] + int(imp.seed)))[:cfg["n_references"]]]
             return Evidence(*load(torch.as_tensor(imp.implant_ids)), *load(refs.sort().values), cfg["batch_size"])
         from memloc.data import Augment
-        opts = dict(cfg["method_options"], unitmem=dict(augment=Augment(model.image_size, hflip=False), augmentations=cfg["augmentations"], seed=cfg["seed"]))
+        um = dict(augment=Augment(model.image_size, hflip=False), augmentations=cfg["augmentations"], seed=cfg["seed"], dtype=cfg["dtype"])
+        variants = cfg["variants"]
         nb, h = unit_grid(model)
         ks = sorted({max(1, round(q * nb * h / 100)) for q in cfg["recall_ks_pct"]})
         scored = {}
-        rec = implant_recall(imps, evidence_of, opts, cfg["random_draws"], ks, scores=scored, folder=cfg["out"])
+        rec = implant_variant_recall(imps, evidence_of, variants, um, cfg["random_draws"], ks, scores=scored, folder=cfg["out"])
         mit = {}
         for imp in imps:
             ids = torch.as_tensor(imp.implant_ids)
             a = dict(att, indices=ids, groups=["member"] * len(ids))   # the attack's similarity and prefix, on the implants
             pr = audit_probe(load, dict(targets=ids, others=torch.zeros(0, dtype=torch.long)), a, None, cfg["profile"], cfg["seed"], cfg["batch_size"], cfg.get("attack_batch"))
             k_pct = 100 * len(imp.units) / (nb * h)                    # top-|S| units
-            for m in opts:
-                s = scored[(int(imp.seed), float(imp.rate), m)]       # the scores the recall was measured on
+            for m, vs in variants.items():                             # each method's default variant (the choice is made on these recalls)
+                v = next(iter(vs))
+                s = scored[(int(imp.seed), float(imp.rate), m, v)]    # the scores the recall was measured on
                 rows = mitigation(imp.model, s, pr, ids, [], [k_pct], cfg["factors"], 0, None, cache)
-                mit.setdefault(m, []).append(dict(model=name, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
+                mit.setdefault(m, []).append(dict(model=name, variant=v, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
         return dict(out, recall=rec.assign(model=name), ks=ks, n_units=nb * h, implant_mitigation=mit, added=cache.added, hits=cache.hits, misses=cache.misses,
                     seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
     try: sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"], cfg.get("max_others"))
@@ -684,14 +889,23 @@ def study_task(task: dict) -> dict:
     methods, record = {}, {}
     if task["part"] == "methods":
         st, st_src, n_pts, t_um = _stats_for(dict(cfg, unitmem_fraction=tb.get("unitmem_fraction", cfg["subset_fraction"])), model, split, name)
-        methods = dict(cfg["method_options"], unitmem=dict(stats=st))
-        record = dict(targets=sets["targets"].tolist(), others=sets["others"].tolist(), references=sets["references"].tolist(),
+        got = cached_variant_scores(model, ev, cfg["variants"], dict(stats=st, seconds=t_um, forward=n_pts * max(1, cfg["augmentations"])), cfg["out"])
+        chosen = {m: (cfg.get("chosen") or {}).get(m) or next(iter(vs)) for m, vs in cfg["variants"].items()}
+        methods = {m: cfg["variants"][m][v] for m, v in chosen.items()}
+        given = {m: (got[m][v]["scores"], got[m][v]["seconds"]) for m, v in chosen.items()}
+        record = dict(variants=chosen, targets=sets["targets"].tolist(), others=sets["others"].tolist(), references=sets["references"].tolist(),
                       attack=att_src, prefix=att["prefix"], threshold=att["backend"].threshold, backend=att["backend"].name,
                       unitmem_statistics=st_src, unitmem_points=n_pts, unitmem_seconds=t_um)
     b = benchmark(model, ev, probe, sets, methods, tb["top_ps"], cfg["factors"], tb["random_draws"], tb["random_fid_draws"],
-                  cfg["n_samples"], tb["fid_ps"], cache, cfg["out"], draws=task.get("draws", []), fid_factors=cfg.get("fid_factors"))
+                  cfg["n_samples"], tb["fid_ps"], cache, cfg["out"], draws=task.get("draws", []), fid_factors=cfg.get("fid_factors"),
+                  given=given if task["part"] == "methods" else None)
     b.pop("scores")
-    if task["part"] == "methods": record["seconds_per_method"] = dict(b["seconds"])
+    if task["part"] == "methods":
+        record["seconds_per_method"] = dict(b["seconds"])
+        vp, mk = cfg["variant_p"], model_fingerprint(model)    # every variant at one budget, scaled by 0.5: the natural memorization's cut
+        b["variants"] = {m: {v: dict(seconds=e["seconds"], forward=e["forward"], backward=e["backward"],
+                                     rows=mitigation(model, e["scores"], probe, sets["targets"], sets["others"], [vp], [0.5], 0, None, cache, mk))
+                             for v, e in vs.items()} for m, vs in got.items()}
     return dict(out, bench=b, record=record, added=cache.added, hits=cache.hits, misses=cache.misses, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
 
 def run_tasks(fn: Callable, tasks: list, workers: int = 1) -> list:
@@ -729,17 +943,20 @@ def _budget(rows_by_model: dict, p: float, f: float) -> dict:
                 by_model={m: dict(targets_extracted_before=base[m]["targets_extracted"], **{k: v for k, v in at[m].items() if k not in ("p", "factor")},
                                   fid_before=base[m]["fid"]) for m in at})
 
-def results_entry(rows_by_model: dict, top_ps, random_rows_by_model: dict | None = None) -> dict:
-    "`{P: budget at factor 0.5, with 'pruned' at factor 0 and the empirical p-values against random}` of one method."
+def results_entry(rows_by_model: dict, top_ps, random_rows_by_model: dict | None = None, alpha: float = 0.05,
+                  factors=(0.5, 0.0)) -> dict:   # 0.5 the entry itself, 0 its 'pruned' (where measured)
+    "`{P: budget at factor 0.5, with 'pruned' at factor 0}` of one method; against the random draws: `n_draws`, `p` (`p_value_vs_random`), `alpha` and `min_detectable`."
     out = {}
     for p in top_ps:
         e = _budget(rows_by_model, p, 0.5)
-        e["pruned"] = _budget(rows_by_model, p, 0.0)
+        if 0.0 in factors: e["pruned"] = _budget(rows_by_model, p, 0.0)
         if random_rows_by_model is not None:
             n = len(next(iter(random_rows_by_model.values())))
-            for k, ee in ((0.5, e), (0.0, e["pruned"])):
+            for k, ee in ((0.5, e), (0.0, e.get("pruned"))):
+                if ee is None: continue
                 draws = [_budget({m: r[d] for m, r in random_rows_by_model.items()}, p, k)["targets_extracted_after"] for d in range(n)]
-                ee["p_value_vs_random"] = empirical_p(ee["targets_extracted_after"], draws)
+                ee["p_value_vs_random"] = ee["p"] = empirical_p(ee["targets_extracted_after"], draws)
+                ee.update(n_draws=n, alpha=alpha, min_detectable=min_detectable(draws, ee["targets_extracted_before"], alpha))
         out[f"{p:g}"] = e
     return out
 
@@ -841,6 +1058,24 @@ def plot_recall(recall: pd.DataFrame, ks, n_units_total: int):
         ax.plot(100 * x, np.mean(np.stack(d["curve"].to_list()), 0), marker="o", ms=3, color=COLORS.get(name), label=name)
     ax.plot(100 * x, x, ls="--", color="k", lw=0.8, label="random: k / all units")
     ax.set(xlabel="k (% of all units)", ylabel="Recall@k (share of S found)", ylim=(0, 1.02), xscale="log")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/15_localization.ipynb #a1b2c314
+def plot_compute(table: pd.DataFrame, chosen: dict, budget: float | None = None):
+    "Test-seed Recall@|S| against compute (forward-pass equivalents per implant) of every variant, per method; the chosen variant ringed, random's recall dashed, the matched budget dotted."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for m, d in table[table.method != "random"].groupby("method", sort=False):
+        d = d.sort_values("compute")
+        ax.plot(d.compute, d.recall_test, marker="o", ms=4, lw=0.8, color=COLORS.get(m), label=m)
+        c = d[d.variant == chosen[m]["variant"]] if m in chosen else d.iloc[:0]
+        ax.scatter(c.compute, c.recall_test, s=110, facecolors="none", edgecolors=COLORS.get(m), lw=1.5, zorder=3)
+    r = table[table.method == "random"]
+    if len(r): ax.axhline(float(r.recall_test.iloc[0]), ls="--", color="k", lw=0.8, label="random units")
+    if budget is not None: ax.axvline(budget, ls=":", color="0.4", lw=0.8, label="matched compute")
+    ax.set(xscale="log", xlabel="compute per implant (image forward passes + 2 x backward)", ylabel="Recall@|S|, test implants", ylim=(-0.02, 1.02))
     ax.legend(fontsize=6)
     fig.tight_layout()
     return fig

@@ -681,7 +681,8 @@ def _loc_rows(r: dict) -> dict:
             p = max(by_p, key=float); x, rx = by_p[p], rnd.get(tb, {}).get(p, {})
             n = r.get("random", {}).get("draws") or len(rx.get("per_draw", [])) or None
             ok = None if "targets_extracted_after" not in rx or "targets_extracted_after" not in x else x["targets_extracted_after"] < rx["targets_extracted_after"]
-            out.setdefault(tb, []).append((name, e.get("uses_targets"), (e.get("recall_implants") or {}).get("mean"), p, x, rx,
+            label = f"{name} ({e['variant']})" if e.get("variant") else name   # the variant behind the numbers
+            out.setdefault(tb, []).append((label, e.get("uses_targets"), (e.get("recall_implants") or {}).get("mean"), p, x, rx,
                                            verdict(x.get("p_value_vs_random"), ok, ALPHA, n)))
     return out
 
@@ -696,7 +697,8 @@ def _loc_numbers(d):
             rows.append([tb, name, "yes" if ut else "no", _fmt(rec, 2), f"top {p}%", f"{_fmt(x.get('targets_extracted_before'))} -> {_fmt(x.get('targets_extracted_after'))}",
                          _fmt(rx.get("targets_extracted_after"), 3), _p(x.get("p_value_vs_random")), fid, v])
         if items: rows.append([tb, "random", "no", _fmt(rec_r, 2), "", "", "", "", "", ""])
-    return (["testbed", "method", "uses targets", "Recall@|S| on implants", "units scaled by 0.5", "targets extracted", "random units (mean)",
+    rec_h = "Recall@|S| on test implants" if r.get("chosen") else "Recall@|S| on implants"
+    return (["testbed", "method", "uses targets", rec_h, "units scaled by 0.5", "targets extracted", "random units (mean)",
              "p vs random", "FID", "beats random?"], rows)
 
 def _loc_text(d):
@@ -709,12 +711,13 @@ def _loc_text(d):
                               f"at the top {items[0][3]}% ({_fmt(wins[0][0])}; {len(wins)} of {len(items)} beat random)")
         elif all(v == NOT_SUPPORTED for *_, v in items): parts.append(f"{where}, no method beats random units at the top {items[0][3]}%")
         else: parts.append(f"{where}, no method is shown to beat random units at the top {items[0][3]}% (p-values missing or too few draws)")
-    rec = {n: (e.get("recall_implants") or {}).get("mean") for n, e in r["methods"].items()}
+    rec = {n + (f" ({e['variant']})" if e.get("variant") else ""): (e.get("recall_implants") or {}).get("mean") for n, e in r["methods"].items()}
     rec = {n: v for n, v in rec.items() if v is not None}
     rr = ((r.get("random") or {}).get("recall_implants") or {}).get("mean")
     best = max(rec, key=rec.get) if rec else None
-    tail = "" if best is None or rr is None else (f" On the implants, {best} has the highest Recall@|S| ({_fmt(rec[best], 2)}, random {_fmt(rr, 2)})."
-                                                  if rec[best] > rr else f" On the implants, no method's Recall@|S| exceeds random ({_fmt(rr, 2)}).")
+    on = "On the implants" if not r.get("chosen") else "On the test implants (each method's variant chosen on the validation implants)"
+    tail = "" if best is None or rr is None else (f" {on}, {best} has the highest Recall@|S| ({_fmt(rec[best], 2)}, random {_fmt(rr, 2)})."
+                                                  if rec[best] > rr else f" {on}, no method's Recall@|S| exceeds random ({_fmt(rr, 2)}).")
     return ("Which method finds the units to scale? Verdict per method: `verdict(p vs random, fewer targets than random units)`, "
             f"alpha {ALPHA}. " + _cap("; ".join(p.lstrip(", ") for p in parts)) + "." + tail)
 

@@ -175,7 +175,7 @@ def test_attack_and_fid_is_evaluate(mini_var):
 def test_testbed_attack_is_the_extraction_stages(mini_var, tmp_path):
     model, split, imgs, labs, att = mini_var
     mine = L.cached_attack(model, split, imgs, labs, 0, tmp_path)
-    assert (mine["backend"].threshold, mine["prefix"]) == (att["backend"].threshold, att["prefix"])
+    assert mine["backend"].threshold == pytest.approx(att["backend"].threshold, abs=1e-9) and mine["prefix"] == att["prefix"]
     verdicts = lambda a: sorted(zip(torch.as_tensor(a["indices"]).tolist(), a["groups"], torch.as_tensor(a["extracted"]).tolist()))
     assert verdicts(mine) == verdicts(att)
     again = L.cached_attack(model, split, imgs, labs, 0, tmp_path)            # from the file
@@ -209,3 +209,62 @@ def test_run_tasks_in_workers(tmp_path):
     here, there = L.run_tasks(L.study_task, [task]), L.run_tasks(L.study_task, [task, dict(task, draws=[1])], workers=2)
     assert here[0]["bench"]["random"] == there[0]["bench"]["random"] and there[1]["bench"]["random"] == here[0]["bench"]["random"][1:]
     assert here[0]["misses"] == 3 and len(here[0]["added"]) == 3     # the unmodified model once, then one evaluation per draw
+
+
+def test_variants_share_passes_and_match_their_method():
+    toy = L.PlantedToy(seed=1)
+    ev = L.planted_evidence(toy)
+    V = L.method_variants(mask_steps=(12, 4), mask_l1s=(1e-3, 1e-2))
+    got = L.variant_scores(toy, ev, V, dict(augmentations=1))
+    for m, vs in V.items():
+        assert list(got[m]) == list(vs)
+        for v, o in vs.items():
+            assert torch.allclose(got[m][v]["scores"], L.localize(m, toy, ev, **o)), (m, v)
+    T, R = len(ev.targets), len(ev.references)
+    g = got["gradient"]
+    assert (g["axgrad contrast"]["forward"], g["axgrad"]["forward"], g["axgrad"]["backward"]) == (T + R, T, T)
+    lm = got["learned_mask"]
+    assert lm["l1 0.001, 4 steps"]["backward"] * 3 == lm["l1 0.001, 12 steps"]["backward"] > 0
+    assert lm["l1 0.001, 4 steps"]["seconds"] <= lm["l1 0.001, 12 steps"]["seconds"]    # checkpoints of one run
+    for m in V:                                       # each method's default variant finds the planted unit
+        assert rank(got[m][next(iter(V[m]))]["scores"], toy.planted) == 1, m
+    with pytest.raises(KeyError, match="no variants for method"): L.variant_scores(toy, ev, {"random": {"a": {}}})
+    with pytest.raises(ValueError, match="stat must be"): L.localize("activation_contrast", toy, ev, stat="median")
+    with pytest.raises(ValueError, match="kind must be"): L.localize("gradient", toy, ev, kind="ig")
+
+
+def test_choice_is_made_on_validation_seeds_only():
+    import pandas as pd
+    rows = []
+    for seed in range(4):
+        for v, val, test in (("a", 0.2, 0.9), ("b", 0.6, 0.1)):   # a is better on the test seeds, b on the validation seeds
+            rows.append(dict(seed=seed, rate=0.01, n_units=4, method="m", variant=v, draw=None,
+                             recall=val if seed < 2 else test, seconds=1.0, forward=10, backward=0 if v == "a" else 10))
+        rows.append(dict(seed=seed, rate=0.01, n_units=4, method="random", variant="uniform", draw=0, recall=0.05,
+                         seconds=0.0, forward=0, backward=0))
+    t = L.split_recall(pd.DataFrame(rows), [0, 1])
+    c = L.choose_variants(t)["m"]
+    assert (c["variant"], c["recall_validation"], c["recall_test"]) == ("b", 0.6, 0.1)
+    mc = L.matched_compute(t)
+    assert mc["budget"] == 10 and mc["chosen"]["m"]["variant"] == "a"     # b costs 10 + 2 x 10
+    with pytest.raises(ValueError, match="none is left to test on"): L.split_recall(pd.DataFrame(rows), range(4))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_min_detectable_is_the_p_value_boundary(seed):
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, 30, (20,), generator=g).tolist()
+    md = L.min_detectable(draws, before=40, alpha=0.05)
+    if md["max_count"] is None: assert min(draws) == 0; return
+    assert L.empirical_p(md["max_count"], draws) <= 0.05 < L.empirical_p(md["max_count"] + 1, draws)
+    assert md["min_cut"] == pytest.approx(sum(draws) / 20 - md["max_count"])
+    assert L.min_detectable(draws[:10])["max_count"] is None and "cannot reach" in L.min_detectable(draws[:10])["note"]
+
+
+def test_results_entry_records_power():
+    base = dict(p=0.0, factor=1.0, n_units=0, targets_extracted=9, others_extracted=0, fid=None)
+    row = lambda t: [base, dict(p=1.0, factor=0.5, n_units=3, targets_extracted=t, others_extracted=0, fid=None)]
+    e = L.results_entry({"m": row(2)}, [1.0], {"m": [row(t) for t in range(3, 23)]}, alpha=0.05, factors=(0.5,))["1"]
+    assert (e["n_draws"], e["alpha"], e["p"]) == (20, 0.05, 1 / 21) and "pruned" not in e
+    assert e["min_detectable"]["max_count"] == 2
+    assert L.by_chance(10, 20) == pytest.approx(10 / 21)
