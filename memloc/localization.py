@@ -760,10 +760,10 @@ def study_inputs(cfg: dict, testbed: str, name: str, family: str):
     "One model of the study: `(model, split, load, members, attack, attack source)`; on the miniature, `testbed`'s model, and the extraction stage's attack where it ran on `testbed`, else `testbed_attack`."
     profile, device = cfg["profile"], cfg["device"]
     if profile == "mini":
-        from memloc.data import load_digits
+        from memloc.data import load_source
         from memloc.extraction import load_attack
         model, split, _ = testbed_model(family, testbed)
-        imgs, labs = load_digits(cfg["image_size"])
+        imgs, labs = load_source(split.source, cfg["image_size"])
         model = model.to(device).eval()
         if testbed == cfg["main_testbed"]: att, src = load_attack(name, profile), "extraction stage"
         else: att, src = cached_attack(model, split, imgs, labs, cfg["seed"], cfg.get("out")), "run here (the extraction stage's attack, calibrated as it is)"
