@@ -6,7 +6,7 @@ import pytest
 
 from memloc import figures
 from memloc.config import Settings, load_settings, repo_root
-from memloc.report import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, build_site, check_site, report_page, summary,
+from memloc.report import (DEFAULT_TESTBED, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, build_site, check_site, report_page, summary,
                            var_depth_claim)
 from memloc.report import testbeds as find_testbeds   # not collected as a test
 
@@ -45,7 +45,7 @@ def test_a_stage_that_names_its_testbed_is_believed(tmp_path):
     for s in ("extraction", "var_scales"): shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
     r = json.loads((tmp_path / "var_scales" / "results.json").read_text())
     (tmp_path / "var_scales" / "results.json").write_text(json.dumps(dict(r, testbed="canary")))
-    assert {tb: sorted(d) for tb, d in find_testbeds(tmp_path, ["extraction", "var_scales"]).items()} == {"long": ["extraction"], "canary": ["var_scales"]}
+    assert {tb: sorted(d) for tb, d in find_testbeds(tmp_path, ["extraction", "var_scales"]).items()} == {DEFAULT_TESTBED: ["extraction"], "canary": ["var_scales"]}
 
 
 def _implant(seed, rate, recall, after_unitmem, after_random):
@@ -57,7 +57,7 @@ def _implant(seed, rate, recall, after_unitmem, after_random):
 
 def _testbed(epochs, share, auc, after_top, recall=0.5, after_unitmem=0.0):
     share_ci = lambda s: {"share": s, "lo": max(0.0, s - 0.2), "hi": min(1.0, s + 0.2), "n": 8}
-    draws = [7, 8, 6, 7, 8, 7, 6, 8, 7, 7]
+    draws = [7, 8, 6, 7, 8, 7, 6, 8, 7, 7] * 2
     p = (1 + sum(d <= after_top for d in draws)) / (1 + len(draws))
     return {"epochs": epochs, "canary_stream_share": share, "membership_auc": auc, "canaries_extracted_share": 0.9,
             "non_members_extracted_share": 0.0, "canaries_extracted": share_ci(0.9), "non_members_extracted": share_ci(0.0),
@@ -70,10 +70,10 @@ def _testbed(epochs, share, auc, after_top, recall=0.5, after_unitmem=0.0):
 def _localization(after_unitmem, p_unitmem):
     entry = lambda after, p: {"10": {"targets_extracted_before": 12, "targets_extracted_after": after, "p_value_vs_random": p,
                                      "fid_before": 1.0, "fid_after": 1.2, "pruned": {}}}
-    rnd = {"10": {"targets_extracted_before": 12, "targets_extracted_after": 10.0, "per_draw": [10] * 10, "fid_before": 1.0, "fid_after": 1.1}}
-    return {"methods": {"unitmem": {"uses_targets": False, "recall_implants": {"mean": 0.4, "per_seed": [0.4]}, "mitigation": {"long": entry(after_unitmem, p_unitmem)}},
-                        "gradient": {"uses_targets": True, "recall_implants": {"mean": 0.2, "per_seed": [0.2]}, "mitigation": {"long": entry(11, 0.6)}}},
-            "random": {"uses_targets": False, "draws": 10, "recall_implants": {"mean": 0.02, "per_seed": [0.02]}, "mitigation": {"long": rnd}}}
+    rnd = {"10": {"targets_extracted_before": 12, "targets_extracted_after": 10.0, "per_draw": [10] * 20, "fid_before": 1.0, "fid_after": 1.1}}
+    return {"methods": {"unitmem": {"uses_targets": False, "recall_implants": {"mean": 0.4, "per_seed": [0.4]}, "mitigation": {"dup": entry(after_unitmem, p_unitmem)}},
+                        "gradient": {"uses_targets": True, "recall_implants": {"mean": 0.2, "per_seed": [0.2]}, "mitigation": {"dup": entry(11, 0.6)}}},
+            "random": {"uses_targets": False, "draws": 20, "recall_implants": {"mean": 0.02, "per_seed": [0.02]}, "mitigation": {"dup": rnd}}}
 
 
 def _figures(tmp_path, gt, loc):
@@ -90,31 +90,31 @@ def _page(figs):
 
 
 def test_ground_truth_rows_and_sections_follow_the_numbers(tmp_path):
-    gt = {"testbeds": {"long": {"var": _testbed(350, 0.045, 0.8, after_top=2)},
+    gt = {"testbeds": {"dup": {"var": _testbed(350, 0.045, 0.8, after_top=2)},
                        "canary": {"var": _testbed(40, 0.5, 0.55, after_top=7, recall=0.0, after_unitmem=1.0)}}}
-    figs = _figures(tmp_path, gt, _localization(3, 1 / 11))
+    figs = _figures(tmp_path, gt, _localization(3, 1 / 21))
     header, rows = summary(figs, None, STAGES + ["ground_truth"])
-    assert header[2:4] == ["miniature, long testbed", "miniature, canary testbed"]
+    assert header[2:4] == ["miniature, dup testbed", "miniature, canary testbed"]
     row = {r[0].split(" (")[0]: dict(zip(header, r)) for r in rows}
-    recall, regime = row["UnitMem finds implanted units"], row["The testbed is in the released models' regime"]
-    assert recall["verdict"] == "**long: supported; canary: not supported**" and "Recall@|S| 0.50" in recall["miniature, long testbed"]
-    assert regime["verdict"] == "**long: supported; canary: not supported**"
+    recall, regime = row["UnitMem finds implanted units"], next(v for k, v in row.items() if k.startswith("The testbed behaves like the released models"))
+    assert recall["verdict"] == "**dup: supported; canary: not supported**" and "Recall@|S| 0.50" in recall["miniature, dup testbed"]
+    assert regime["verdict"] == "**dup: supported; canary: not supported**"
     removal = next(r for r in rows if "removes the implants" in r[0])
-    assert removal[-1] == "**long: supported; canary: not supported**"
+    assert removal[-1] == "**dup: supported; canary: not supported**"
     var_cut = dict(zip(header, rows[2]))   # the canary column's intervention: the ground truth's canaries, 8 -> 7 (random 7.1)
     assert "canaries, top 10% by 0.5: 8 -> 7" in var_cut["miniature, canary testbed"] and var_cut["verdict"] == "**not supported**"
     md = _page(figs)
     assert md.count("\n") < 250 and "```" not in md and "{" not in md.split("## Runs")[1]   # no raw JSON
     assert "## Ground truth" in md and "| passes over the training stream | 350 | 40 |" in md and "0.90 [0.70, 1.00]" in md
-    assert "| long | var | 0.5 | 3 | 0.50 ± 0.00 | 0.016 |" in md
+    assert "| dup | var | 0.5 | 3 | 0.50 ± 0.00 | 0.016 |" in md
     assert "Unitmem leaves the fewest targets" not in md and "unitmem leaves the fewest targets extractable" in md
     assert "On the implants, unitmem has the highest Recall@|S| (0.4, random 0.02)" in md
 
     gt["testbeds"]["canary"]["var"] = _testbed(400, 0.02, 0.9, after_top=2)   # the contrast now in the regime, and its cut beating random
     figs = _figures(tmp_path / "b", gt, _localization(11, 0.6))
     rows = summary(figs, None, STAGES + ["ground_truth"])[1]
-    regime = next(r for r in rows if r[0].startswith("The testbed is in the released models' regime"))
-    assert regime[-1] == "**supported**" and rows[2][-1] == "**long: not supported; canary: supported**"
+    regime = next(r for r in rows if r[0].startswith("The testbed behaves like the released models"))
+    assert regime[-1] == "**supported**" and rows[2][-1] == "**dup: not supported; canary: supported**"
     md = _page(figs)
     assert "no method beats random units at the top 10%" in md
 def test_figures_redraw_from_the_saved_tables(tmp_path):
