@@ -729,20 +729,20 @@ def audit_probe(load: Callable,      # data set indices -> (images, labels)
                  reference, profile, seed, batch_size, attack_batch=attack_batch)
 
 @torch.no_grad()
-def testbed_attack(model, split, images, labels, n_members: int = 100, seed: int = 0, backend: str = "pixel-ncc") -> dict:
-    "The extraction stage's attack on a testbed it did not run on, in `load_attack`'s form: its candidates (`attack_set`), its similarity calibrated on the non-members (`calibrated_similarity`), its headline prefix."
-    from memloc.extraction import attack_set, extract
-    from memloc.implant import calibrated_similarity
-    idx, groups = attack_set(split, n_members, seed)
-    sim, prefix = calibrated_similarity(model, images, split, backend=backend, calib_members=n_members, seed=seed), model.headline_prefix()
-    df = extract(model, images[idx], labels[idx], idx, groups, sim, prefix)
-    return dict(backend=sim, prefix=int(prefix), indices=idx, groups=groups, extracted=torch.tensor(df["extracted"].to_numpy().copy()),
-                entry=dict(source="run here", n_members=n_members, seed=seed))
+def testbed_attack(model, split, images, labels, n_members: int | None = None, seed: int = 0, backend: str = "pixel-ncc",
+                   per_class: int | None = 30) -> dict:
+    "The extraction stage's attack on a testbed it did not run on, in `load_attack`'s form (`memloc.extraction.attack_testbed`: calibrated on the non-members, every member and non-member scored, the `per_class` best of each class generated at the headline prefix)."
+    from memloc.extraction import attack_testbed
+    prefix = model.headline_prefix()
+    df, cal = attack_testbed(model, images, labels, split, per_class, [prefix], backend, n_members, seed)
+    return dict(backend=cal.backend, prefix=int(prefix), indices=torch.tensor(df["index"].to_numpy().copy()), groups=list(df.group),
+                extracted=torch.tensor(df["extracted"].to_numpy().copy()),
+                entry=dict(source="run here", n_members=n_members, per_class=per_class, seed=seed))
 
 def cached_attack(model, split, images, labels, seed: int = 0, folder=None) -> dict:
     "`testbed_attack`, saved in `folder` under the fingerprint of the model, the split and the seed (and read from there when it matches)."
     from memloc.extraction import make_backend
-    key = fingerprint("attack", model_fingerprint(model), split.members, split.canaries, split.non_members, int(seed))
+    key = fingerprint("attack, every point scored, 30 per class", model_fingerprint(model), split.members, split.canaries, split.non_members, int(seed))
     f = None if folder is None else Path(folder) / f"attack-{key}.pt"
     if f is not None and f.is_file():
         ck = torch.load(f, map_location="cpu", weights_only=True)
