@@ -193,7 +193,7 @@ def test_sscd_onnx_backend():
 
 
 def test_committed_miniature_results_meet_acceptance():
-    "Once the trained testbed is attacked: a clear majority of canaries extracted, (nearly) no non-members."
+    "Once the trained testbed is attacked: the most duplicated images extracted, (nearly) no one-copy member or non-member."
     p = repo_root() / "figures" / "mini" / "extraction" / "results.json"
     if not p.is_file(): pytest.skip("no committed miniature extraction results")
     res = json.loads(p.read_text())
@@ -201,8 +201,14 @@ def test_committed_miniature_results_meet_acceptance():
     if not trained: pytest.skip("committed results are from random-weight stand-ins")
     for name, r in trained.items():
         g = r["groups"]
-        assert g["canary"]["extracted"] > 0.5 * g["canary"]["candidates"], (name, g)
-        assert g["non_member"]["extracted"] <= 0.02 * g["non_member"]["candidates"], (name, g)
+        assert g["non_member"]["extracted"] <= 0.02 * max(g["non_member"]["candidates"], 1), (name, g)
+        by_count = {c["count"]: c for c in r.get("by_count") or []}
+        if len(by_count) > 1:                     # dup: extraction concentrated on the images held most often
+            top = by_count[max(by_count)]
+            assert top["extracted"] >= 0.8 * top["n"] and by_count[1]["share"] <= 0.05, (name, by_count)
+            assert r["count_rank_correlation"]["ci"][0] > 0, (name, r["count_rank_correlation"])
+        else:                                     # long / canary: a clear majority of canaries extracted
+            assert g["canary"]["extracted"] > 0.5 * g["canary"]["candidates"], (name, g)
 
 
 def test_calibrate_attack_thresholds_at_the_non_members_nearest_other():

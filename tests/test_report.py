@@ -36,7 +36,7 @@ def test_a_second_testbed_gets_its_own_column(tmp_path):
     for s in STAGES: shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
     shutil.copytree(tmp_path / "intervention", tmp_path / "canary" / "intervention")
     header, rows = summary(tmp_path, None, STAGES)
-    assert header[2:4] == ["miniature, long testbed", "miniature, canary testbed"]   # the settings' testbed first
+    assert header[2:4] == [f"miniature, {DEFAULT_TESTBED} testbed", "miniature, canary testbed"]   # the settings' testbed first
     assert rows[0][3] == "not run" and rows[2][3] != "not run"   # the canary testbed has only stage 4 here
     assert summary(tmp_path, None, STAGES, root="wide")[0][2] == "miniature, wide testbed"
 
@@ -150,26 +150,33 @@ def test_stage_intervals_and_p_values_are_shown_and_judge(tmp_path):
     from memloc.report import intervention_claim, subset_claim
     for s in ("extraction", "intervention", "subset_robustness"): shutil.copytree(MINI / s, tmp_path / s, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
     r = json.loads((tmp_path / "extraction" / "results.json").read_text())
-    for e in r.values(): e["extracted_share"] = {g: {"share": 0.5, "lo": 0.25, "hi": 0.75, "n": 8} for g in e["groups"]}
+    numbers = lambda: report_page.__globals__["SECTIONS"]["extraction"].numbers(tmp_path / "extraction", None)
+    for e in r.values(): e["count_rank_correlation"] = {"rho": 0.5, "ci": [0.25, 0.75], "n": 8}
     (tmp_path / "extraction" / "results.json").write_text(json.dumps(r))
-    head, rows = report_page.__globals__["SECTIONS"]["extraction"].numbers(tmp_path / "extraction", None)
+    head, rows = numbers()                                           # the attack as at full scale: the duplication curve's interval
+    assert rows[0][head.index("rank correlation with copies [95% CI]")] == "0.50 [0.25, 0.75]"
+    for e in r.values():
+        del e["by_count"]; e["extracted_share"] = {g: {"share": 0.5, "lo": 0.25, "hi": 0.75, "n": 8} for g in e["groups"]}
+    (tmp_path / "extraction" / "results.json").write_text(json.dumps(r))
+    head, rows = numbers()                                           # a canary attack: the canaries' share
     assert "(0.50 [0.25, 0.75])" in rows[0][2]
     h = pd.read_csv(tmp_path / "intervention" / "headline.csv")
     var_top = (h.model == "var") & (h.units == "top UnitMem")
     h.loc[var_top, "extracted"] = 0                                  # the top units cut more than the random units' mean
     h.loc[(h.model == "var") & (h.units == "random mean"), "extracted"] = 3
-    for p, want in ((1 / 11, SUPPORTED), (0.5, NOT_SUPPORTED)):
-        h.assign(p_vs_random=[p if t else None for t in var_top], random_draws=[10 if t else None for t in var_top]).to_csv(tmp_path / "intervention" / "headline.csv", index=False)
+    for p, n, want in ((1 / 21, 20, SUPPORTED), (0.5, 20, NOT_SUPPORTED), (1 / 11, 10, INCONCLUSIVE)):   # 10 draws cannot reach 0.05
+        h.assign(p_vs_random=[p if t else None for t in var_top], random_draws=[n if t else None for t in var_top]).to_csv(tmp_path / "intervention" / "headline.csv", index=False)
         cell, v = intervention_claim({"intervention": tmp_path / "intervention"}, "var", 10.0)
         assert v == want and f"p {p:.2g}" in cell
     m = pd.read_csv(tmp_path / "subset_robustness" / "mitigation.csv")
+    largest = f'{pd.read_csv(tmp_path / "subset_robustness" / "consistency.csv").fraction.max():g}'
     rnd = m.units.astype(str).str.startswith("random")
     m.loc[rnd, "extracted"] = 10                              # random units cut little ...
-    m.loc[m.units.astype(str) == "1", "extracted"] = 0         # ... the largest subset's units cut everything
+    m.loc[m.units.astype(str) == largest, "extracted"] = 0     # ... the largest subset's units cut everything
     two = pd.concat([m[~rnd], m[rnd].groupby("model").head(2)])   # 2 random draws per model
-    ten = pd.concat([m[~rnd]] + [m[rnd].groupby("model").head(1).assign(units=lambda d, k=k: d.units.astype(str) + f"-{k}") for k in range(10)])
-    for m, p_largest, want in ((two, 1 / 11, INCONCLUSIVE), (ten, 0.5, INCONCLUSIVE), (ten, 1 / 11, SUPPORTED)):   # 2 draws cannot decide; 10 can
-        m.assign(p_vs_random=[None if str(u).startswith(("none", "random")) else (p_largest if u == "1" else 1 / 11) for u in m.units.astype(str)]
+    twenty = pd.concat([m[~rnd]] + [m[rnd].groupby("model").head(1).assign(units=lambda d, k=k: d.units.astype(str) + f"-{k}") for k in range(20)])
+    for m, p_largest, want in ((two, 1 / 21, INCONCLUSIVE), (twenty, 0.5, INCONCLUSIVE), (twenty, 1 / 21, SUPPORTED)):   # 2 draws cannot decide; 20 can
+        m.assign(p_vs_random=[None if str(u).startswith(("none", "random")) else (p_largest if u == largest else 1 / 21) for u in m.units.astype(str)]
                  ).to_csv(tmp_path / "subset_robustness" / "mitigation.csv", index=False)
         cell, v = subset_claim({"subset_robustness": tmp_path / "subset_robustness"})
-        assert "p 0.091" in cell and v == want
+        assert "p 0.048" in cell and v == want

@@ -72,9 +72,11 @@ def test_load_model_stands_in_random_weights_without_a_testbed(tmp_path, monkeyp
     assert model_split("VAR-d30", "full") is None
 
 
-def test_unit_points_keep_every_canary():
-    data, ids, labels, split = unit_points("mini", fraction=0.1, seed=0)
+def test_unit_points_keep_every_canary_when_asked():
+    data, ids, labels, split = unit_points("mini", fraction=0.1, seed=0, add_canaries=True)
     assert set(split.canaries.tolist()) <= set(ids) and ids == sorted(set(ids))
+    drawn = unit_points("mini", fraction=0.1, seed=0)[1]       # mini: the paper's draw, canaries only where drawn
+    assert set(drawn) < set(ids) and not set(split.canaries.tolist()) <= set(drawn)
     assert set(ids) <= set(split.members.tolist()) and len(ids) < len(split.members)
     images, point_labels = data
     assert len(labels) == len(images) and torch.equal(torch.as_tensor(point_labels), labels)
