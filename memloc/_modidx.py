@@ -207,6 +207,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'memloc.ground_truth.regime_checks': ('ground_truth.html#regime_checks', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.regime_of': ('ground_truth.html#regime_of', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.testbed_checks': ('ground_truth.html#testbed_checks', 'memloc/ground_truth.py'),
+                                     'memloc.ground_truth.testbed_task': ('ground_truth.html#testbed_task', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.unitmem_points': ('ground_truth.html#unitmem_points', 'memloc/ground_truth.py'),
                                      'memloc.ground_truth.unitmem_units': ('ground_truth.html#unitmem_units', 'memloc/ground_truth.py')},
             'memloc.implant': { 'memloc.implant.Implant': ('implant.html#implant', 'memloc/implant.py'),

@@ -15,7 +15,7 @@ from .unitmem import measure
 
 # %% auto #0
 __all__ = ['REGIME_RULES', 'unitmem_points', 'unitmem_units', 'recall_at', 'regime_of', 'testbed_checks', 'regime_checks',
-           'implant_checks']
+           'implant_checks', 'testbed_task']
 
 # %% ../nbs/16_ground_truth.ipynb #c0d0f4d8
 def unitmem_points(split: MiniSplit, labels, extra, per_class: int, seed: int = 0) -> list[int]:
@@ -144,3 +144,16 @@ def implant_checks(imp, augmentations: int = 4, seed: int = 0, per_class: int = 
     out["implants_extracted_after_zero_random"] = rec["implants_extracted_after_zero_random"]
     out["unitmem_points"] = len(pts)
     return out
+
+# %% ../nbs/16_ground_truth.ipynb #1c60e4ae
+def testbed_task(task: dict) -> dict:
+    "One (testbed, family) of the run: `testbed_checks`, `regime_checks` and every implant's `implant_checks`, on `threads` threads."
+    import time
+    from memloc.implant import load_implants
+    torch.set_num_threads(task.get("threads", 1))
+    t0, a = time.perf_counter(), task["args"]
+    r = testbed_checks(task["family"], task["testbed"], **a)
+    r["regime_checks"] = regime_checks(r)
+    r["implants"] = [implant_checks(imp, a["augmentations"], a["seed"], a["per_class"]) for imp in load_implants(task["family"], task["testbed"])]
+    r["seconds"] = round(time.perf_counter() - t0, 1)
+    return r
