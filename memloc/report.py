@@ -690,14 +690,15 @@ def _loc_numbers(d):
     r = read_json(d)
     if not r or not r.get("methods"): return None
     rec_r = ((r.get("random") or {}).get("recall_implants") or {}).get("mean")
-    rows = []
+    rows, imp_tb = [], r.get("testbed")   # the implants are the profile's testbed's: only its rows carry a recall
     for tb, items in _loc_rows(r).items():
+        mine = imp_tb is None or not tb or tb == imp_tb
         for name, ut, rec, p, x, rx, v in items:
             fid = "" if x.get("fid_after") is None else f"{_fmt(x.get('fid_before'), 3)} -> {_fmt(x['fid_after'], 3)}"
-            rows.append([tb, name, "yes" if ut else "no", _fmt(rec, 2), f"top {p}%", f"{_fmt(x.get('targets_extracted_before'))} -> {_fmt(x.get('targets_extracted_after'))}",
+            rows.append([tb, name, "yes" if ut else "no", _fmt(rec if mine else None, 2), f"top {p}%", f"{_fmt(x.get('targets_extracted_before'))} -> {_fmt(x.get('targets_extracted_after'))}",
                          _fmt(rx.get("targets_extracted_after"), 3), _p(x.get("p_value_vs_random")), fid, v])
-        if items: rows.append([tb, "random", "no", _fmt(rec_r, 2), "", "", "", "", "", ""])
-    rec_h = "Recall@|S| on test implants" if r.get("chosen") else "Recall@|S| on implants"
+        if items: rows.append([tb, "random", "no", _fmt(rec_r if mine else None, 2), "", "", "", "", "", ""])
+    rec_h = ("Recall@|S| on test implants" if r.get("chosen") else "Recall@|S| on implants") + (f" ({imp_tb})" if imp_tb else "")
     return (["testbed", "method", "uses targets", rec_h, "units scaled by 0.5", "targets extracted", "random units (mean)",
              "p vs random", "FID", "beats random?"], rows)
 
