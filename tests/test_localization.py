@@ -153,10 +153,11 @@ def test_result_cache_files_and_merge(tmp_path):
 
 @pytest.fixture(scope="module")
 def mini_var():
-    from memloc.data import load_digits
+    from memloc.config import load_settings
+    from memloc.data import load_source
     from memloc.extraction import load_attack
-    model, split, _ = L.testbed_model("var", "long")
-    imgs, labs = load_digits(16)
+    model, split, _ = L.testbed_model("var", load_settings("mini").str("testbed"))   # the testbed the extraction stage ran on
+    imgs, labs = load_source(split.source, 16)
     return model.eval(), split, imgs, labs, load_attack("var")
 
 
@@ -202,10 +203,10 @@ def test_run_tasks_in_workers(tmp_path):
     "A piece of the study gives the same rows here and in spawned workers."
     assert L.run_tasks(_square, [1, 2, 3]) == [1, 4, 9]
     cfg = dict(profile="mini", device="cpu", dtype="float32", batch_size=64, augmentations=1, subset_fraction=1.0, seed=0,
-               target_fraction=0.5, n_references=64, factors=[0.0], n_samples=0, random_draws=2, image_size=16, main_testbed="long",
+               target_fraction=0.5, n_references=64, factors=[0.0], n_samples=0, random_draws=2, image_size=16, main_testbed="dup",
                out=str(tmp_path), method_options={}, recall_ks_pct=[1],
-               testbeds={"long": dict(top_ps=[1.0], fid_ps=[], random_draws=2, random_fid_draws=0)})
-    task = dict(cfg=cfg, part="random", testbed="long", name="var", family="var", draws=[0, 1])
+               testbeds={"dup": dict(top_ps=[1.0], fid_ps=[], random_draws=2, random_fid_draws=0)})
+    task = dict(cfg=cfg, part="random", testbed="dup", name="var", family="var", draws=[0, 1])   # the extraction stage's testbed and attack
     here, there = L.run_tasks(L.study_task, [task]), L.run_tasks(L.study_task, [task, dict(task, draws=[1])], workers=2)
     assert here[0]["bench"]["random"] == there[0]["bench"]["random"] and there[1]["bench"]["random"] == here[0]["bench"]["random"][1:]
     assert here[0]["misses"] == 3 and len(here[0]["added"]) == 3     # the unmodified model once, then one evaluation per draw
