@@ -29,7 +29,7 @@ __all__ = ['GROUPS', 'REGIMES', 'lr_at', 'fit', 'point_metrics', 'group_indices'
            'sha256_file', 'default_manifest_path', 'read_manifest', 'save_testbed', 'load_testbed', 'revive_codes',
            'TrainingViews', 'tokenize_views', 'TrainSettings', 'tokenize_all', 'train_family', 'membership_auc',
            'stream_record', 'build_testbed', 'testbed_manifest', 'regime_split', 'regime_images', 'regime_settings',
-           'mini_config', 'train_testbed']
+           'mini_config', 'train_testbed', 'dedup_split', 'dedup_manifest', 'train_dedup']
 
 # %% ../nbs/03_testbed.ipynb #e853ef7a
 def lr_at(step: int,             # 0-based step
@@ -424,3 +424,26 @@ def train_testbed(regime: str,          # "long" or "canary"
     return build_testbed(family, mini_config(family), images, labels, split, ts, out_dir or REGIMES[regime]["out_dir"],
                          state_dir or f"runs/mini/tmp/testbed/{regime}/{family}",
                          seeds={"data_seed": data_seed, "canary_seed": canary_seed}, progress=progress, regime=regime)
+
+# %% ../nbs/03_testbed.ipynb #5fe8f128
+def dedup_split(split: MiniSplit) -> MiniSplit:
+    "The same split with every duplicated image once in the stream (`counts` all 1)."
+    from dataclasses import replace
+    return replace(split, dup=1, counts=[1] * len(split.canaries))
+
+def dedup_manifest(regime: str = "dup") -> Path:
+    "The manifest of `regime`'s oracle: trained without duplicates, in `<regime folder>/dedup/`."
+    return testbed_manifest(regime).parent / "dedup" / "manifest.json"
+
+def train_dedup(regime: str,            # the regime whose recipe is retrained ("dup")
+                family: str,            # a name in memloc.family.FAMILIES
+                data_seed: int = 0, canary_seed: int = 0, train_seed: int = 0,
+                threads: int = 1, save_every: int = 50, progress: bool = True) -> dict:
+    "Train one family on `regime`'s split with each duplicated image once, same recipe (passes over the stream, seeds), into `dedup_manifest(regime)`'s folder."
+    if regime not in REGIMES: raise ValueError(f"unknown testbed regime {regime!r}; expected one of {sorted(REGIMES)}")
+    images, labels = regime_images(regime)
+    split = dedup_split(regime_split(regime, labels, data_seed, canary_seed))
+    ts = regime_settings(regime, family, split, train_seed, threads=threads, save_every=save_every)
+    return build_testbed(family, mini_config(family), images, labels, split, ts, dedup_manifest(regime).parent,
+                         f"runs/mini/tmp/testbed/{regime}-dedup/{family}",
+                         seeds={"data_seed": data_seed, "canary_seed": canary_seed}, progress=progress, regime=f"{regime}, deduplicated")
