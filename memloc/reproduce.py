@@ -66,6 +66,8 @@ STAGES = [
     Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", IMPLANT_FILES, ranks=True),
     Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", IMPLANT_FILES,
           settings=("seed", "augmentations"), miniature=True),
+    Stage("mitigation", "17_mitigation.ipynb", "Mitigations compared: which removes the most, and does it stay removed?",
+          IMPLANT_FILES + ("data/mini/dup/dedup/manifest.json",), miniature=True),   # the oracle: dup retrained without duplicates
 ]
 
 class UsageError(ValueError):
