@@ -18,20 +18,24 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 
+from fastcore.basics import patch
+
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
 from .config import Settings, load_settings, repo_root
+from .stages import STAGES, Stage, available_stages
 from .stats import ALPHA, chance_supported, verdict
 
 # %% auto #0
 __all__ = ['DEFAULT_TESTBED', 'SUPPORTED', 'NOT_SUPPORTED', 'INCONCLUSIVE', 'REGIME', 'SECTIONS', 'GENERIC', 'SITE_FILES', 'Page',
-           'root_testbed', 'stage_testbed', 'testbeds', 'read_json', 'read_csv', 'run_record', 'var_depth_claim',
+           'read_json', 'read_csv', 'run_record', 'root_testbed', 'stage_testbed', 'testbeds', 'var_depth_claim',
            'rar_late_claim', 'cut_verdict', 'intervention_claim', 'gt_intervention_claim', 'subset_claim', 'recall_p',
-           'implant_recall_claim', 'implant_removal_claim', 'regime_claim', 'Claim', 'claims', 'ground_truth',
-           'summary', 'Section', 'report_stages', 'report_page', 'write_report', 'fix_anchors', 'site_sources',
-           'build_site', 'check_site', 'main']
+           'implant_recall_claim', 'implant_removal_claim', 'regime_claim', 'mitigation_best_claim',
+           'mitigation_stays_claim', 'Claim', 'claims', 'ground_truth', 'summary', 'Section', 'report_stages',
+           'report_page', 'write_report', 'fix_anchors', 'site_sources', 'start_here', 'build_site', 'check_site',
+           'main']
 
 # %% ../nbs/21_report.ipynb #badc0f19
 def _fmt(v, digits: int = 3) -> str:
@@ -42,6 +46,7 @@ def _fmt(v, digits: int = 3) -> str:
     if isinstance(v, (float, np.floating)): return f"{v:.{digits}g}"
     return str(v)
 
+# %% ../nbs/21_report.ipynb #8ae4ee19
 _INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"), (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
            (re.compile(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])"), r"<em>\1</em>"),
            (re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)"), r'<a href="\2">\1</a>')]
@@ -51,6 +56,7 @@ def _inline_html(text: str) -> str:
     for rx, sub in _INLINE: out = rx.sub(sub, out)
     return out
 
+# %% ../nbs/21_report.ipynb #7aeb1b5c
 @dataclass
 class Page:
     "A report as blocks, rendered to Markdown or HTML; links are repository-relative and resolved by `link`."
@@ -68,34 +74,56 @@ class Page:
             return m.group(1) if to is None else f"[{m.group(1)}]({to})"
         return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", sub, text)
 
-    def markdown(self, link=lambda p: p) -> str:
-        out = []
-        for b in self.blocks:
-            if b[0] == "h": out.append("#" * b[1] + " " + b[2])
-            elif b[0] == "p": out.append(self._resolve(b[1], link))
-            elif b[0] == "img": out.append(f"![{b[1]}]({link(b[2])})")
-            else:
-                esc = lambda c: str(c).replace("|", "\\|")
-                out.append("\n".join(["| " + " | ".join(esc(c) for c in b[1]) + " |", "|" + "---|" * len(b[1])] +
-                                     ["| " + " | ".join(esc(self._resolve(str(c), link)) for c in r) + " |" for r in b[2]]))
-        return "\n\n".join(out) + "\n"
+# %% ../nbs/21_report.ipynb #1fc149c0
+@patch
+def markdown(self: Page, link=lambda p: p) -> str:
+    out = []
+    for b in self.blocks:
+        if b[0] == "h": out.append("#" * b[1] + " " + b[2])
+        elif b[0] == "p": out.append(self._resolve(b[1], link))
+        elif b[0] == "img": out.append(f"![{b[1]}]({link(b[2])})")
+        else:
+            esc = lambda c: str(c).replace("|", "\\|")
+            out.append("\n".join(["| " + " | ".join(esc(c) for c in b[1]) + " |", "|" + "---|" * len(b[1])] +
+                                 ["| " + " | ".join(esc(self._resolve(str(c), link)) for c in r) + " |" for r in b[2]]))
+    return "\n\n".join(out) + "\n"
 
-    def html(self, title: str, link=lambda p: p) -> str:
-        body = []
-        for b in self.blocks:
-            if b[0] == "h": body.append(f"<h{b[1]}>{_inline_html(b[2])}</h{b[1]}>")
-            elif b[0] == "p": body.append(f"<p>{_inline_html(self._resolve(b[1], link))}</p>")
-            elif b[0] == "img": body.append(f'<p><img src="{html.escape(link(b[2]))}" alt="{html.escape(b[1])}"></p>')
-            else:
-                head = "".join(f"<th>{_inline_html(c)}</th>" for c in b[1])
-                rows = "".join("<tr>" + "".join(f"<td>{_inline_html(self._resolve(str(c), link))}</td>" for c in r) + "</tr>" for r in b[2])
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
-                f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+# %% ../nbs/21_report.ipynb #69b79a51
+@patch
+def html(self: Page, title: str, link=lambda p: p) -> str:
+    body = []
+    for b in self.blocks:
+        if b[0] == "h": body.append(f"<h{b[1]}>{_inline_html(b[2])}</h{b[1]}>")
+        elif b[0] == "p": body.append(f"<p>{_inline_html(self._resolve(b[1], link))}</p>")
+        elif b[0] == "img": body.append(f'<p><img src="{html.escape(link(b[2]))}" alt="{html.escape(b[1])}"></p>')
+        else:
+            head = "".join(f"<th>{_inline_html(c)}</th>" for c in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(self._resolve(str(c), link))}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45;color:#222}"
         "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}"
         "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:0 .2rem}")
+
+# %% ../nbs/21_report.ipynb #c9eadbf1
+def read_json(folder: Path | None, name: str = "results.json") -> dict | None:
+    "The stage's saved JSON, or None when the stage has not written it."
+    p = None if folder is None else folder / name
+    return json.loads(p.read_text()) if p is not None and p.is_file() else None
+
+def read_csv(folder: Path | None, name: str):
+    p = None if folder is None else folder / name
+    return pd.read_csv(p) if p is not None and p.is_file() else None
+
+# %% ../nbs/21_report.ipynb #f563a5e4
+def run_record(notebook: Path) -> dict | None:
+    "When and how long the executed notebook ran (papermill's own record), or None when it was never run."
+    if not notebook.is_file(): return None
+    pm = json.loads(notebook.read_text()).get("metadata", {}).get("papermill", {})
+    if not pm.get("start_time"): return None
+    return {"start": pm["start_time"][:16].replace("T", " ") + " UTC", "seconds": pm.get("duration"), "parameters": pm.get("parameters", {})}
 
 # %% ../nbs/21_report.ipynb #7ccda8a4
 DEFAULT_TESTBED = "dup"  # the testbed of the folders in figures/<profile>/ when neither the settings nor the stage name one
@@ -111,9 +139,9 @@ def stage_testbed(d: Path, run: Path | None = None) -> str | None:
     tb = ((run_record(run) if run is not None else None) or {}).get("parameters", {}).get("testbed")
     return tb if isinstance(tb, str) else None
 
+# %% ../nbs/21_report.ipynb #f694cec9
 def testbeds(figs: Path, stages: list[str], root: str = DEFAULT_TESTBED, runs: Path | None = None) -> dict[str, dict[str, Path]]:
     "Testbed -> stage -> folder, for every stage folder with results: `figs/<stage>/` (the testbed it names, else `root`), `figs/<testbed>/<stage>/`, `figs/<stage>_<testbed>/` or `<figs>_<testbed>/<stage>/`."
-    from memloc.reproduce import STAGES
     nbs = {s.name: s.notebook for s in STAGES}
     found: dict[str, dict[str, Path]] = {}
     def add(tb, stage, d):
@@ -131,22 +159,6 @@ def testbeds(figs: Path, stages: list[str], root: str = DEFAULT_TESTBED, runs: P
             if st: add(d.name[len(st) + 1:], st, d)
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != root, kv[0])))
 
-def read_json(folder: Path | None, name: str = "results.json") -> dict | None:
-    "The stage's saved JSON, or None when the stage has not written it."
-    p = None if folder is None else folder / name
-    return json.loads(p.read_text()) if p is not None and p.is_file() else None
-
-def read_csv(folder: Path | None, name: str):
-    p = None if folder is None else folder / name
-    return pd.read_csv(p) if p is not None and p.is_file() else None
-
-def run_record(notebook: Path) -> dict | None:
-    "When and how long the executed notebook ran (papermill's own record), or None when it was never run."
-    if not notebook.is_file(): return None
-    pm = json.loads(notebook.read_text()).get("metadata", {}).get("papermill", {})
-    if not pm.get("start_time"): return None
-    return {"start": pm["start_time"][:16].replace("T", " ") + " UTC", "seconds": pm.get("duration"), "parameters": pm.get("parameters", {})}
-
 # %% ../nbs/21_report.ipynb #9697cd62
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -158,6 +170,7 @@ def _combine(verdicts: list[str]) -> str:
     "One verdict for several models: theirs if they agree, else inconclusive."
     return verdicts[0] if len(set(verdicts)) == 1 else INCONCLUSIVE
 
+# %% ../nbs/21_report.ipynb #8601afc9
 def _p(p) -> str:
     return "" if p is None or (isinstance(p, float) and math.isnan(p)) else f"p {p:.2g}"
 
@@ -165,6 +178,7 @@ def _share(b: dict | None) -> str:
     "A bootstrap share `{share, lo, hi}` as `0.38 [0.12, 0.62]`."
     return "" if not b or b.get("share") is None else f"{b['share']:.2f} [{b['lo']:.2f}, {b['hi']:.2f}]"
 
+# %% ../nbs/21_report.ipynb #1b66c595
 def var_depth_claim(dirs: dict) -> tuple[str, str] | None:
     "Stage 2: rho of depth against scale, with its bootstrap interval (`var_scales/results.json`)."
     r = read_json(dirs.get("var_scales"))
@@ -177,6 +191,7 @@ def var_depth_claim(dirs: dict) -> tuple[str, str] | None:
         verdicts.append(_ci_verdict(t["rho_ci"][0], t["rho_ci"][1], 0.0))
     return "; ".join(cells), _combine(verdicts)
 
+# %% ../nbs/21_report.ipynb #58bc9288
 def rar_late_claim(dirs: dict, family: str = "rar") -> tuple[str, str] | None:
     "Stage 3, one family's models: share of the top units in the second half of the blocks, with its interval, against chance (`rar_blocks/results.json`)."
     r = read_json(dirs.get("rar_blocks"))
@@ -202,6 +217,7 @@ def _p_row(d: pd.DataFrame, kind: str = "top UnitMem") -> pd.Series | None:
     r = d[(d.units == kind) & d.p_vs_random.notna()]
     return None if r.empty else r.iloc[-1]
 
+# %% ../nbs/21_report.ipynb #91c61c63
 def cut_verdict(d: pd.DataFrame) -> str:
     "Stage 4's rule: with a p-value, `verdict(p, fewer than random and than before)`; without one, fewer than random units' mean - one std and than before."
     b, t, rm, rs = (_units(d, k) for k in ("none (before)", "top UnitMem", "random mean", "random std"))
@@ -214,6 +230,7 @@ def cut_verdict(d: pd.DataFrame) -> str:
     sd = 0.0 if rs is None or pd.isna(rs.extracted) else float(rs.extracted)
     return SUPPORTED if t.extracted < rm.extracted - sd and t.extracted < b.extracted else NOT_SUPPORTED
 
+# %% ../nbs/21_report.ipynb #eb1b58a3
 def intervention_claim(dirs: dict, family: str, p: float) -> tuple[str, str] | None:
     "Stage 4 at the paper's headline setting: extracted before -> top units (random units), FID before -> after (`intervention/headline.csv`)."
     r, h = read_json(dirs.get("intervention")), read_csv(dirs.get("intervention"), "headline.csv")
@@ -233,6 +250,7 @@ def intervention_claim(dirs: dict, family: str, p: float) -> tuple[str, str] | N
         verdicts.append(cut_verdict(d))
     return ("; ".join(cells), _combine(verdicts)) if cells else None
 
+# %% ../nbs/21_report.ipynb #6d8c311e
 def gt_intervention_claim(gt: dict | None, family: str) -> tuple[str, str] | None:
     "The ground-truth stage's counterpart on one testbed: its canaries extracted before -> after scaling the top units, against random units, with the empirical p-value."
     iv = ((gt or {}).get(family) or {}).get("intervention")
@@ -242,6 +260,7 @@ def gt_intervention_claim(gt: dict | None, family: str) -> tuple[str, str] | Non
             f"{_p(iv['p_value'])})")
     return cell, INCONCLUSIVE if not b else verdict(iv["p_value"], t < rm and t < b, ALPHA, n)
 
+# %% ../nbs/21_report.ipynb #fd9aa4fc
 def subset_claim(dirs: dict) -> tuple[str, str] | None:
     "Stage 5: the smallest subset's agreement with the largest, and whether its top units cut extraction as the largest's do."
     c, mit = read_csv(dirs.get("subset_robustness"), "consistency.csv"), read_csv(dirs.get("subset_robustness"), "mitigation.csv")
@@ -279,6 +298,7 @@ def recall_p(i: dict) -> float:
     s = int(i["n_units"]); n, k = round(s / i["recall_random"]), round(i["recall_unitmem"] * s)
     return float(sps.hypergeom.sf(k - 1, n, s, s))
 
+# %% ../nbs/21_report.ipynb #e974e2b6
 def implant_recall_claim(gt: dict | None) -> tuple[str, str] | None:
     "Ground truth: Recall@|S| of UnitMem on the implants whose memory sits in S against random |S|/units; Fisher's combination of their p-values."
     if not gt: return None
@@ -292,6 +312,7 @@ def implant_recall_claim(gt: dict | None) -> tuple[str, str] | None:
         verdicts.append(verdict(p, bool(rec.mean() > rnd), ALPHA))
     return "; ".join(cells), _combine(verdicts)
 
+# %% ../nbs/21_report.ipynb #6cffbfd6
 def implant_removal_claim(gt: dict | None) -> tuple[str, str] | None:
     "Ground truth: the implants extracted after zeroing UnitMem's top-|S| units against zeroing as many random units; a sign test over the implants."
     if not gt: return None
@@ -311,6 +332,7 @@ def implant_removal_claim(gt: dict | None) -> tuple[str, str] | None:
         else: verdicts.append(verdict(p, ok, ALPHA, 2 ** n - 1))   # a sign test over n implants cannot go below 0.5 ** n
     return "; ".join(cells), _combine(verdicts)
 
+# %% ../nbs/21_report.ipynb #133c2e17
 def regime_claim(gt: dict | None) -> tuple[str, str] | None:
     "Ground truth: does the testbed behave like the released models (`memloc.ground_truth.regime_checks`: members rarely extracted, extraction rising with copies, ...)? Older results: epochs, canary share and AUC against `REGIME`."
     if not gt: return None
@@ -333,6 +355,41 @@ def regime_claim(gt: dict | None) -> tuple[str, str] | None:
         verdicts.append(SUPPORTED if ok else NOT_SUPPORTED)
     return "; ".join(cells), _combine(verdicts)
 
+# %% ../nbs/21_report.ipynb #91fac2e4
+def _mitigation(dirs: dict) -> dict:
+    "Family -> the mitigation stage's record (`mitigation/results.json`), or {}."
+    r = read_json(dirs.get("mitigation")) or {}
+    return {k: v for k, v in r.items() if isinstance(v, dict) and "methods" in v}
+
+def mitigation_best_claim(dirs: dict) -> tuple[str, str] | None:
+    "Is scaling the top UnitMem units (the paper's point) the mitigation that leaves the fewest targets extracted within `FID_BUDGET` x the FID as trained (`memloc.mitigation.best_mitigation`)?"
+    from memloc.mitigation import FID_BUDGET, NAMES, best_mitigation
+    fams = _mitigation(dirs)
+    if not fams: return None
+    cells, verdicts = [], []
+    for fam, r in fams.items():
+        best, um = best_mitigation(r), r["methods"]["unitmem"]
+        b = "none within the budget" if best is None else f"{NAMES[best]} ({r['methods'][best]['extracted_share']:.2f} left)"
+        cells.append(f"{fam}: best within FID x{FID_BUDGET}: {b}; UnitMem units {um['extracted_share']:.2f} left")
+        verdicts.append(INCONCLUSIVE if best is None else SUPPORTED if best == "unitmem" else NOT_SUPPORTED)
+    return "; ".join(cells), _combine(verdicts)
+
+# %% ../nbs/21_report.ipynb #c323608b
+def mitigation_stays_claim(dirs: dict) -> tuple[str, str] | None:
+    "Does what the paper's mitigation removed stay removed under a longer prefix, sampling and a benign fine-tune (`memloc.mitigation.stays_removed`: Wilson interval against `REEMERGE_MAX`)?"
+    from memloc.mitigation import stays_removed
+    fams = _mitigation(dirs)
+    if not fams: return None
+    cells, verdicts = [], []
+    for fam, r in fams.items():
+        sr = stays_removed(r["methods"]["unitmem"])
+        if not sr: cells.append(f"{fam}: nothing removed"); verdicts.append(INCONCLUSIVE); continue
+        cells.append(f"{fam}: back " + ", ".join(f"{b}/{n} ({k.replace('_', ' ')})" for k, (b, n, _, _) in sr.items()))
+        vs = {v for *_, v in sr.values()}
+        verdicts.append(NOT_SUPPORTED if "comes back" in vs else SUPPORTED if vs == {"stays removed"} else INCONCLUSIVE)
+    return "; ".join(cells), _combine(verdicts)
+
+# %% ../nbs/21_report.ipynb #cbaccd85
 @dataclass(frozen=True)
 class Claim:
     what: str      # the claim, in a few words
@@ -340,6 +397,7 @@ class Claim:
     measure: Callable  # (stage folders of one testbed, its ground-truth results or None) -> (what was measured, verdict) or None
     stage: str     # the stage that tests it
 
+# %% ../nbs/21_report.ipynb #aa035a67
 def claims() -> list[Claim]:
     "A row per claim of the paper, then the ground truth's questions; the paper's intervention numbers come from `memloc.intervention.PAPER`, the only copy."
     from memloc.intervention import PAPER
@@ -369,13 +427,19 @@ def claims() -> list[Claim]:
         Claim("The testbed behaves like the released models: members rarely extracted, duplicated images extracted, more with more copies",
               "VAR-d30: 698 of ~1.28 M images extracted (0.05%), concentrated in duplicated images (Kowalczuk et al. 2025; Carlini et al. 2023)",
               lambda d, g: regime_claim(g), "ground_truth"),
+        Claim("Scaling the top UnitMem units is the best mitigation at a small FID cost (against other units, unlearning, fine-tuning on the rest)",
+              "not compared (DP-SGD and unlearning named as missing comparisons)", lambda d, g: mitigation_best_claim(d), "mitigation"),
+        Claim("What scaling the top UnitMem units removes stays removed (a longer prefix, sampling, a benign fine-tune)",
+              "not tested: judged by the same attack at the same prefix", lambda d, g: mitigation_stays_claim(d), "mitigation"),
     ]
 
+# %% ../nbs/21_report.ipynb #e276ced7
 def ground_truth(tbs: dict) -> dict:
     "Testbed -> family -> the ground-truth stage's results (`ground_truth/results.json`), or {} when it has not run."
     d = next((dirs["ground_truth"] for dirs in tbs.values() if "ground_truth" in dirs), None)
     return (read_json(d) or {}).get("testbeds", {})
 
+# %% ../nbs/21_report.ipynb #1ebb181b
 def summary(figs: Path, full: Path | None, stages: list[str], root: str = DEFAULT_TESTBED, runs: Path | None = None) -> tuple[list[str], list[list[str]]]:
     "The summary table: a row per claim; columns: paper, each testbed found under `figs` or in the ground truth, full scale, verdict per testbed."
     tbs = testbeds(figs, stages, root, runs)
@@ -400,6 +464,7 @@ class Section:
     numbers: Callable    # stage folder -> (header, rows) of headline numbers, a list of such tables, or None
     text: Callable       # stage folder -> one paragraph generated from the numbers
 
+# %% ../nbs/21_report.ipynb #a7b775d8
 def _testbed_numbers(d):
     t = read_csv(d, "memorization.csv")
     if t is None: return None
@@ -415,6 +480,7 @@ def _testbed_text(d):
                f"{gap:.2f} above the held-out digits')" if gap > 0.2 else "the other members barely more than unseen digits")
     return "Teacher-forced greedy token accuracy, " + "; ".join(parts) + f". The planted copies are memorized; {members}."
 
+# %% ../nbs/21_report.ipynb #1fe32d5a
 def _extraction_numbers(d):
     r = read_json(d)
     if not r: return None
@@ -430,6 +496,7 @@ def _extraction_numbers(d):
     return (["model", "prefix tokens", "canaries [95% CI]", "other members", "non-members", "similarity > threshold"],
             [[m, e["prefix"], g(e, "canary"), g(e, "member"), g(e, "non_member"), f"{e['backend']} > {e['threshold']:.3f}"] for m, e in r.items()])
 
+# %% ../nbs/21_report.ipynb #f18f84cb
 def _extraction_text(d):
     r = read_json(d)
     if all("by_count" in e for e in r.values()):
@@ -446,6 +513,7 @@ def _extraction_text(d):
             ". The threshold is calibrated on held-out non-members (the largest similarity of a non-member's reconstruction to "
             "its nearest other image); longer prefixes give the model more of the answer (figure).")
 
+# %% ../nbs/21_report.ipynb #61b51f56
 def _quality_numbers(d):
     q = read_json(d, "quality.json")
     if not q: return None
@@ -464,6 +532,7 @@ def _quality_text(d):
             + (f" (a digits classifier, {c['test_accuracy']:.0%} accurate on held-out digits)" if c else "") +
             ". These are the reference values the intervention's FID is compared with.")
 
+# %% ../nbs/21_report.ipynb #c5071416
 def _adaptation_counts(d, run: Path):
     "Stage 1's canary check: from `adaptation/results.json` when the stage saves one, else the executed notebook's checked output."
     r = read_json(d)
@@ -488,6 +557,7 @@ def _adaptation_text(d, run):
     return (f"UnitMem's top cells point (argmax) at a canary in {', '.join(parts)}, where canaries are "
             f"{rows[0][3]:.1%} of the measured points: " + ("above" if all(s > c for _, _, s, c in rows) else "not consistently above") + " their share.")
 
+# %% ../nbs/21_report.ipynb #4051ab81
 def _canary_cell(c) -> str:
     "How many top units peak on a canary; empty at full scale, where there are no canaries (`canary` is None)."
     return "" if not c else f"{c['top_units_on_canaries']} of {c['top_units']} (chance {c['chance']:.1%})"
@@ -496,6 +566,7 @@ def _canary_clause(c, top_p) -> str:
     return "" if not c else (f"; {c['top_units_on_canaries']} of its {c['top_units']} top-{top_p}% units peak on a canary "
                              f"({c['share']:.1%}, against {c['chance']:.1%} by chance)")
 
+# %% ../nbs/21_report.ipynb #fa74783d
 def _var_numbers(d):
     r = read_json(d)
     if not r: return None
@@ -513,6 +584,7 @@ def _var_text(d):
     parts = [f"{m}: {e['test']['verdict']}" + _canary_clause(e["canary"], e["top_p"]) for m, e in r["models"].items()]
     return "The mean block depth of UnitMem per scale, with bootstrap intervals over the points. " + "; ".join(parts) + "."
 
+# %% ../nbs/21_report.ipynb #db964f43
 def _rar_numbers(d):
     r = read_json(d)
     if not r: return None
@@ -532,6 +604,7 @@ def _rar_text(d):
              for m, e in r["models"].items()]
     return "; ".join(parts) + "."
 
+# %% ../nbs/21_report.ipynb #9548fc25
 def _intervention_numbers(d):
     h = read_csv(d, "headline.csv")
     if h is None: return None
@@ -545,6 +618,7 @@ def _intervention_numbers(d):
     return (["model", "units scaled by 0.5", "extracted before", "top UnitMem", "random units (mean ± std)", "lowest UnitMem", "p vs random",
              "FID before -> after (samples)", "cut more than random units?"], rows)
 
+# %% ../nbs/21_report.ipynb #a5bbdf9c
 def _intervention_text(d):
     h = read_csv(d, "headline.csv")
     n = sum(cut_verdict(g) == SUPPORTED for _, g in h.groupby(["model", "p"]))
@@ -560,6 +634,7 @@ def _intervention_text(d):
     return (f"In {n} of {k} settings scaling the top-UnitMem units left fewer images extractable than as many random units "
             f"({rule}); the paper reports no such control." + tail)
 
+# %% ../nbs/21_report.ipynb #aca4c221
 def _subset_numbers(d):
     c = read_csv(d, "consistency.csv")
     if c is None: return None
@@ -572,6 +647,7 @@ def _subset_text(d):
     return ("Each subset against the largest: " + cell + f". Verdict on the claim: {verdict}"
             + (" (the largest subset's units cut no more than random units, so there is nothing to preserve)." if verdict == INCONCLUSIVE else "."))
 
+# %% ../nbs/21_report.ipynb #aa419b6e
 def _scalars(obj, prefix="", out=None, depth=0):
     "The numbers and short strings of a results file, flattened to dotted keys (lists and long records left out)."
     out = {} if out is None else out
@@ -592,6 +668,7 @@ def _generic_text(d):
     v = [f"{k}: {v}" for k, v in _scalars(r).items() if k.endswith(("verdict", "claim"))]
     return ("; ".join(v) + ".") if v else f"The stage's headline numbers, from `{d.name}/results.json`."
 
+# %% ../nbs/21_report.ipynb #c5e3be4d
 _cap = lambda s: s[:1].upper() + s[1:]
 
 def _gt_numbers(d):
@@ -630,6 +707,7 @@ def _gt_numbers(d):
     return [side, (["testbed", "family", "rate", "seeds", "Recall@|S|", "random", "argmax on an implant", "implants extracted",
                     "UnitMem's top by 0.5", "by 0", "S zeroed", "random zeroed"], out)]
 
+# %% ../nbs/21_report.ipynb #9ff63442
 def _gt_text(d):
     r = read_json(d)["testbeds"]
     parts = []
@@ -642,6 +720,7 @@ def _gt_text(d):
             "canaries a known place in the data. " + _cap("; ".join(parts)) + ". Members' membership AUC, mean over the families: "
             + ", ".join(f"{_fmt(a, 2)} ({tb})" for tb, a in auc.items()) + ".")
 
+# %% ../nbs/21_report.ipynb #333aaa53
 def _implant_records() -> list[dict]:
     "Every implant of every testbed, from the testbeds' `implants.json` (the implant stage writes beside the weights, not under figures/)."
     from memloc.implant import read_implants
@@ -666,6 +745,7 @@ def _implant_text(d):
             f"zeroing as many random units keeps it), and {v} also keep the FID within 10% (the strict rule). The ground-truth stage "
             "reads them.")
 
+# %% ../nbs/21_report.ipynb #382319ce
 def _loc_budgets(e: dict) -> dict:
     "Testbed -> budget -> mitigation entry of a localization method (a flat budget -> entry is one unnamed testbed)."
     m = e.get("mitigation") or {}
@@ -686,6 +766,7 @@ def _loc_rows(r: dict) -> dict:
                                            verdict(x.get("p_value_vs_random"), ok, ALPHA, n)))
     return out
 
+# %% ../nbs/21_report.ipynb #ab6002ee
 def _loc_numbers(d):
     r = read_json(d)
     if not r or not r.get("methods"): return None
@@ -702,6 +783,7 @@ def _loc_numbers(d):
     return (["testbed", "method", "uses targets", rec_h, "units scaled by 0.5", "targets extracted", "random units (mean)",
              "p vs random", "FID", "beats random?"], rows)
 
+# %% ../nbs/21_report.ipynb #3d2da099
 def _loc_text(d):
     r = read_json(d)
     parts = []
@@ -722,7 +804,48 @@ def _loc_text(d):
     return ("Which method finds the units to scale? Verdict per method: `verdict(p vs random, fewer targets than random units)`, "
             f"alpha {ALPHA}. " + _cap("; ".join(p.lstrip(", ") for p in parts)) + "." + tail)
 
+# %% ../nbs/21_report.ipynb #302efb42
+def _mit_numbers(d):
+    from memloc.mitigation import NAMES, best_mitigation, stays_removed
+    fams = _mitigation({"mitigation": d})
+    if not fams: return None
+    rows = []
+    for fam, r in fams.items():
+        best = best_mitigation(r)
+        for m, e in r["methods"].items():
+            back = stays_removed(e)
+            cell = lambda k: f"{back[k][0]}/{back[k][1]} ({back[k][3]})" if k in back else ""
+            how = f", top {e['p']:g}% x {e['factor']:g}" if "p" in e else f", {e['steps']} steps" if "steps" in e else ""
+            rows.append([fam, NAMES.get(m, m) + how + (" (**best**)" if m == best else ""), f"{_fmt(e['extracted'], 3)} of {e['n_targets']}",
+                         _fmt(e.get("fid"), 3), _fmt(e.get("loss_members"), 3), _fmt(e.get("loss_non_members"), 3),
+                         cell("longer_prefix"), cell("sampling"), cell("finetune"), _p(e.get("p_vs_random")), e.get("n_draws") or ""])
+    return (["family", "mitigation", "targets still extracted", "FID", "loss, members", "loss, non-members", "back: longer prefix",
+             "back: sampling", "back: benign fine-tune", "p vs random", "random draws"], rows)
+
+# %% ../nbs/21_report.ipynb #44359839
+def _mit_text(d):
+    from memloc.mitigation import FID_BUDGET, NAMES, best_mitigation, stays_removed
+    parts = []
+    for fam, r in _mitigation({"mitigation": d}).items():
+        ms, best = r["methods"], best_mitigation(r)
+        um, dd, f0 = ms["unitmem"], ms["retrain_dedup"], ms["none"]["fid"]
+        s = f"{fam} ({r['n_targets']} targets, FID {_fmt(f0, 3)} as trained): "
+        if best is None: s += f"no mitigation stays within FID x{FID_BUDGET}"
+        else:
+            b = ms[best]
+            kept_ = [k.replace("_", " ") for k, v in stays_removed(b).items() if v[3] == "stays removed"]
+            back = [k.replace("_", " ") for k, v in stays_removed(b).items() if v[3] == "comes back"]
+            s += (f"{NAMES[best]} removes the most within FID x{FID_BUDGET} ({_fmt(b['extracted_share'], 2)} still extracted, FID {_fmt(b['fid'], 3)}); "
+                  f"what it removed comes back under {', '.join(back) or 'no re-attack'}" + (f" and stays removed under {', '.join(kept_)}" if kept_ else ""))
+        s += (f"; the paper's point (UnitMem, top {um['p']:g}% x {um['factor']:g}) leaves {_fmt(um['extracted_share'], 2)} (FID {_fmt(um['fid'], 3)}), "
+              f"the oracle retrained without duplicates {_fmt(dd['extracted_share'], 2)} (FID {_fmt(dd['fid'], 3)})")
+        parts.append(s)
+    return (f"Which mitigation removes the most at a small FID cost (at most {FID_BUDGET} x the FID as trained), and does it stay removed "
+            "(a Wilson interval of the re-emerged share below 10%)? " + "; ".join(parts) + ".")
+
+# %% ../nbs/21_report.ipynb #34046b66
 _d = lambda f: (lambda d, run: f(d))
+
 SECTIONS = {
     "testbed": Section("memorization.png", _d(_testbed_numbers), _d(_testbed_text)),
     "extraction": Section("extracted_vs_copies.png", _d(_extraction_numbers), _d(_extraction_text)),
@@ -735,7 +858,9 @@ SECTIONS = {
     "subset_robustness": Section("consistency.png", _d(_subset_numbers), _d(_subset_text)),
     "ground_truth": Section(None, _d(_gt_numbers), _d(_gt_text)),
     "localization": Section(None, _d(_loc_numbers), _d(_loc_text)),
+    "mitigation": Section("reemergence.png", _d(_mit_numbers), _d(_mit_text)),
 }
+
 GENERIC = Section(None, _d(_generic_numbers), _d(_generic_text))  # stages without their own section: results.json's numbers
 
 # %% ../nbs/21_report.ipynb #17ceecc9
@@ -747,9 +872,9 @@ def _machine(root: Path) -> str:
     return (f"commit `{git}`{' (uncommitted changes)' if dirty else ''}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{os.cpu_count()} CPUs, {cuda}")
 
+# %% ../nbs/21_report.ipynb #4910da9e
 def report_stages(figs: Path, root: Path) -> list:
     "The driver's stages, then any other stage folder with results (e.g. `ground_truth`, `localization`) as a stage without a notebook."
-    from memloc.reproduce import Stage, available_stages
     stages = available_stages(root)
     known = {s.name for s in stages} | {"00_data"}
     tbs = testbeds(figs, [s.name for s in stages], DEFAULT_TESTBED)
@@ -757,6 +882,27 @@ def report_stages(figs: Path, root: Path) -> list:
                                             and d.name not in tbs and (d / "results.json").is_file()]
     return stages + [Stage(n, "", n.replace("_", " ").capitalize()) for n in extra]
 
+# %% ../nbs/21_report.ipynb #d4b0253f
+def _anchor(title: str) -> str:
+    "The id that Python-Markdown's `toc` and GitHub give a heading."
+    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", title.lower()).strip())
+
+# %% ../nbs/21_report.ipynb #c70c1911
+def _verdict_rules(figs: str, root_tb: str) -> str:
+    "The rules behind the summary's verdicts, as the page states them (`figs`: the stage folders, repository-relative)."
+    return ("Verdicts, per stage: a claim about *where* is supported when its 95% bootstrap interval lies on the claimed side of "
+            f"chance, not supported when it lies on the other side, inconclusive when it straddles it. A claim against random units is "
+            f"supported when its empirical p-value is at most {ALPHA} and the effect goes the claimed way, inconclusive when the draws "
+            f"cannot reach {ALPHA} (results without a p-value: beyond one standard deviation of the random units); the subset claim is "
+            "inconclusive when the largest subset's units themselves do not beat random units. Ground truth: Recall@|S| against random "
+            "units by a hypergeometric tail per implant (Fisher's combination over the implants whose memory sits in S: extracted, removed by zeroing S, kept by zeroing as many random units); the implants' removal by a sign "
+            "test of UnitMem's top-|S| units against as many random units, both zeroed; a testbed is in the released models' regime "
+            "when it behaves like them (`memloc.ground_truth.regime_checks`): at most 5% of the members with one copy and 1% of the "
+            "non-members extracted, extraction rising with the number of copies (rank correlation interval above 0, at least 80% of "
+            "the most copied images extracted), at least 40 images extracted, membership AUC between 0.6 and 0.95, and extra copies "
+            f"at most 10% of the stream. The stage folders in `{figs}/` are the `{root_tb}` testbed unless their results name another.")
+
+# %% ../nbs/21_report.ipynb #23a44aa3
 def report_page(settings: Settings, root: Path | None = None) -> Page:
     "The report of a profile, built only from the files its stages wrote."
     root = root or repo_root()
@@ -772,17 +918,7 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
     root_tb = root_testbed(settings)
     header, rows = summary(figs, full, [s.name for s in stages], root_tb, runs)
     pg.table(header, rows)
-    pg.p("Verdicts, per stage: a claim about *where* is supported when its 95% bootstrap interval lies on the claimed side of "
-         f"chance, not supported when it lies on the other side, inconclusive when it straddles it. A claim against random units is "
-         f"supported when its empirical p-value is at most {ALPHA} and the effect goes the claimed way, inconclusive when the draws "
-         f"cannot reach {ALPHA} (results without a p-value: beyond one standard deviation of the random units); the subset claim is "
-         "inconclusive when the largest subset's units themselves do not beat random units. Ground truth: Recall@|S| against random "
-         "units by a hypergeometric tail per implant (Fisher's combination over the implants whose memory sits in S: extracted, removed by zeroing S, kept by zeroing as many random units); the implants' removal by a sign "
-         "test of UnitMem's top-|S| units against as many random units, both zeroed; a testbed is in the released models' regime "
-         "when it behaves like them (`memloc.ground_truth.regime_checks`): at most 5% of the members with one copy and 1% of the "
-         "non-members extracted, extraction rising with the number of copies (rank correlation interval above 0, at least 80% of "
-         "the most copied images extracted), at least 40 images extracted, membership AUC between 0.6 and 0.95, and extra copies "
-         f"at most 10% of the stream. The stage folders in `{rel(figs)}/` are the `{root_tb}` testbed unless their results name another.")
+    pg.p(_verdict_rules(rel(figs), root_tb))
     n_tests = sum(r[-1].count(";") + 1 for r in rows if "random" in " ".join(r[2:-2]) and "not run" not in r[-1])
     pg.p(f"Many comparisons: the table holds about {n_tests} verdicts that rest on random draws or p-values; at alpha {ALPHA}, chance "
          f"alone would call about {chance_supported(n_tests):.1f} of them supported where nothing is there. Each comparison with random "
@@ -821,10 +957,7 @@ def report_page(settings: Settings, root: Path | None = None) -> Page:
             if more: pg.p("Other figures: " + ", ".join(f"[{f.stem}]({rel(f)})" for f in more) + ".")
     return pg
 
-def _anchor(title: str) -> str:
-    "The id that Python-Markdown's `toc` and GitHub give a heading."
-    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", title.lower()).strip())
-
+# %% ../nbs/21_report.ipynb #ab89b617
 def write_report(settings: Settings, state: dict | None = None, root: Path | None = None) -> Path:
     "Write `figures/<profile>/REPORT.md` and the same page as `REPORT.html` from the stages' outputs; returns the Markdown file."
     root = root or repo_root()
@@ -865,20 +998,43 @@ def _nb_title(path: Path) -> str:
             if line.startswith("# "): return line[2:].strip()
     return path.stem
 
+# %% ../nbs/21_report.ipynb #bc829f7c
 def site_sources(settings: Settings, root: Path, notebooks: list[str] | None = None) -> dict[str, Path]:
     "Site path -> source file: each notebook of `nbs/` (a stage's as its executed reference run in `runs/<profile>/`), in order."
-    from memloc.reproduce import STAGES
     runs, stage_nbs = settings.path("runs_dir"), {s.notebook for s in STAGES}
     names = notebooks or sorted(p.name for p in (root / "nbs").glob("[0-9]*.ipynb"))
     return {f"nbs/{n}": (runs / n if n in stage_nbs and (runs / n).is_file() else root / "nbs" / n) for n in names}
 
+# %% ../nbs/21_report.ipynb #68e92178
+def _duration(seconds: float | None) -> str:
+    "Seconds as a reader takes them: `40 s`, `2.5 min`."
+    if seconds is None: return "not measured"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+def start_here(root: Path, exists: Callable = lambda p: True) -> str:
+    "The \"Start here\" page: `nbs/start_here.md` with each notebook's measured time filled in; a link for which `exists` (a path relative to `nbs/`) is false is left as text."
+    text = (root / "nbs" / "start_here.md").read_text()
+    t = read_json(root / "benchmarks" / "results", "notebook_times.json") or {}
+    times = t.get("notebooks", {})
+    def secs(m):
+        e = times.get(m.group(1))
+        return "not measured" if not e else _duration(e["seconds"]) + ("" if e.get("passed", True) else " (failed)")
+    text = re.sub(r"<!-- seconds: (\S+) -->", secs, text)
+    total = _duration(sum(e["seconds"] for e in times.values())) if times else ""
+    where = (f"Times measured on {t['machine']}, OMP_NUM_THREADS={t['omp_num_threads']}, on {t['date']}"
+             + (f", {t['note']}" if t.get("note") else "") + f"; {total} for every notebook, one after the other "
+             "(`benchmarks/notebook_times.py`).") if times else "Times not measured yet: run `benchmarks/notebook_times.py`."
+    text = text.replace("<!-- measured -->", where)
+    return re.sub(r"\[([^\]]+)\]\(([^)\s:]+)\)", lambda m: m.group(0) if exists(m.group(2)) else m.group(1), text)
+
+# %% ../nbs/21_report.ipynb #3ef74e99
 def build_site(profile: str = "mini",          # the profile whose report and runs the site shows
                out: str | os.PathLike = "site", # where the HTML goes (relative to the repository root)
                notebooks: list[str] | None = None, # names in nbs/ to include (default: all)
                root: Path | None = None,
                work: Path | None = None,        # where the site's sources are gathered (default: build/site-src/)
               ) -> Path:
-    "Build the static site with mkdocs (material theme, mkdocs-jupyter): the report first, then the README and every notebook with its outputs."
+    "Build the static site with mkdocs (material theme, mkdocs-jupyter): the report first, then the reading order (`start_here`), the README and every notebook with its outputs."
     import yaml
     root = root or repo_root()
     settings = load_settings(profile, root / "settings.ini")
@@ -897,12 +1053,13 @@ def build_site(profile: str = "mini",          # the profile whose report and ru
         return p if (docs / p.split("#")[0]).exists() else None
     (docs / "index.md").write_text(report_page(settings, root).markdown(link))
     shutil.copyfile(root / "README.md", docs / "about.md")
+    (docs / "nbs" / "start_here.md").write_text(start_here(root, lambda p: (docs / "nbs" / p.split("#")[0]).exists()))
     cfg = {"site_name": "memloc", "site_description": "Where image autoregressive models store their training data",
            "docs_dir": str(docs), "site_dir": str(site), "use_directory_urls": False,
            "theme": {"name": "material", "font": False, "features": ["navigation.sections", "toc.integrate"]},
            "markdown_extensions": ["tables", {"toc": {"permalink": True}}],
            "plugins": ["search", {"mkdocs-jupyter": {"execute": False, "include_source": True, "ignore_h1_titles": True}}],
-           "nav": [{"Report": "index.md"}, {"About": "about.md"},
+           "nav": [{"Report": "index.md"}, {"Start here": "nbs/start_here.md"}, {"About": "about.md"},
                    {"Notebooks": [{f"{Path(dst).stem.split('_')[0]} · {_nb_title(src)}": dst} for dst, src in sources.items()]}]}
     (work / "mkdocs.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "-f", str(work / "mkdocs.yml")], capture_output=True, text=True, cwd=work)
@@ -920,6 +1077,7 @@ class _Refs(HTMLParser):
         for k in ("href", "src"):
             if a.get(k) and not (tag == "a" and k == "src"): self.refs.append((tag, a[k]))
 
+# %% ../nbs/21_report.ipynb #4cb9edd0
 def check_site(site: Path) -> dict:
     "Every page, image and internal link of the built site exists (anchors included), and no page loads anything from the network; returns counts, raises listing what is wrong."
     site, problems, n_links, parsed = Path(site), [], 0, {}

@@ -25,58 +25,17 @@ from pathlib import Path
 
 from .config import (OUTPUT_KEYS, SettingsError, Settings, check_outputs, check_paths, check_settings, load_settings,
                      read_json, repo_root)
+from .stages import IMPLANT_FILES, STAGES, TESTBED_FILES, Stage, available_stages
 
 # %% auto #0
-__all__ = ['TESTBED_FILES', 'IMPLANT_FILES', 'STAGES', 'CACHE_PATTERNS', 'KERNEL_ARGS', 'Stage', 'UsageError', 'available_stages',
-           'select_stages', 'stage_parameters', 'stage_modules', 'stage_key', 'load_state', 'save_state', 'StageFailed',
-           'RunLocked', 'run_lock', 'prepare_stage', 'promote', 'run_stage', 'relativize', 'Ranks', 'rank_command',
-           'run_ranks', 'follow', 'rank_main', 'profile_checkpoints', 'check_manifest', 'unread_settings',
-           'check_profile', 'reproduce', 'clean_state', 'main']
+__all__ = ['CACHE_PATTERNS', 'KERNEL_ARGS', 'UsageError', 'select_stages', 'stage_parameters', 'stage_modules', 'stage_key',
+           'load_state', 'save_state', 'StageFailed', 'RunLocked', 'run_lock', 'prepare_stage', 'relativize', 'promote',
+           'run_stage', 'Ranks', 'rank_command', 'run_ranks', 'follow', 'rank_main', 'profile_checkpoints',
+           'check_manifest', 'unread_settings', 'check_profile', 'reproduce', 'clean_state', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #7a31c9d4
-@dataclass(frozen=True)
-class Stage:
-    name: str          # the folder under the profile's figures_dir
-    notebook: str      # under nbs/
-    title: str         # what the stage answers
-    inputs: tuple = () # extra files or {setting} whose content makes the stage stale
-    settings: tuple | None = None  # the settings it takes (None: every one its parameters name)
-    folders: tuple = ()  # (parameter, what) pairs the driver fills with a folder: "figures" (where the stage writes),
-                         # "state" (its resumable state, <runs_dir>/tmp/<stage>) or "manifest" (the folder of manifest_path)
-    miniature: bool = False  # the miniature's own stage: run only where the profile names a testbed (not at full scale)
-    ranks: bool = False      # its long passes split across the processes of `--nproc` (every process runs the notebook under torchrun)
-
-TESTBED_FILES = tuple(f"data/mini/{t}/manifest.json" for t in ("dup", "long", "canary"))   # the miniature's testbeds
-IMPLANT_FILES = TESTBED_FILES + tuple(f"data/mini/{t}/implants.json" for t in ("dup", "long", "canary"))   # and their implants
-
-STAGES = [
-    Stage("testbed", "03_testbed.ipynb", "The miniature: do the canaries stand apart?", TESTBED_FILES, settings=(),
-          folders=(("fig_dir", "figures"),), miniature=True),
-    Stage("extraction", "04_extraction.ipynb", "Which training images can be extracted?", TESTBED_FILES,
-          folders=(("state_dir", "state"),), ranks=True),   # the candidate scan's saved progress
-    Stage("quality", "05_quality.ipynb", "How good are the models' samples?", TESTBED_FILES,
-          folders=(("state_dir", "state"),), ranks=True),   # the FID samples made so far
-    Stage("adaptation", "10_adaptation.ipynb", "Stage 1: UnitMem, adapted to image AR models", TESTBED_FILES,
-          settings=("seed", "augmentations"), ranks=True),  # its demonstrations are sized by their own parameters
-    Stage("var_scales", "11_var_scales.ipynb", "Stage 2: where VAR memorizes, by scale and block", TESTBED_FILES, ranks=True),
-    Stage("rar_blocks", "12_rar_blocks.ipynb", "Stage 3: where RAR memorizes, by block", TESTBED_FILES, ranks=True),
-    Stage("intervention", "13_intervention.ipynb", "Stage 4: scaling the most memorizing units", TESTBED_FILES),
-    Stage("subset_robustness", "14_subset_robustness.ipynb", "Stage 5: robustness to the subset size", TESTBED_FILES, ranks=True),
-    Stage("implant", "03a_implant.ipynb", "Implanted memorization: known units", IMPLANT_FILES, settings=(), miniature=True),
-    Stage("localization", "15_localization.ipynb", "Which method finds the memorizing units?", IMPLANT_FILES, ranks=True),
-    Stage("ground_truth", "16_ground_truth.ipynb", "Ground truth: does the instrument find what is known?", IMPLANT_FILES,
-          settings=("seed", "augmentations"), miniature=True),
-    Stage("mitigation", "17_mitigation.ipynb", "Mitigations compared: which removes the most, and does it stay removed?",
-          IMPLANT_FILES + ("data/mini/dup/dedup/manifest.json",), miniature=True),   # the oracle: dup retrained without duplicates
-]
-
 class UsageError(ValueError):
     "The command line names something that does not exist (a stage)."
-
-def available_stages(root: Path | None = None, stages: list[Stage] | None = None) -> list[Stage]:
-    "The stages (default: `STAGES`) whose notebook exists, in order."
-    root = root or repo_root()
-    return [s for s in (STAGES if stages is None else stages) if (root / "nbs" / s.notebook).is_file()]
 
 def select_stages(stages: list[Stage], only: list[str] | None = None, start: str | None = None) -> list[Stage]:
     "The stages named by `--only` (any order given) or from `--from` on; all by default."
@@ -101,6 +60,7 @@ def _convert(value: str, default: str, key: str, settings: Settings):
         return settings.items_of(key)
     return value
 
+# %% ../nbs/20_reproduce.ipynb #e6caa04a
 def stage_parameters(stage: Stage, settings: Settings, root: Path | None = None) -> dict:
     "The papermill parameters of `stage` under `settings`; one `SettingsError` lists every setting that is missing or does not parse."
     import papermill as pm
@@ -126,10 +86,12 @@ def _sha(*chunks: bytes) -> str:
     for c in chunks: h.update(hashlib.sha256(c).digest())
     return h.hexdigest()
 
+# %% ../nbs/20_reproduce.ipynb #b7152cfb
 def _python(cell: str) -> str:
     "A code cell as Python: IPython magics and shell lines become `pass` (a cell magic's body, e.g. under `%%time`, is kept)."
     return "\n".join(l[:len(l) - len(l.lstrip())] + "pass" if l.lstrip().startswith(("%", "!")) else l for l in cell.splitlines())
 
+# %% ../nbs/20_reproduce.ipynb #7218b895
 def _module_names(source: str, every: set[str]) -> set[str]:
     "Names of the `memloc` modules that Python source imports (`import memloc.x`, `from memloc import x`, `from .x import`), uses (`memloc.x.f`) or names in a string (a registry's `\"memloc.x\"`); an f-string `memloc.{...}` names `every` one."
     try: tree = ast.parse(_python(source))
@@ -151,6 +113,7 @@ def _module_names(source: str, every: set[str]) -> set[str]:
                    for a, b in zip(parts, parts[1:])): out |= every
     return out
 
+# %% ../nbs/20_reproduce.ipynb #9be223a6
 def stage_modules(stage: Stage, root: Path | None = None) -> list[Path]:
     "The `memloc/*.py` files `stage`'s notebook imports, directly or through each other."
     root = root or repo_root()
@@ -165,6 +128,7 @@ def stage_modules(stage: Stage, root: Path | None = None) -> list[Path]:
         seen.add(m); todo |= _module_names(f.read_text(), every) - seen
     return [root / "memloc" / f"{m}.py" for m in sorted(seen)]
 
+# %% ../nbs/20_reproduce.ipynb #218e355f
 def stage_key(stage: Stage, params: dict, settings: Settings, root: Path | None = None, upstream: list[str] = ()) -> str:
     "A hash of everything a stage's results depend on: its notebook, parameters, input files, the modules it imports and the keys of the stages before it (`upstream`)."
     root = root or repo_root()
@@ -176,6 +140,7 @@ def stage_key(stage: Stage, params: dict, settings: Settings, root: Path | None 
     chunks += [str(k).encode() for k in upstream]
     return _sha(*chunks)
 
+# %% ../nbs/20_reproduce.ipynb #af0a3431
 def _state_path(settings: Settings) -> Path:
     return settings.path("runs_dir") / "state.json"
 
@@ -202,9 +167,7 @@ class StageFailed(RuntimeError):
 class RunLocked(RuntimeError):
     "Another `memloc reproduce` is running on the same output folders."
 
-CACHE_PATTERNS = ("*.pt", "*.seconds.json")  # resumable intermediate files a stage keeps in its folder (fingerprinted)
-KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log stays off the terminal (under Ctrl-C: its sockets closing)
-
+# %% ../nbs/20_reproduce.ipynb #da4222ce
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
@@ -233,6 +196,7 @@ def run_lock(settings: Settings):
     finally:
         os.ftruncate(fd, 0); fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
 
+# %% ../nbs/20_reproduce.ipynb #9f0bc570
 def _partial(settings: Settings, stage: Stage) -> tuple[Path, Path]:
     "The staging folders of `stage`: `<runs_dir>/.partial/<stage>/` (executed notebook, key) and `<figures_dir>/.partial/` (its outputs)."
     return settings.path("runs_dir") / ".partial" / stage.name, settings.path("figures_dir") / ".partial"
@@ -242,6 +206,9 @@ def _folders(stage: Stage, settings: Settings, staging: Path) -> dict:
     where = {"figures": lambda: staging / stage.name, "state": lambda: settings.path("runs_dir") / "tmp" / stage.name,
              "manifest": lambda: settings.path("manifest_path").parent}
     return {param: str(where[what]()) for param, what in stage.folders}
+
+# %% ../nbs/20_reproduce.ipynb #6070df23
+CACHE_PATTERNS = ("*.pt", "*.seconds.json")  # resumable intermediate files a stage keeps in its folder (fingerprinted)
 
 def prepare_stage(stage: Stage, settings: Settings, key: str) -> tuple[Path, Path]:
     "Staging folders for a run of `stage` under `key`: an interrupted run of the same key is resumed, any other is discarded; the live folder's caches are copied in."
@@ -262,6 +229,18 @@ def prepare_stage(stage: Stage, settings: Settings, key: str) -> tuple[Path, Pat
     new.mkdir(parents=True, exist_ok=True)
     return part, staging
 
+# %% ../nbs/20_reproduce.ipynb #4a25532c
+def _rel(p: Path, root: Path) -> str:
+    try: return str(p.relative_to(root))
+    except ValueError: return str(p)
+
+def relativize(path: Path, root: Path):
+    "Write the repository's location in an executed notebook as `.`-relative paths, so that it reads the same on any machine."
+    text = path.read_text()
+    new = text.replace(str(root) + "/", "").replace(str(root), ".")
+    if new != text: path.write_text(new)
+
+# %% ../nbs/20_reproduce.ipynb #c8bb2d9a
 def promote(stage: Stage, settings: Settings, root: Path | None = None):
     "Move a succeeded stage's outputs and executed notebook from its staging folders into place (the notebook then names where its outputs are)."
     root = root or repo_root()
@@ -287,6 +266,9 @@ def promote(stage: Stage, settings: Settings, root: Path | None = None):
     for d in (part.parent, staging):                      # the staging roots, once no stage is left in them
         try: d.rmdir()
         except OSError: pass
+
+# %% ../nbs/20_reproduce.ipynb #30ecd084
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log stays off the terminal (under Ctrl-C: its sockets closing)
 
 def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None = None, progress: bool = True,
               key: str = "", ranks: "Ranks | None" = None) -> float:
@@ -321,16 +303,6 @@ def run_stage(stage: Stage, params: dict, settings: Settings, root: Path | None 
     promote(stage, settings, root)
     return secs
 
-def _rel(p: Path, root: Path) -> str:
-    try: return str(p.relative_to(root))
-    except ValueError: return str(p)
-
-def relativize(path: Path, root: Path):
-    "Write the repository's location in an executed notebook as `.`-relative paths, so that it reads the same on any machine."
-    text = path.read_text()
-    new = text.replace(str(root) + "/", "").replace(str(root), ".")
-    if new != text: path.write_text(new)
-
 # %% ../nbs/20_reproduce.ipynb #b2e1d4f2
 @dataclass(frozen=True)
 class Ranks:
@@ -356,12 +328,12 @@ class Ranks:
                  [f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}", f"--master_addr={self.master_addr}", f"--master_port={self.master_port}"])
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.nproc}", *where]
 
-
 # %% ../nbs/20_reproduce.ipynb #c3f2e5a3
 def _rank_folders(part: Path, staging: Path, rank: int) -> tuple[Path, Path]:
     "(staging folder, executed notebook folder) of process `rank`: rank 0 writes the stage's own, the others a scratch folder in `part`."
     return (staging, part) if rank == 0 else (part / f"rank{rank}", part / f"rank{rank}")
 
+# %% ../nbs/20_reproduce.ipynb #eb995ac7
 def _relay(stream):
     "Copy `stream` (torchrun's stderr: the processes' messages and progress) to ours as it comes, until the returned event is set."
     import codecs, threading
@@ -372,10 +344,12 @@ def _relay(stream):
     t = threading.Thread(target=pump, daemon=True); t.start()
     return quiet, t
 
+# %% ../nbs/20_reproduce.ipynb #e9a690a1
 def rank_command(ranks: Ranks, job: Path) -> list[str]:
     "The command that starts this machine's processes of a job: torchrun, each process running `rank_main(job)`."
     return [*ranks.torchrun(), "--no-python", sys.executable, "-c", "import sys; from memloc.reproduce import rank_main; rank_main(sys.argv[1])", str(job)]
 
+# %% ../nbs/20_reproduce.ipynb #7ee1a14c
 def run_ranks(stage: Stage, params: dict, settings: Settings, root: Path, progress: bool, ranks: Ranks, env: dict):
     "Run `stage`'s notebook in every process of `ranks` under torchrun: each takes its share of the long passes, every one gets the merged results; rank 0's notebook and outputs are the stage's."
     part, staging = _partial(settings, stage)
@@ -401,6 +375,7 @@ def run_ranks(stage: Stage, params: dict, settings: Settings, root: Path, progre
                           + ("; ".join(why) if why else "a process stopped (its output is above)")
                           + "; the last good outputs are kept, and the same command resumes it")
 
+# %% ../nbs/20_reproduce.ipynb #fe715220
 def follow(settings: Settings, ranks: Ranks, poll: float = 2.0):
     "On machine `ranks.node_rank` > 0: start this machine's processes of every split stage machine 0 starts (its job files), until machine 0's run ends."
     partial, done, seen = settings.path("runs_dir") / ".partial", settings.path("runs_dir") / ".ranks-done", set()
@@ -418,6 +393,7 @@ def follow(settings: Settings, ranks: Ranks, poll: float = 2.0):
             print(f"{jf.parent.name}: {'done' if r.returncode == 0 else f'exit {r.returncode}'}", flush=True)
         time.sleep(poll)
 
+# %% ../nbs/20_reproduce.ipynb #195c6140
 def rank_main(job_path: str):
     "One process of `run_ranks` (started by torchrun): the stage's notebook with this process's folders, joined to the others through `memloc.shard`."
     import papermill as pm
@@ -442,7 +418,6 @@ def rank_main(job_path: str):
     finally:
         if out.is_file(): relativize(out, Path(job["env"]["MEMLOC_ROOT"]))
 
-
 # %% ../nbs/20_reproduce.ipynb #ba610c60
 def profile_checkpoints(settings: Settings) -> tuple[dict, list[str]]:
     "({setting: (family, preset, part)} that --check compares each file with, problems): the released models the profile's model lists name (`memloc.study.profile_models`)."
@@ -459,6 +434,7 @@ def profile_checkpoints(settings: Settings) -> tuple[dict, list[str]]:
             else: out.setdefault(key, (r.family, r.preset, part))
     return out, problems
 
+# %% ../nbs/20_reproduce.ipynb #5254697d
 def check_manifest(path: Path) -> tuple[list[str], list[str]]:
     "(what was checked, problems) of a testbed manifest: valid JSON, and each entry's file present, of its family and of its sha256."
     from memloc.testbed import sha256_file
@@ -483,6 +459,7 @@ def check_manifest(path: Path) -> tuple[list[str], list[str]]:
         else: checked.append(f"{fam}: {f.name} sha256 matches {path.name}")
     return checked, problems
 
+# %% ../nbs/20_reproduce.ipynb #1bf6ab3d
 def unread_settings(settings: Settings, stages: list[Stage] | None = None, root: Path | None = None) -> list[str]:
     "The keys of `settings` that no stage takes as a parameter and no stage notebook or `memloc` module names in quotes: set, but read by nothing."
     import papermill as pm
@@ -493,6 +470,7 @@ def unread_settings(settings: Settings, stages: list[Stage] | None = None, root:
                       *((root / "nbs" / s.notebook).read_text() for s in stages)])
     return [k for k in settings if k not in declared and not re.search(rf"""["']{re.escape(k)}\\?["']""", text)]
 
+# %% ../nbs/20_reproduce.ipynb #603b2947
 def check_profile(settings: Settings, stages: list[Stage] | None = None, root: Path | None = None) -> list[str]:
     "Validate everything a run of `stages` can know before it starts; returns what was checked, or raises one `SettingsError` listing every problem."
     root = root or repo_root()
@@ -569,6 +547,7 @@ def reproduce(profile: str = "mini", only: list[str] | None = None, start: str |
     print(f"report: {_rel(report, root)}")
     return state
 
+# %% ../nbs/20_reproduce.ipynb #eedc42cb
 @contextmanager
 def _ranks_done(settings: Settings, ranks: Ranks | None):
     "On several machines: tell the others (`follow`) when machine 0's run ends, however it ends."
@@ -577,8 +556,7 @@ def _ranks_done(settings: Settings, ranks: Ranks | None):
         if ranks is not None and ranks.nnodes > 1:
             (settings.path("runs_dir") / ".ranks-done").write_text(f"pid {os.getpid()} on {socket.gethostname()}, {time.time_ns()}\n")
 
-def _interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
-
+# %% ../nbs/20_reproduce.ipynb #5a698c7b
 def clean_state(settings: Settings, remove: bool = False) -> list[tuple[Path, int]]:
     "The resumable parts under `<runs_dir>/tmp/<stage>/` (saved scans, samples, training state) and the staging folders of interrupted stages (`.partial/` in `runs_dir` and `figures_dir`) with their bytes; with `remove`, deleted, under the run lock (never beneath a running study)."
     tmp = settings.path("runs_dir") / "tmp"
@@ -590,8 +568,9 @@ def clean_state(settings: Settings, remove: bool = False) -> list[tuple[Path, in
             for p, _ in found: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return found
 
-def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
-    "The `memloc` command (exit 0: done; 1: a stage failed or another run holds the lock; 2: bad settings or arguments; 130: interrupted)."
+# %% ../nbs/20_reproduce.ipynb #260eb429
+def _parser() -> argparse.ArgumentParser:
+    "The `memloc` command's arguments: its subcommands and their options."
     ap = argparse.ArgumentParser(prog="memloc", description="Run the memloc study.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("reproduce", help="run the stage notebooks of a profile and write its report")
@@ -617,7 +596,14 @@ def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
     cs = sub.add_parser("clean-state", help="list a profile's resumable parts (saved scans and samples under <runs_dir>/tmp); remove them with --yes")
     cs.add_argument("--profile", default="mini", help="a section of settings.ini (default: mini)")
     cs.add_argument("--yes", action="store_true", help="remove them (without it, nothing is removed)")
-    a = ap.parse_args(argv)
+    return ap
+
+# %% ../nbs/20_reproduce.ipynb #e34369d1
+def _interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
+
+def main(argv: list[str] | None = None, stages: list[Stage] | None = None):
+    "The `memloc` command (exit 0: done; 1: a stage failed or another run holds the lock; 2: bad settings or arguments; 130: interrupted)."
+    a = _parser().parse_args(argv)
     if a.cmd == "clean-state":
         try: found = clean_state(load_settings(a.profile), a.yes)
         except SettingsError as e: print(f"error: {e}", file=sys.stderr); raise SystemExit(2)
