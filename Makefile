@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= mini
 
-.PHONY: setup test check-sync nbdev-test pytest nbval reproduce smoke report docs clean-runs
+.PHONY: setup test check-sync nbdev-test pytest nbval reproduce smoke report docs lab clean-runs
 
 setup: $(STAMP)
 
@@ -67,3 +67,7 @@ report: $(STAMP)
 # The static site (report first, then every notebook with its outputs) into site/, checked offline.
 docs: $(STAMP)
 	$(BIN)/python -m memloc.report --profile $(PROFILE) --site
+
+# The notebooks in JupyterLab (nbs/start_here.md gives the reading order).
+lab: $(STAMP)
+	cd nbs && $(abspath $(BIN))/jupyter lab
