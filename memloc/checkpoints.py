@@ -20,9 +20,11 @@ __all__ = ['CHECKPOINT_KINDS', 'CheckpointError', 'CheckpointNotFound', 'load_to
 class CheckpointError(ValueError):
     "A checkpoint file is unreadable, of the wrong family, or does not match the model."
 
+# %% ../nbs/00_checkpoints.ipynb #06d71594
 class CheckpointNotFound(CheckpointError, FileNotFoundError):
     "The checkpoint file does not exist."
 
+# %% ../nbs/00_checkpoints.ipynb #1e01b3a0
 def load_torch_file(path: str | os.PathLike, # a torch file (`.pth`, `.pt`, `.bin`)
                     what: str = "checkpoint", # how to name the file in errors
                    ):
@@ -45,6 +47,7 @@ def load_torch_file(path: str | os.PathLike, # a torch file (`.pth`, `.pt`, `.bi
         kind = "truncated or corrupt" if head[:2] == b"PK" else "not a torch file"
         raise CheckpointError(f"{path} could not be loaded as a {what} ({kind}): {msg}") from None
 
+# %% ../nbs/00_checkpoints.ipynb #2d0b4c1e
 def read_state_dict(path: str | os.PathLike,   # a `.safetensors` file or a torch file (`.pth`, `.pt`, `.bin`)
                     prefix: str | None = None, # keep only the keys under `prefix`, with the prefix stripped
                    ) -> dict:
@@ -77,6 +80,7 @@ CHECKPOINT_KINDS = {  # the checkpoint kinds `checkpoint_family` recognizes -> h
     "rar": "RAR generator", "maskgit": "RAR tokenizer (MaskGIT VQGAN)",
     "llamagen": "LlamaGen generator (GPT)", "llamagen_vq": "LlamaGen tokenizer (VQ)"}
 
+# %% ../nbs/00_checkpoints.ipynb #ee683013
 def checkpoint_family(sd: dict) -> str:
     "'var', 'vqvae', 'rar', 'maskgit', 'llamagen', 'llamagen_vq' (see `CHECKPOINT_KINDS`) or 'unknown', from the key names."
     ks = set(sd)
@@ -88,6 +92,7 @@ def checkpoint_family(sd: dict) -> str:
     if "quantize.embedding.weight" in ks or any(k.startswith(("pixel_quantize", "pixel_decoder")) for k in ks): return "maskgit"
     return "unknown"
 
+# %% ../nbs/00_checkpoints.ipynb #9fb2d382
 def load_strict(module: nn.Module,        # the model part to fill
                 sd: dict,                 # its state dict, e.g. from `read_state_dict`
                 family: str,              # what `sd` must be: a kind in `CHECKPOINT_KINDS` (another kind: its keys are checked only)

@@ -19,6 +19,7 @@ __all__ = ['PATH_SUFFIXES', 'OUTPUT_KEYS', 'RULES', 'NotARepository', 'repo_root
 class NotARepository(FileNotFoundError):
     "The current folder is not inside a memloc repository, and a relative path needs one."
 
+# %% ../nbs/00_config.ipynb #7e9b63d0
 def repo_root(start: str | os.PathLike | None = None) -> Path:
     "The memloc repository root: `$MEMLOC_ROOT`, else the nearest parent of `start` (default: the current folder) holding `settings.ini` and `pyproject.toml`."
     if os.environ.get("MEMLOC_ROOT"):
@@ -31,6 +32,7 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
     raise NotARepository(f"{here} is not inside a memloc repository (no settings.ini beside a pyproject.toml in it or its "
                          "parents): run from the repository, set MEMLOC_ROOT, or give absolute paths")
 
+# %% ../nbs/00_config.ipynb #e5c69921
 def resolve(path: str | os.PathLike) -> Path:
     "An absolute path: `path` itself if absolute, else relative to the repository root."
     p = Path(path).expanduser()
@@ -40,11 +42,14 @@ def resolve(path: str | os.PathLike) -> Path:
 class SettingsError(ValueError):
     "A profile or one of its settings is missing or invalid."
 
+# %% ../nbs/00_config.ipynb #0df63912
 PATH_SUFFIXES = ("_path", "_dir", "_root")
 OUTPUT_KEYS = ("figures_dir", "runs_dir")  # path settings a run creates and writes; every other path is an input
 
+# %% ../nbs/00_config.ipynb #2291c9fc
 def _finite(x: float) -> bool: return x == x and x not in (float("inf"), float("-inf"))
 
+# %% ../nbs/00_config.ipynb #26572a98
 class Settings(dict):
     "One profile of `settings.ini`: a `str -> str` mapping with typed getters whose errors name file, section, key and value."
     def __init__(self, profile: str, values: dict, source: str | os.PathLike = "settings.ini", others: set | None = None):
@@ -91,12 +96,14 @@ class Settings(dict):
         "Every path-valued setting (non-empty, key ending in `_path`, `_dir` or `_root`), resolved."
         return {k: resolve(v) for k, v in self.items() if k.endswith(PATH_SUFFIXES) and v.strip()}
 
+# %% ../nbs/00_config.ipynb #c529550d
 def _unrepr(s: str) -> str:
     "configparser quotes the bad lines it reports: the line itself."
     import ast
     try: return str(ast.literal_eval(s)).strip()
     except (ValueError, SyntaxError): return s.strip()
 
+# %% ../nbs/00_config.ipynb #65300320
 def load_settings(profile: str = "mini", path: str | os.PathLike | None = None) -> Settings:
     "Read profile `profile` of `settings.ini` (the repository's, unless `path` names another)."
     path = Path(path) if path else repo_root() / "settings.ini"
@@ -116,6 +123,7 @@ def load_settings(profile: str = "mini", path: str | os.PathLike | None = None) 
     except (ValueError, AttributeError): raise SettingsError(f"MEMLOC_SET is not a JSON object of profiles: {os.environ['MEMLOC_SET']!r}") from None
     return Settings(profile, values, path, others)
 
+# %% ../nbs/00_config.ipynb #098b3bff
 def check_paths(settings: Settings, keys: list[str] | None = None) -> dict[str, Path]:
     "Resolve the path settings `keys` (default: every input path, not `OUTPUT_KEYS`); raise one `SettingsError` naming every missing one."
     if keys is None: items = {k: p for k, p in settings.paths().items() if k not in OUTPUT_KEYS}
@@ -142,6 +150,7 @@ RULES = {  # setting -> (getter, test of a value, what a valid value is): what `
     "dtype": ("str", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
 }
 
+# %% ../nbs/00_config.ipynb #d1077d67
 def check_settings(settings: Settings) -> list[str]:
     "Every problem with the values of `settings` that `RULES` knows of (type and range), one line each."
     problems = []
@@ -155,6 +164,7 @@ def check_settings(settings: Settings) -> list[str]:
         if bad: problems.append(f"{settings.where(key)} = {settings[key]!r}: {', '.join(map(repr, bad))} is not {what}")
     return problems
 
+# %% ../nbs/00_config.ipynb #9cdffbae
 def check_outputs(settings: Settings) -> list[str]:
     "Every output folder of `settings` (`OUTPUT_KEYS`) that cannot be created or written, one line each (creates nothing)."
     problems = []
@@ -177,6 +187,7 @@ def out_dir(profile: str, stage: str, root: str | os.PathLike | None = None) -> 
     d.mkdir(parents=True, exist_ok=True)
     return d
 
+# %% ../nbs/00_config.ipynb #d564747a
 def save_fig(fig, name: str, folder: str | os.PathLike, formats=("png", "pdf"), dpi: int = 120) -> list[Path]:
     "Save matplotlib `fig` as `folder/name.{png,pdf}` with byte-stable metadata; returns the paths."
     folder = resolve(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -189,6 +200,7 @@ def save_fig(fig, name: str, folder: str | os.PathLike, formats=("png", "pdf"), 
         out.append(p)
     return out
 
+# %% ../nbs/00_config.ipynb #29778e1a
 def save_table(df, name: str, folder: str | os.PathLike, float_format: str = "%.6g") -> Path:
     "Save a pandas DataFrame as `folder/name.csv` (no index unless it is named)."
     folder = resolve(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -197,6 +209,7 @@ def save_table(df, name: str, folder: str | os.PathLike, float_format: str = "%.
     df.to_csv(p, index=index, float_format=float_format, lineterminator="\n")
     return p
 
+# %% ../nbs/00_config.ipynb #aea9e856
 def _jsonable(o):
     import numpy as np
     if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
@@ -208,6 +221,7 @@ def _jsonable(o):
     if isinstance(o, float) and o != o: return None  # NaN -> null
     return o
 
+# %% ../nbs/00_config.ipynb #c571b246
 def read_json(path: str | os.PathLike, what: str = "JSON file"):
     "The JSON in `path`; a `SettingsError` names the file when it is missing, truncated or not JSON."
     p = resolve(path)
@@ -215,6 +229,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
     try: return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise SettingsError(f"{p} is not valid JSON (truncated or corrupt?): {e}") from None
 
+# %% ../nbs/00_config.ipynb #138e4437
 def save_json(obj, name: str, folder: str | os.PathLike) -> Path:
     "Save `obj` (dicts, lists, numbers, numpy and torch values) as `folder/name.json`, keys sorted."
     folder = resolve(folder); folder.mkdir(parents=True, exist_ok=True)

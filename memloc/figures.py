@@ -34,11 +34,13 @@ STYLE = {  # one look for every figure of the study
 COLORS = {"canary": "#d62728", "member": "#1f77b4", "non_member": "#7f7f7f",          # the attack's groups
           "none (before)": "#7f7f7f", "top UnitMem": "#d62728", "lowest UnitMem": "#1f77b4", "random": "#2ca02c"}
 
+# %% ../nbs/07_figures.ipynb #3c602e2c
 @contextmanager
 def style():
     "Draw inside `with style():` to get the study's look."
     with plt.rc_context(STYLE): yield
 
+# %% ../nbs/07_figures.ipynb #4e22621c
 def frame(title: str, claim: str | None = None, ncols: int = 1, nrows: int = 1, size=(4.2, 3.2), legend: float = 0):
     "A figure with a title stating what it shows and, under the axes, the paper's claim or number it is compared with; `legend` > 0 adds a column that wide (inches) for `side_legend`."
     widths = [size[0]] * ncols + ([legend] if legend else [])
@@ -51,6 +53,7 @@ def frame(title: str, claim: str | None = None, ncols: int = 1, nrows: int = 1, 
     if claim: fig.supxlabel(textwrap.fill(claim, int(16 * sum(widths))), fontsize=8, style="italic", color="0.25")
     return fig, axs
 
+# %% ../nbs/07_figures.ipynb #f7bf45b7
 def side_legend(fig, handles=None, labels=None, **kw):
     "The figure's legend, in the column `frame(legend=...)` kept for it."
     ax = fig.legend_ax
@@ -59,6 +62,7 @@ def side_legend(fig, handles=None, labels=None, **kw):
 # %% ../nbs/07_figures.ipynb #c44496b6
 GROUP_NAMES = {"canary": "canaries", "member": "other members", "non_member": "non-members"}
 
+# %% ../nbs/07_figures.ipynb #d5b5c890
 def extracted_vs_prefix(folder: Path):
     "Extraction stage: images extracted against the prefix length, per group, the headline prefix marked (`results.json`)."
     r = json.loads((Path(folder) / "results.json").read_text())
@@ -110,10 +114,12 @@ def _paper(folder: Path) -> pd.DataFrame:
     r = json.loads((Path(folder) / "results.json").read_text())
     return pd.DataFrame(r.get("paper", []), columns=["model", "family", "p", "extracted_before", "extracted_after", "fid_before", "fid_after"])
 
+# %% ../nbs/07_figures.ipynb #5561c85e
 def _families(folder: Path) -> dict:
     r = json.loads((Path(folder) / "results.json").read_text())
     return {m: e.get("family", m) for m, e in r["models"].items()}
 
+# %% ../nbs/07_figures.ipynb #67a4e715
 def headline(folder: Path):
     "Stage 4: extracted and FID before and after scaling the top, lowest and random units at the paper's settings (`headline.csv`)."
     t = pd.read_csv(Path(folder) / "headline.csv")
@@ -143,10 +149,12 @@ def headline(folder: Path):
     axs[0, 0].legend(loc="upper center", ncol=4, fontsize=7)
     return fig
 
+# %% ../nbs/07_figures.ipynb #44e46d27
 def _value(t, m, p, kind, col):
     r = t[(t.model == m) & (t.p == p) & (t.units == kind)]
     return float(r[col].iloc[0]) if len(r) and pd.notna(r[col].iloc[0]) else np.nan
 
+# %% ../nbs/07_figures.ipynb #d51c5c8f
 def _candidates(folder: Path) -> int:
     r = json.loads((Path(folder) / "results.json").read_text())
     return next(iter(sum(e["before"]["candidates"].values()) for e in r["models"].values()))
@@ -154,6 +162,7 @@ def _candidates(folder: Path) -> int:
 # %% ../nbs/07_figures.ipynb #861d93bf
 P_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
+# %% ../nbs/07_figures.ipynb #5a56ddf9
 def sweep(folder: Path):
     "Stage 4's sweep: extraction against FID for each share p of top units (marker) and factor (colour), random units and the unmodified model (`sweep.csv`, `headline.csv`)."
     from matplotlib.lines import Line2D
@@ -308,6 +317,7 @@ def var_maps(folder: Path, model: str = "var"):
             if len(ys): ax.scatter(xs, ys, s=30 + 200 * m[ys, xs] / m.max(), facecolors="none", edgecolors="red", linewidths=1.3)
     return fig
 
+# %% ../nbs/07_figures.ipynb #7677dff0
 def classes(folder: Path, model: str):
     "Stages 2 and 3: the classes of the images the top units peak on, against the classes' share of the measured points (`<model>_classes.csv`)."
     d = pd.read_csv(Path(folder) / f"{model}_classes.csv")
@@ -332,6 +342,7 @@ FIGURES = {  # stage -> figure name -> function of the stage folder (and the mod
     "subset_robustness": {"consistency": consistency, "mitigation": mitigation},
 }
 
+# %% ../nbs/07_figures.ipynb #0d4e303b
 def draw(stage: str,          # a key of FIGURES
          folder: Path,        # the stage's folder of saved tables
          names: list | None = None, # only these figures (default: all of the stage's)
@@ -350,11 +361,13 @@ def draw(stage: str,          # a key of FIGURES
             plt.close(fig)
     return out
 
+# %% ../nbs/07_figures.ipynb #880c5408
 def stage_folders(figs: Path, stage: str) -> list[Path]:
     "Every folder of `stage`'s results under `figs`, one per testbed."
     figs = Path(figs)
     return [d for d in [figs / stage, *sorted(figs.glob(f"*/{stage}")), *sorted(figs.glob(f"{stage}_*"))] if d.is_dir()]
 
+# %% ../nbs/07_figures.ipynb #2cdd9bf6
 def redraw(profile: str = "mini", # a profile of settings.ini
            formats=("png", "pdf"),
           ) -> list[Path]:

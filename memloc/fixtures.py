@@ -21,6 +21,7 @@ def fixtures_dir() -> Path:
     from memloc.config import repo_root
     return repo_root().parent / "shared" / "fixtures"
 
+# %% ../nbs/00_fixtures.ipynb #4e81b72d
 def load_fixture(name: str,                 # e.g. "var_tiny", "rar_tiny", "maskgit_tiny", "llamagen_tiny"
                  folder: Path | None = None, # default: `fixtures_dir()`
                 ) -> tuple[dict, dict]:
@@ -48,6 +49,7 @@ def _call_kwargs(text: str, fn: str) -> dict | None:
         if v is not Ellipsis: out[k.arg] = v
     return out
 
+# %% ../nbs/00_fixtures.ipynb #4c7c4dc0
 def _same_with(text: str) -> dict:
     "The overrides of a description that reads 'same with a=1, b=2.0 ...'."
     if not text.startswith("same with"): return {}

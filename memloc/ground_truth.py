@@ -26,6 +26,7 @@ def unitmem_points(split: MiniSplit, labels, extra, per_class: int, seed: int = 
             for c in labels.unique().tolist()]
     return sorted(set(torch.cat([torch.as_tensor(extra, dtype=torch.long), *pick]).tolist()))
 
+# %% ../nbs/16_ground_truth.ipynb #1c30193f
 def unitmem_units(model, images, labels, points, augmentations: int = 4, seed: int = 0, batch_size: int = 64):
     "UnitMem unit scores `[blocks, hidden]` (max over groups) and each unit's argmax point at its best group."
     st = measure(model, (images, labels), Augment(model.image_size, hflip=False), augmentations, batch_size,
@@ -34,6 +35,7 @@ def unitmem_units(model, images, labels, points, augmentations: int = 4, seed: i
     best = um.argmax(0)
     return unit_scores(um, "max"), st.argmax.gather(0, best[None])[0]
 
+# %% ../nbs/16_ground_truth.ipynb #e9392c56
 def recall_at(scores: torch.Tensor, units) -> float:
     "Recall@|S|: the share of S among the |S| top-scored units (ties to the lower index)."
     units = torch.as_tensor(units, dtype=torch.long)
@@ -104,6 +106,7 @@ def testbed_checks(family: str, testbed: str, augmentations: int = 4, seed: int 
 REGIME_RULES = {"members_extracted_max": 0.05, "non_members_extracted_max": 0.01, "top_count_share_min": 0.8,
                 "extracted_total_min": 40, "auc_range": (0.6, 0.95), "dup_stream_share_max": 0.10}
 
+# %% ../nbs/16_ground_truth.ipynb #bd3f150c
 def regime_checks(r: dict, rules: dict = REGIME_RULES) -> dict:
     "Does a testbed (a `testbed_checks` record) behave like the released models: members rarely extracted, non-members never, extraction rising with copies (rank correlation above 0, the most copied mostly extracted), enough extracted images to compare, membership measurable but not total, and few extra copies?"
     top = max(r["extraction_by_count"], key=lambda b: b["count"])

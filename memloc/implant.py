@@ -38,11 +38,13 @@ def implant_units(grid: tuple[int, int],  # (blocks, hidden) of the model
     flat = torch.randperm(nb * h, generator=torch.Generator().manual_seed(int(seed)))[:k]
     return as_units(torch.stack([flat // h, flat % h], 1), grid)
 
+# %% ../nbs/03a_implant.ipynb #0710173c
 def implant_pool(split: MiniSplit) -> tuple[torch.Tensor, str]:
     "Points the model never saw that implants are drawn from: the unused ones, else the non-members."
     unused = torch.from_numpy(np.nonzero(split.groups() == "unused")[0]).long()
     return (unused, "unused") if len(unused) else (split.non_members.clone(), "non_member")
 
+# %% ../nbs/03a_implant.ipynb #913068a7
 def choose_implants(split: MiniSplit, n: int, seed: int) -> torch.Tensor:
     "`n` seeded implant images (indices into the digits) from `implant_pool`."
     pool, _ = implant_pool(split)
@@ -63,6 +65,7 @@ def unit_masks(model, units) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
             out.append((p, m.index_fill_(dim, u.to(p.device), True)))
     return out
 
+# %% ../nbs/03a_implant.ipynb #3e3715a8
 def frozen_outside(model, before: dict, units) -> bool:
     "True when every parameter and buffer equals `before` (a state dict) bit for bit outside S's entries."
     masks = {id(p): m for p, m in unit_masks(model, units)}
@@ -88,6 +91,7 @@ class unit_outputs:
         for h in self.hooks: h.remove()
         self.hooks = []
 
+# %% ../nbs/03a_implant.ipynb #545e424a
 @torch.no_grad()
 def s_outputs(model, units, tokens_NL, labels_N, batch_size: int = 128) -> dict:
     "S's unit outputs `{block: [N, T, k_b]}` over teacher-forced passes of the given points."
@@ -97,7 +101,6 @@ def s_outputs(model, units, tokens_NL, labels_N, batch_size: int = 128) -> dict:
             model.logits(tokens_NL[i:i + batch_size], labels_N[i:i + batch_size])
             for b, v in cap.got.items(): parts.setdefault(b, []).append(v.float())
     return {b: torch.cat(v) for b, v in parts.items()}
-
 
 # %% ../nbs/03a_implant.ipynb #d86e5b9e
 def train_units(model, units,              # the adapter and S `[k, 2]`
@@ -164,6 +167,7 @@ def save_implant(model, units, path, base_sha256: str) -> Path:
     save_file({k: v.contiguous() for k, v in t.items()}, str(path), metadata={"base_sha256": base_sha256})
     return path
 
+# %% ../nbs/03a_implant.ipynb #34988e17
 @torch.no_grad()
 def apply_implant(model, path, units=None, base_sha256: str | None = None):
     "Write the implant file's values into `model` (its base); checks S and the base's sha256 when given."
@@ -193,6 +197,7 @@ def calibrated_similarity(model, images, split: MiniSplit, exclude=None, backend
     from memloc.extraction import calibrate_attack
     return calibrate_attack(model, images, split, backend, calib_members, seed, quantile, batch_size, exclude).backend
 
+# %% ../nbs/03a_implant.ipynb #df188bed
 @torch.no_grad()
 def extracted_ids(model, images, labels, ids, sim, prefix: int) -> list[int]:
     "Which of `ids` the attack extracts at `prefix`."
@@ -218,10 +223,12 @@ class ImplantSettings:
     fid_samples: int = 500
     threads: int = 1
 
+# %% ../nbs/03a_implant.ipynb #615ef116
 def implant_dir(testbed: str) -> Path:
     "The folder of a testbed's implants: beside its manifest."
     return testbed_manifest(testbed).parent / "implants"
 
+# %% ../nbs/03a_implant.ipynb #0f259bdf
 def _share(n: int, d: int) -> float: return n / d if d else 0.0
 
 # %% ../nbs/03a_implant.ipynb #73694b09
@@ -296,8 +303,10 @@ class Implant:
     split: MiniSplit           # the base testbed's split
     record: dict = field(default_factory=dict)
 
+# %% ../nbs/03a_implant.ipynb #abdbcff7
 def implants_path(testbed: str) -> Path: return testbed_manifest(testbed).parent / "implants.json"
 
+# %% ../nbs/03a_implant.ipynb #4938d8f3
 def add_implant(testbed: str, rec: dict) -> Path:
     "Write one implant's record into the testbed's `implants.json` (replacing the same family, rate and seed), under a lock."
     import fcntl
@@ -309,6 +318,7 @@ def add_implant(testbed: str, rec: dict) -> Path:
         recs[rec["family"]] = sorted(fam, key=lambda r: (-r["rate"], r["seed"]))
         return save_json(dict(sorted(recs.items())), p.name, p.parent)
 
+# %% ../nbs/03a_implant.ipynb #848b08e5
 def read_implants(testbed: str) -> dict:
     "`{family: [record, ...]}` of a testbed (empty when none were made)."
     p = implants_path(testbed)
@@ -316,6 +326,7 @@ def read_implants(testbed: str) -> dict:
     try: return json.loads(p.read_text())
     except json.JSONDecodeError as e: raise TestbedError(f"{p} is not valid JSON ({e})") from None
 
+# %% ../nbs/03a_implant.ipynb #2b42ed62
 def load_implants(family: str, testbed: str = "long", valid_only: bool = False) -> list[Implant]:
     "Every implant of `family` in `testbed` (only the valid ones with `valid_only`)."
     out = []

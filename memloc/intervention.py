@@ -19,7 +19,7 @@ from .stats import detectable, empirical_p, top_count
 
 # %% auto #0
 __all__ = ['QUALITY_KEYS', 'PAPER', 'unit_grid', 'as_units', 'scale_units', 'unit_scores', 'select_units', 'random_like',
-           'AllTokens', 'Probe', 'evaluate', 'run_setting', 'setting_rows', 'reduction']
+           'AllTokens', 'Probe', 'evaluate', 'run_setting', 'setting_rows', 'reduction', 'sample_ids', 'make_probe']
 
 # %% ../nbs/13_intervention.ipynb #bf675855
 def unit_grid(model) -> tuple[int, int]:
@@ -30,6 +30,7 @@ def unit_grid(model) -> tuple[int, int]:
     if len(widths) != 1: raise ValueError(f"fc1 widths differ across blocks: {sorted(widths)}")
     return len(blocks), widths.pop()
 
+# %% ../nbs/13_intervention.ipynb #d56853a3
 def as_units(units, grid: tuple[int, int]) -> torch.Tensor:
     "A selection as a LongTensor `[k, 2]` of distinct `(block, unit)` pairs inside `grid`, sorted."
     u = torch.as_tensor(units, dtype=torch.long).cpu()
@@ -95,6 +96,7 @@ def unit_scores(um: torch.Tensor, # UnitMem [G, blocks, hidden] (or already [blo
     if not torch.isfinite(s).all(): raise ValueError("unit scores contain NaN or infinite values")
     return s
 
+# %% ../nbs/13_intervention.ipynb #217d1818
 def select_units(scores: torch.Tensor,   # [blocks, hidden] unit scores
                  p: float,               # percent of units
                  per_block: bool = False,# rank within each block (p% of every block)
@@ -172,8 +174,10 @@ class Probe:
         if self.recon_embedding is None: self.recon_embedding = self.backend.embed_all(decode_all(model, self.tokens, self.batch_size), self.batch_size)
         return self
 
+# %% ../nbs/13_intervention.ipynb #200d45f7
 QUALITY_KEYS = ("fid", "is_mean", "kid_mean", "precision", "recall")
 
+# %% ../nbs/13_intervention.ipynb #363f16e6
 @torch.no_grad()
 def evaluate(model, probe: Probe,
              n_samples: int = 0,                       # samples for the quality metrics (0: none)
@@ -245,6 +249,7 @@ def _row(ev: dict, **keys) -> dict:
     r.update({k: (ev.get("quality") or {}).get(k) for k in QUALITY_KEYS})
     return r
 
+# %% ../nbs/13_intervention.ipynb #bca98c82
 def setting_rows(model_name: str, before: dict, res: dict, before_headline: dict | None = None) -> list[dict]:
     "Rows of one setting: before / top at the headline sample count (if any), then before / top / lowest / random (each seed, mean, std)."
     k = dict(model=model_name, p=res["p"], factor=res["factor"], n_units=res["n_units"])
@@ -265,6 +270,7 @@ def setting_rows(model_name: str, before: dict, res: dict, before_headline: dict
         rows.append(dict(k, units="random std", n_samples=rand[0]["n_samples"], **df.std(numeric_only=True, ddof=1 if len(df) > 1 else 0).to_dict()))
     return rows
 
+# %% ../nbs/13_intervention.ipynb #e39605cc
 def reduction(before: float, after: float) -> float | None:
     "Relative drop in percent (None when there was nothing before)."
     return None if not before else 100.0 * (before - after) / before
@@ -276,3 +282,51 @@ PAPER = pd.DataFrame([
     dict(model="RAR-XXL", family="rar", p=1.0, extracted_before=75, extracted_after=68, fid_before=1.48, fid_after=3.21),
     dict(model="RAR-XXL", family="rar", p=10.0, extracted_before=75, extracted_after=13, fid_before=1.48, fid_after=7.3),
 ])
+
+# %% ../nbs/13_intervention.ipynb #29e81358
+def sample_ids(pool: torch.Tensor, # ids to draw from
+               k: int | None,      # how many (None: all)
+               seed: int,
+               salt: int,          # one draw per salt: members 1, non-members 2
+              ) -> torch.Tensor:
+    "`k` ids of `pool` drawn with seed `seed * 1000 + salt`, sorted; all of `pool` when `k` is None or not smaller than it."
+    g = torch.Generator().manual_seed(seed * 1000 + salt)
+    return pool if k is None or k >= len(pool) else pool[torch.randperm(len(pool), generator=g)[:k]].sort().values
+
+# %% ../nbs/13_intervention.ipynb #25bcbee3
+def make_probe(name: str, model, split, settings, *,  # a study model, its split and the profile's settings
+               profile: str, seed: int, batch_size: int,
+               digits=None, digit_labels=None,  # miniature: the testbed's images and labels
+               backend: str = "pixel-ncc", calib_members: int = 100, calib_quantile: float = 1.0,
+               n_members: int | None = 10, n_non_members: int | None = 10,  # miniature: sampled members, non-members
+               prefix: int | None = None,       # forced prefix (None: the model's headline prefix)
+               reference: bool = True,          # miniature: the members' images are the FID reference (else the profile's)
+               sampler: dict | None = None,     # options of `generate` for the quality samples
+               subset_fraction: float = 0.1, testbed: str = "dup", per_class: int = 5, device: str = "cpu",  # full scale
+              ) -> tuple:
+    "`(probe, calibration record)` of one model: the attack's `Probe`, built as the extraction stage builds its attack."
+    prefix = model.headline_prefix() if prefix is None else int(prefix)
+    sampler = {} if sampler is None else sampler
+    if profile == "mini":
+        from memloc.extraction import calibrate_attack
+        c = calibrate_attack(model, digits, split, backend, calib_members, seed, calib_quantile, batch_size)   # as the extraction stage
+        sim, thr, pool = c.backend, c.backend.threshold, c.indices
+        others = split.members[~torch.isin(split.members, split.canaries)]
+        mem, non = sample_ids(others, n_members, seed, 1), sample_ids(split.non_members, n_non_members, seed, 2)
+        ids = torch.cat([split.canaries, mem, non])
+        grp = ["canary"] * len(split.canaries) + ["member"] * len(mem) + ["non_member"] * len(non)
+        probe = Probe(digits[ids], digit_labels[ids], ids, grp, sim, [prefix], digits[split.members] if reference else None,
+                      profile, seed, batch_size, sampler)
+        cal = dict(backend=backend, threshold=thr, quantile=calib_quantile, pool=len(pool), prefix=prefix)
+        try:   # the extraction stage's own record, for comparison (not used)
+            from memloc.extraction import load_attack
+            cal["extraction_stage"] = {k: v for k, v in load_attack(name, profile)["entry"].items() if k in ("threshold", "prefix", "backend")}
+        except (FileNotFoundError, KeyError, ImportError): pass
+        return probe, cal
+    from memloc.extraction import make_backend, scan_candidates, scan_state
+    from memloc.study import study_points
+    pts = study_points(profile, "members", subset_fraction, seed, testbed=testbed)
+    keep, imgs, labels, _ = scan_candidates(model, pts.dataset.source, pts.indices, per_class, batch_size, scan_state(settings, name))   # streamed; the extraction stage's scan, if it ran on these points
+    sim = make_backend("sscd", path=settings.path("sscd_path"), device=device)   # as the extraction stage at full scale: SSCD > 0.75
+    probe = Probe(imgs, labels, pts.indices[keep], ["member"] * len(keep), sim, [prefix], None, profile, seed, batch_size, sampler)
+    return probe, dict(backend=sim.name, threshold=sim.threshold, prefix=prefix, per_class=per_class)

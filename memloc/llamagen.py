@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoints import CheckpointError, load_strict, read_state_dict
-from .rar import RARModel, _autocast, sample_next
+from .rar import RARModel, generator_autocast, sample_next
 
 # %% auto #0
 __all__ = ['preset_config', 'RELEASED_MODELS', 'VQConfig', 'swish', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Level',
@@ -42,9 +42,16 @@ class VQConfig:
     @property
     def grid(self) -> int: return self.image_size // self.downsample
 
+# %% ../nbs/02a_llamagen.ipynb #f9e54d9d
 def _gn(c): return nn.GroupNorm(32, c, eps=1e-6)
+
+# %% ../nbs/02a_llamagen.ipynb #86a2e5f3
 def _c3(cin, cout, stride=1, padding=1): return nn.Conv2d(cin, cout, 3, stride, padding)
+
+# %% ../nbs/02a_llamagen.ipynb #278dccce
 def _c1(cin, cout): return nn.Conv2d(cin, cout, 1)
+
+# %% ../nbs/02a_llamagen.ipynb #71cb99b7
 def swish(x): return x * torch.sigmoid(x)
 
 # %% ../nbs/02a_llamagen.ipynb #093b3905
@@ -59,6 +66,7 @@ class ResnetBlock(nn.Module):
         h = self.conv2(swish(self.norm2(self.conv1(swish(self.norm1(x))))))
         return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
 
+# %% ../nbs/02a_llamagen.ipynb #1832498c
 class AttnBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()
@@ -76,10 +84,12 @@ class Downsample(nn.Module):
     def __init__(self, c): super().__init__(); self.conv = _c3(c, c, stride=2, padding=0)
     def forward(self, x): return self.conv(F.pad(x, (0, 1, 0, 1)))              # pad right and bottom only
 
+# %% ../nbs/02a_llamagen.ipynb #2beac6ae
 class Upsample(nn.Module):
     def __init__(self, c): super().__init__(); self.conv = _c3(c, c)
     def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
+# %% ../nbs/02a_llamagen.ipynb #c0c562c3
 class Level(nn.Module):
     "One resolution: `res` blocks, each followed by an `attn` block at the deepest level only, then a resampler."
     def __init__(self, cin: int, cout: int, n: int, attn: bool, resample: str | None = None):
@@ -111,6 +121,7 @@ class Encoder(nn.Module):
         for m in (*self.conv_blocks, *self.mid): h = m(h)
         return self.conv_out(swish(self.norm_out(h)))                      # B z h w
 
+# %% ../nbs/02a_llamagen.ipynb #f6db6b56
 class Decoder(nn.Module):
     "Levels from deepest to shallowest: `conv_blocks.0` is the deepest (unlike taming's `up[i]`)."
     def __init__(self, cfg: VQConfig):
@@ -184,6 +195,7 @@ class VQModel(nn.Module):
 # %% ../nbs/02a_llamagen.ipynb #7e1f66f0
 def find_multiple(n: int, k: int) -> int: return n if n % k == 0 else n + k - n % k
 
+# %% ../nbs/02a_llamagen.ipynb #28b24ee0
 @dataclass
 class GPTConfig:
     dim: int = 768                        # width C
@@ -220,6 +232,7 @@ def precompute_freqs_cis_2d(grid: int, head_dim: int, base: int = 10000, cls_tok
     cache = torch.stack([f_ggD.cos(), f_ggD.sin()], -1).flatten(0, 1)
     return torch.cat([torch.zeros(cls_token_num, half, 2), cache])
 
+# %% ../nbs/02a_llamagen.ipynb #ff11ddb8
 def apply_rotary_emb(x_BTHD, fc_TD2):
     "Rotate the interleaved pairs `(x[2k], x[2k+1])` of every head, in float32."
     xs = x_BTHD.float().reshape(*x_BTHD.shape[:-1], -1, 2)
@@ -236,6 +249,7 @@ class RMSNorm(nn.Module):
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
+# %% ../nbs/02a_llamagen.ipynb #a865d727
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -264,6 +278,7 @@ class FeedForward(nn.Module):
         self.act, self.ffn_dropout = nn.Identity(), nn.Dropout(cfg.ffn_dropout_p)
     def forward(self, x): return self.ffn_dropout(self.w2(self.act(F.silu(self.w1(x)) * self.w3(x))))
 
+# %% ../nbs/02a_llamagen.ipynb #0a4fc553
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -275,6 +290,7 @@ class TransformerBlock(nn.Module):
         h = x_BTC + a
         return h + self.feed_forward(self.ffn_norm(h)), kv
 
+# %% ../nbs/02a_llamagen.ipynb #c83994e6
 class LabelEmbedder(nn.Module):
     def __init__(self, num_classes: int, dim: int, dropout_prob: float):
         super().__init__()
@@ -330,6 +346,7 @@ def guided_at(t: int, cfg_scale: float, cfg_interval: float = -1) -> bool:
     "Whether token t is sampled from guided logits: cfg_scale > 1, and with `cfg_interval > -1` only up to token cfg_interval + 1."
     return cfg_scale > 1.0 and not (cfg_interval > -1 and t > cfg_interval + 1)
 
+# %% ../nbs/02a_llamagen.ipynb #69ee9d35
 @torch.no_grad()
 def llamagen_generate(model: LlamaGen, labels_B, cfg_scale=1.0, cfg_interval=-1, temperature=1.0, top_k=0, top_p=0.0,
                       greedy=False, prefix_Bn=None, generator=None, kv_cache=True, return_logits=False):
@@ -373,6 +390,7 @@ def tokenizer_loss(tok: VQModel, img_B3HW: torch.Tensor, beta: float = 0.25, cod
 # %% ../nbs/02a_llamagen.ipynb #5c83ef00
 _WRAPPERS = ("model", "module", "state_dict")                        # the official loaders' order
 
+# %% ../nbs/02a_llamagen.ipynb #c9fb59bd
 def read_released(path: str | os.PathLike,  # a released LlamaGen file (.pt / .pth / .bin) or a .safetensors file
                   ema: bool = False,        # take the "ema" weights where the file has them
                  ) -> dict:
@@ -408,6 +426,7 @@ def load_pretrained(files: dict, config: dict | str, device="cpu") -> LlamaGenMo
 _RELEASED = dict(llamagen_b=(768, 12, 12, 256), llamagen_l=(1024, 24, 16, 256), llamagen_xl=(1280, 36, 20, 384),
                  llamagen_xxl=(1536, 48, 24, 384), llamagen_3b=(3200, 24, 32, 384))   # dim, layers, heads, released px
 
+# %% ../nbs/02a_llamagen.ipynb #703b045b
 def llamagen_config(name: str = "mini",             # llamagen_b, _l, _xl, _xxl, _3b (released sizes), llamagen_smoke or mini
                     image_size: int | None = None,   # released sizes: 256 or 384 (default: the released file's)
                    ) -> dict:
@@ -427,6 +446,7 @@ def llamagen_config(name: str = "mini",             # llamagen_b, _l, _xl, _xxl,
     return dict(family="llamagen", name=name, tokenizer=asdict(tok), generator=asdict(gen),
                 prefix_tokens=[0, 1, 5, 14, 30], prefix_ref_len=256, score_tokens=100)
 
+# %% ../nbs/02a_llamagen.ipynb #1b4f7575
 preset_config = llamagen_config   # the family's common name for its presets
 RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
     "LlamaGen-B": ("llamagen_b", "llamagen_vq_path", "llamagen_b_path"),        # c2i_B_256.pt
@@ -472,12 +492,14 @@ def _tokenize(self, img_B3HW) -> torch.Tensor:
     with torch.autocast(self.device.type, enabled=False):              # the tokenizer always runs in float32
         return self.tokenizer.encode(img_B3HW.to(self.device).float() * 2 - 1)
 
+# %% ../nbs/02a_llamagen.ipynb #0cb91642
 @torch.no_grad()
 def _decode(self, tokens_BL) -> torch.Tensor:
     "Images (B, 3, H, W) in [0, 1]: the decoder's output clamped to [-1, 1], as the official sampler saves it."
     with torch.autocast(self.device.type, enabled=False):
         return self.tokenizer.decode_code(self._check_tokens(tokens_BL)).clamp(-1, 1).add(1).mul(0.5)
 
+# %% ../nbs/02a_llamagen.ipynb #ae37f1a6
 def _check_tokens(self, tokens_BL):
     if tokens_BL.dim() != 2 or tokens_BL.shape[1] != self.seq_len:
         raise ValueError(f"expected tokens (B, {self.seq_len}), got {tuple(tokens_BL.shape)}")
@@ -485,20 +507,23 @@ def _check_tokens(self, tokens_BL):
         raise ValueError(f"token ids must be in [0, {self.vocab_size}), got [{tokens_BL.min().item()}, {tokens_BL.max().item()}]")
     return tokens_BL.to(self.device).long()
 
+# %% ../nbs/02a_llamagen.ipynb #fefd3f2b
 def _cond(self, labels_B):
     labels_B = torch.as_tensor(labels_B, device=self.device).long()
     if labels_B.min() < 0 or labels_B.max() >= self.num_classes: raise ValueError(f"labels must be in [0, {self.num_classes})")
     return labels_B
 
+# %% ../nbs/02a_llamagen.ipynb #0a212324
 LlamaGenModel.tokenize, LlamaGenModel.decode, LlamaGenModel._check_tokens, LlamaGenModel._cond = _tokenize, _decode, _check_tokens, _cond
 LlamaGenModel.reconstruct, LlamaGenModel._forced_prefix = RARModel.reconstruct, RARModel._forced_prefix
 
 # %% ../nbs/02a_llamagen.ipynb #59493786
 def _logits(self, tokens_BL, labels_B) -> torch.Tensor:
     "Teacher-forced raster logits [B, L, V]: logits[:, l] predicts tokens[:, l] (the official eval call, all L codes fed)."
-    with _autocast(self.device):
+    with generator_autocast(self.device):
         return self.generator(self._check_tokens(tokens_BL), self._cond(labels_B))[0][:, :self.seq_len].float()
 
+# %% ../nbs/02a_llamagen.ipynb #885995cb
 def _loss(self, tokens_BL, labels_B, random_ratio: float = 0.0, cond_drop_prob: float = 0.0, generator=None) -> torch.Tensor:
     "Training cross-entropy (the official call: codes[:, :-1] fed), labels dropped to the null class with `cond_drop_prob`."
     if random_ratio != 0: raise ValueError(f"LlamaGen trains in raster order only: random_ratio must be 0, got {random_ratio}")
@@ -506,10 +531,11 @@ def _loss(self, tokens_BL, labels_B, random_ratio: float = 0.0, cond_drop_prob: 
     if cond_drop_prob > 0:
         drop = (torch.rand(len(cond), generator=generator) < cond_drop_prob).to(self.device)
         cond = torch.where(drop, torch.full_like(cond, self.num_classes), cond)
-    with _autocast(self.device):
+    with generator_autocast(self.device):
         logits = self.generator(tokens_BL[:, :-1], cond)[0]
     return F.cross_entropy(logits.float().reshape(-1, self.vocab_size), tokens_BL.reshape(-1))
 
+# %% ../nbs/02a_llamagen.ipynb #6ba8717d
 LlamaGenModel.logits, LlamaGenModel.loss = _logits, _loss
 
 # %% ../nbs/02a_llamagen.ipynb #c120e5bf
@@ -517,18 +543,21 @@ LlamaGenModel.logits, LlamaGenModel.loss = _logits, _loss
 def _generate(self, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0, top_k: int = 0,
               top_p: float = 0.0, greedy: bool = False, generator=None, cfg_interval: float = -1, kv_cache: bool = True):
     "Raster tokens [B, L]; the first `n_prefix` copied from `prefix_BL`; `cfg` is LlamaGen's guidance scale (<= 1: none)."
-    with _autocast(self.device):
+    with generator_autocast(self.device):
         return llamagen_generate(self.generator, self._cond(labels_B), cfg, cfg_interval, temperature, top_k, top_p, greedy,
                                  self._forced_prefix(prefix_BL, n_prefix), generator, kv_cache)
 
+# %% ../nbs/02a_llamagen.ipynb #9829c52e
 def _mlp_blocks(self):
     "(unit row: w3 or w1, act whose output is h = silu(w1 x) * w3 x, w2) per block."
     return [(getattr(l.feed_forward, self.unit_row), l.feed_forward.act, l.feed_forward.w2) for l in self.generator.layers]
 
+# %% ../nbs/02a_llamagen.ipynb #34d38be5
 def _unit_groups(self):
     "The unit's tokens: the L image-code positions after the class token."
     return [(1, self.seq_len + 1)]
 
+# %% ../nbs/02a_llamagen.ipynb #926b59cd
 LlamaGenModel.generate, LlamaGenModel.mlp_blocks, LlamaGenModel.unit_groups = _generate, _mlp_blocks, _unit_groups
 LlamaGenModel.prefix_lengths, LlamaGenModel.score_range = RARModel.prefix_lengths, RARModel.score_range
 LlamaGenModel.generation_steps, LlamaGenModel.headline_prefix = RARModel.generation_steps, RARModel.headline_prefix

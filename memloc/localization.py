@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .intervention import as_units, scale_units, select_units, unit_grid, unit_scores
-from .unitmem import UnitCapture, _autocast, measure
+from .shard import run_tasks   # the study's pieces in worker processes (`from memloc.localization import run_tasks` keeps working)
+from .unitmem import UnitCapture, autocast, measure
 from .var_scales import model_fingerprint
 
 # %% auto #0
@@ -34,13 +35,14 @@ __all__ = ['METHODS', 'VARIANT_RUNNERS', 'COLORS', 'NothingToLocalize', 'audit_s
            'matched_compute', 'fingerprint', 'probe_fingerprint', 'ResultCache', 'count_in', 'attack_and_fid',
            'mitigation', 'empirical_p', 'min_detectable', 'by_chance', 'testbed_model', 'training_points',
            'unitmem_stats', 'audit_probe', 'testbed_attack', 'cached_attack', 'study_inputs', 'method_scores',
-           'benchmark', 'study_task', 'run_tasks', 'results_entry', 'random_entry', 'headline_table', 'pareto_front',
-           'plot_pareto', 'plot_recall', 'plot_compute']
+           'benchmark', 'study_task', 'results_entry', 'random_entry', 'headline_table', 'pareto_front', 'plot_pareto',
+           'plot_recall', 'plot_compute']
 
 # %% ../nbs/15_localization.ipynb #e859fc41
 class NothingToLocalize(ValueError):
     "The attack left no target or no reference on a model: the benchmark skips it and says why."
 
+# %% ../nbs/15_localization.ipynb #0597d065
 def audit_sets(attack: dict,                 # `memloc.extraction.load_attack(...)`: indices, groups, extracted
                members: torch.Tensor,         # data set indices of the training images
                target_fraction: float = 0.5,  # share of the extracted training images given to the methods
@@ -99,13 +101,16 @@ class Method:
     uses_targets: bool    # needs to be told which images were memorized
     knows: str            # the information it uses, in words
 
+# %% ../nbs/15_localization.ipynb #4528efa1
 METHODS: dict[str, Method] = {}
 
+# %% ../nbs/15_localization.ipynb #82ffe60e
 def register_method(name: str, uses_targets: bool, knows: str):
     "Decorator: register `fn(model, evidence, **options)` as localization method `name`."
     def deco(fn): METHODS[name] = Method(name, fn, uses_targets, knows); return fn
     return deco
 
+# %% ../nbs/15_localization.ipynb #63ed5221
 def localize(name: str, model, evidence: Evidence | None = None, **options) -> torch.Tensor:
     "Scores float64 `[blocks, hidden]` (CPU) of every fc1 unit of `model` by method `name`."
     if name not in METHODS: raise KeyError(f"unknown localization method {name!r}; registered: {', '.join(METHODS)}")
@@ -118,11 +123,13 @@ def localize(name: str, model, evidence: Evidence | None = None, **options) -> t
 # %% ../nbs/15_localization.ipynb #e0aec0e1
 from .family import device_of as _device
 
+# %% ../nbs/15_localization.ipynb #12fe07f7
 def _span(model) -> tuple[int, int]:
     "The token positions of all unit groups, `(begin, end)`."
     g = model.unit_groups()
     return min(b for b, _ in g), max(e for _, e in g)
 
+# %% ../nbs/15_localization.ipynb #5eeb432e
 @contextmanager
 def act_hooks(model, fn):
     "Inside `with`: forward hooks on every block's activation; `fn(block, output)` may return a replacement output."
@@ -131,6 +138,7 @@ def act_hooks(model, fn):
     finally:
         for h in hs: h.remove()
 
+# %% ../nbs/15_localization.ipynb #180effef
 @contextmanager
 def requires_grad(model, flag: bool):
     "Inside `with`: every parameter's `requires_grad` set to `flag`; restored on leaving."
@@ -140,11 +148,13 @@ def requires_grad(model, flag: bool):
     finally:
         for p, r in saved: p.requires_grad_(r)
 
+# %% ../nbs/15_localization.ipynb #8e598d03
 def tf_loss(model, tokens_BL, labels_B) -> torch.Tensor:
     "Per-image teacher-forced cross-entropy [B] (mean over the L tokens, float32)."
     lg_BLV = model.logits(tokens_BL, labels_B)
     return F.cross_entropy(lg_BLV.float().flatten(0, 1), tokens_BL.flatten(), reduction="none").view(tokens_BL.shape).mean(1)
 
+# %% ../nbs/15_localization.ipynb #e0c7b17b
 def tf_prob(model, tokens_BL, labels_B) -> torch.Tensor:
     "Per-image mean teacher-forced probability of the true token [B] (float32)."
     lp_BLV = model.logits(tokens_BL, labels_B).float().log_softmax(-1)
@@ -195,6 +205,7 @@ class PlantedToy(nn.Module):
     def mlp_blocks(self): return list(zip(self.fc1, self.act, self.fc2))
     def unit_groups(self): return [(0, 4), (4, 20)]
 
+# %% ../nbs/15_localization.ipynb #2fd1c930
 def planted_evidence(model: PlantedToy, n_references: int = 12, n_targets: int = 3, seed: int = 0) -> Evidence:
     "Targets: one flat image of the planted class at the planted token, and `n_targets - 1` random images of other classes; references: random images of other classes."
     g = torch.Generator().manual_seed(seed)
@@ -223,7 +234,7 @@ def unitmem_scores(model, evidence: Evidence | None = None,
             if evidence is None: raise ValueError("unitmem needs stats, a dataset, or evidence whose images it measures")
             dataset = (torch.cat([evidence.targets, evidence.references]), torch.cat([evidence.target_labels, evidence.reference_labels]))
         bs = 64 if evidence is None else evidence.batch_size
-        with _autocast(_device(model), dtype):
+        with autocast(_device(model), dtype):
             stats = measure(model, dataset, augment=augment, augmentations=augmentations, batch_size=bs, points=points, seed=seed, progress=False)
     return unit_scores(stats.compute(), how)
 
@@ -232,10 +243,11 @@ def unit_values(model, images, labels, batch_size: int = 64, dtype: str = "float
     "Per image, mean |act| over each unit group's tokens: yields float64 `[b, groups, blocks, hidden]` batch by batch."
     cap, dev = UnitCapture(model), _device(model)
     for i in range(0, len(images), batch_size):
-        with torch.no_grad(), _autocast(dev, dtype), cap:
+        with torch.no_grad(), autocast(dev, dtype), cap:
             model.logits(model.tokenize(images[i:i + batch_size].to(dev)), labels[i:i + batch_size].to(dev))
         yield cap.values().double()
 
+# %% ../nbs/15_localization.ipynb #4dba295a
 def contrast_parts(model, evidence: Evidence, dtype: str = "float32") -> dict:
     "One forward pass over every image: the targets' mean and max |act| and the references' mean and standard deviation, per (group, block, unit)."
     ev, tsum, tmax = evidence, None, None
@@ -248,6 +260,7 @@ def contrast_parts(model, evidence: Evidence, dtype: str = "float32") -> dict:
     mu = s / n
     return dict(mean=tsum / len(ev.targets), max=tmax, mu=mu, sd=((s2 - n * mu * mu) / (n - 1)).clamp_min(0).sqrt())
 
+# %% ../nbs/15_localization.ipynb #a607750c
 def contrast_from(parts: dict, reduce: str = "mean", stat: str = "z", eps: float = 1e-6) -> torch.Tensor:
     "The targets' |act| (`reduce`d over them) against the references': z-score or ratio to their mean; max over groups."
     if reduce not in ("mean", "max"): raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
@@ -255,6 +268,7 @@ def contrast_from(parts: dict, reduce: str = "mean", stat: str = "z", eps: float
     t, mu = parts[reduce], parts["mu"]
     return ((t - mu) / (parts["sd"] + eps) if stat == "z" else t / (mu + eps)).amax(0)
 
+# %% ../nbs/15_localization.ipynb #d8e546ec
 @register_method("activation_contrast", uses_targets=True, knows="the targets and reference training images")
 def activation_contrast(model, evidence: Evidence,
                         reduce: str = "mean",    # over the targets: "mean" or "max"
@@ -278,7 +292,7 @@ def attributions(model, images, labels, batch_size: int = 64, dtype: str = "floa
             for i in range(0, len(images), batch_size):
                 with torch.no_grad(): tok = model.tokenize(images[i:i + batch_size].to(dev))
                 acts.clear()
-                with _autocast(dev, dtype): loss = tf_loss(model, tok, labels[i:i + batch_size].to(dev)).sum()
+                with autocast(dev, dtype): loss = tf_loss(model, tok, labels[i:i + batch_size].to(dev)).sum()
                 grads = torch.autograd.grad(loss, [acts[b] for b in range(nb)])
                 for b, g in enumerate(grads):
                     out["axgrad"][b] += (acts[b].detach() * g)[:, b0:b1].float().abs().sum((0, 1)).double()
@@ -286,16 +300,19 @@ def attributions(model, images, labels, batch_size: int = 64, dtype: str = "floa
     finally: model.train(was)
     return {k: v.cpu() for k, v in out.items()}
 
+# %% ../nbs/15_localization.ipynb #315b9631
 def attribution(model, images, labels, batch_size: int = 64, dtype: str = "float32") -> torch.Tensor:
     "Sum over images and the unit groups' tokens of |a * dL/da|, L the image's teacher-forced loss: float64 `[blocks, hidden]`."
     return attributions(model, images, labels, batch_size, dtype)["axgrad"]
 
+# %% ../nbs/15_localization.ipynb #ecdfdf0a
 def gradient_from(on_targets: dict, on_references: dict | None, n_targets: int, n_references: int, kind: str = "axgrad") -> torch.Tensor:
     "The targets' attribution `kind`, minus the references' per image times the targets' count (None: no contrast)."
     if kind not in ("axgrad", "grad"): raise ValueError(f"kind must be 'axgrad' (|a * grad|) or 'grad' (|grad|), got {kind!r}")
     s = on_targets[kind]
     return s if on_references is None else s - on_references[kind] * (n_targets / n_references)
 
+# %% ../nbs/15_localization.ipynb #9b4d496f
 @register_method("gradient", uses_targets=True, knows="the targets (and, with contrast, the reference training images)")
 def gradient_scores(model, evidence: Evidence,
                     contrast: bool = True,   # subtract the references' attribution (per image, times the targets' count)
@@ -333,14 +350,14 @@ def mask_path(model, evidence: Evidence,
     loss = lambda tok, y, i: tf_loss(model, tok[i].to(dev), y[i].to(dev))
     out, was = {}, model.training; model.eval()
     try:
-        with torch.no_grad(), _autocast(dev, dtype):
+        with torch.no_grad(), autocast(dev, dtype):
             base_r = torch.cat([loss(tok_r, ev.reference_labels, torch.arange(i, min(i + ev.batch_size, len(tok_r))))
                                 for i in range(0, len(tok_r), ev.batch_size)])
         with requires_grad(model, False), act_hooks(model, lambda b, a: a * m[b].to(a.dtype)):
             for step in range(1, cks[-1] + 1):
                 m = theta.sigmoid()
                 it, ir = pick(len(tok_t)), pick(len(tok_r))
-                with _autocast(dev, dtype):   # targets and references in one forward pass
+                with autocast(dev, dtype):   # targets and references in one forward pass
                     tok = torch.cat([tok_t[it], tok_r[ir]]).to(dev)
                     lp = model.logits(tok, torch.cat([ev.target_labels[it], ev.reference_labels[ir]]).to(dev)).float().log_softmax(-1)
                     lp = lp.gather(-1, tok[..., None])[..., 0]              # log-probability of each true token
@@ -353,6 +370,7 @@ def mask_path(model, evidence: Evidence,
     finally: model.train(was)
     return out
 
+# %% ../nbs/15_localization.ipynb #ce499d9c
 @register_method("learned_mask", uses_targets=True, knows="the targets and reference training images")
 def learned_mask(model, evidence: Evidence,
                  steps: int = 100,          # optimizer steps
@@ -384,6 +402,7 @@ def _entry(scores, seconds, forward, backward) -> dict:
     return dict(scores=unit_scores(scores.detach().double().cpu()), seconds=None if seconds is None else float(seconds),
                 forward=int(forward), backward=int(backward))
 
+# %% ../nbs/15_localization.ipynb #b3a1df07
 def _unitmem_variants(model, ev, variants, stats=None, seconds=None, forward=None, augment=None, augmentations: int = 1, seed: int = 0,
                       dtype: str = "float32"):
     "Statistics given (with the `seconds` and `forward` passes they took), else measured on the evidence's images as `unitmem_scores` measures."
@@ -391,18 +410,20 @@ def _unitmem_variants(model, ev, variants, stats=None, seconds=None, forward=Non
         if ev is None: raise ValueError("unitmem needs statistics, or evidence whose images it measures")
         t0, A = time.perf_counter(), max(1, int(augmentations))
         data = (torch.cat([ev.targets, ev.references]), torch.cat([ev.target_labels, ev.reference_labels]))
-        with _autocast(_device(model), dtype):
+        with autocast(_device(model), dtype):
             stats = measure(model, data, augment=augment, augmentations=augmentations, batch_size=ev.batch_size, seed=seed, progress=False)
         seconds, forward = time.perf_counter() - t0, len(data[0]) * A
     um = stats.compute()
     return {v: _entry(unit_scores(um, o.get("how", "max")), seconds, forward or 0, 0) for v, o in variants.items()}
 
+# %% ../nbs/15_localization.ipynb #4fce3c34
 def _contrast_variants(model, ev, variants):
     t0 = time.perf_counter()
     parts = contrast_parts(model, ev, next(iter(variants.values())).get("dtype", "float32"))
     sec, n = time.perf_counter() - t0, len(ev.targets) + len(ev.references)
     return {v: _entry(contrast_from(parts, o.get("reduce", "mean"), o.get("stat", "z"), o.get("eps", 1e-6)), sec, n, 0) for v, o in variants.items()}
 
+# %% ../nbs/15_localization.ipynb #b88f53dd
 def _gradient_variants(model, ev, variants):
     dt, T, R = next(iter(variants.values())).get("dtype", "float32"), len(ev.targets), len(ev.references)
     t0 = time.perf_counter(); at = attributions(model, ev.targets, ev.target_labels, ev.batch_size, dt); st = time.perf_counter() - t0
@@ -416,6 +437,7 @@ def _gradient_variants(model, ev, variants):
         out[v] = _entry(gradient_from(at, ar if c else None, T, R, o.get("kind", "axgrad")), st + (sr if c else 0.0), n, n)
     return out
 
+# %% ../nbs/15_localization.ipynb #27a28977
 def _mask_variants(model, ev, variants):
     "One `mask_path` run per option set but the step count."
     groups = {}
@@ -430,9 +452,11 @@ def _mask_variants(model, ev, variants):
         for v, s in vs: out[v] = _entry(path[s][0], path[s][1], len(ev.references) + s * per, s * per)
     return out
 
+# %% ../nbs/15_localization.ipynb #7443873a
 VARIANT_RUNNERS = {"unitmem": _unitmem_variants, "activation_contrast": _contrast_variants, "gradient": _gradient_variants,
                    "learned_mask": _mask_variants}
 
+# %% ../nbs/15_localization.ipynb #c8a26085
 def variant_scores(model, evidence: Evidence | None, variants: dict,   # `{method: {variant: options}}`
                    unitmem: dict | None = None) -> dict:   # UnitMem's measurement: `stats` (with `seconds`, `forward`), or `measure`'s options
     "`{method: {variant: dict(scores, seconds, forward, backward)}}`, each shared computation done once (`localize(method, ..., **options)` gives the same scores)."
@@ -452,6 +476,7 @@ def top_units(scores: torch.Tensor, k: int) -> torch.Tensor:
     flat = torch.argsort(-scores.double().flatten(), stable=True)[:k]
     return torch.stack([flat // scores.shape[1], flat % scores.shape[1]], 1)
 
+# %% ../nbs/15_localization.ipynb #d051875e
 def recall_at_k(scores: torch.Tensor,  # [blocks, hidden] unit scores
                 units,                 # [k, 2] the implanted (block, unit) pairs S
                 k: int | None = None,  # how many top units (default |S|)
@@ -463,6 +488,7 @@ def recall_at_k(scores: torch.Tensor,  # [blocks, hidden] unit scores
     h = scores.shape[1]
     return float(torch.isin(S[:, 0] * h + S[:, 1], top[:, 0] * h + top[:, 1]).sum()) / len(S)
 
+# %% ../nbs/15_localization.ipynb #47014236
 def recall_curve(scores: torch.Tensor, units, ks) -> list[float]:
     "Recall@k for every k in `ks`."
     return [recall_at_k(scores, units, k) for k in ks]
@@ -474,6 +500,7 @@ def load_implants_or_none(family: str, testbed: str):
     except ImportError: return None
     return load_implants(family, testbed)
 
+# %% ../nbs/15_localization.ipynb #d29cca94
 def implant_recall(implants,                   # implants: .seed, .rate, .model, .units [k, 2], .implant_ids
                    evidence_of: Callable,      # implant -> Evidence (the implant images as targets)
                    methods: dict,              # {name: options} of the methods to score
@@ -508,6 +535,7 @@ def cached_variant_scores(model, evidence: Evidence, variants: dict, unitmem: di
     f.parent.mkdir(parents=True, exist_ok=True); tmp = f.with_name(f.name + ".tmp"); torch.save(out, tmp); os.replace(tmp, f)
     return out
 
+# %% ../nbs/15_localization.ipynb #551549b7
 def implant_variant_recall(implants, evidence_of: Callable, variants: dict,
                            unitmem: dict | None = None,   # UnitMem's `measure` options on the implant images
                            random_draws: int = 20, ks=None,
@@ -545,6 +573,7 @@ def split_recall(rec: pd.DataFrame, validation_seeds) -> pd.DataFrame:
     order = list(dict.fromkeys(zip(d.method, d.variant)))
     return out.loc[order].reset_index()
 
+# %% ../nbs/15_localization.ipynb #7de42b05
 def choose_variants(table: pd.DataFrame, max_compute: float | None = None) -> dict:
     "`{method: dict(variant, recall_validation, recall_test, compute, of, why)}`: per method (random excluded) the highest validation recall among the variants no dearer than `max_compute`; ties: the cheaper, then the earlier."
     out = {}
@@ -561,6 +590,7 @@ def choose_variants(table: pd.DataFrame, max_compute: float | None = None) -> di
                       compute=float(best.compute), seconds=None if pd.isna(best.seconds) else float(best.seconds), of=len(ok), why=why)
     return out
 
+# %% ../nbs/15_localization.ipynb #118ac559
 def matched_compute(table: pd.DataFrame) -> dict:
     "The choice again, every method held to the same budget of compute: the largest of the methods' cheapest variants."
     t = table[table.method != "random"]
@@ -576,12 +606,14 @@ def fingerprint(*parts) -> str:
         else: h.update(json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
+# %% ../nbs/15_localization.ipynb #f430f784
 def probe_fingerprint(probe) -> str:
     "What an evaluation on `probe` depends on besides the model: candidates, similarity and threshold, prefixes, FID reference, seed and batch sizes (the samples' seeds follow the batches)."
     ref = probe.reference if probe.reference is not None else "profile statistics"
     return fingerprint(probe.images, probe.labels, probe.indices, list(probe.groups), probe.backend.name, probe.backend.threshold,
                        list(probe.prefixes), ref, probe.profile, probe.seed, probe.sampler, probe.batch_size, probe.attack_batch)
 
+# %% ../nbs/15_localization.ipynb #be62cea0
 class ResultCache:
     "Results in a file (`.pt`, which `memloc reproduce` carries into a rerun, or `.json`), each under the fingerprint of what it was computed from; `get` computes what is missing."
     def __init__(self, path=None, data: dict | None = None):
@@ -613,6 +645,7 @@ def count_in(ev: dict, ids) -> int:
     "How many of the data set indices `ids` an `evaluate` result counts as extracted."
     return len(set(ev["extracted_indices"]) & {int(i) for i in ids})
 
+# %% ../nbs/15_localization.ipynb #96f642c7
 @torch.no_grad()
 def attack_and_fid(model, probe, n_samples: int = 0) -> dict:
     "What this benchmark reads of stage 4's `evaluate`, by the same calls: the indices the attack extracts at any prefix (`prefix_similarity`, as `extract` judges it) and the FID of `n_samples` samples (`sample_and_score`; None without); the candidate scores it does not read are not computed."
@@ -630,6 +663,7 @@ def attack_and_fid(model, probe, n_samples: int = 0) -> dict:
                                       metrics=("fid",), **probe.sampler)["fid"]
     return out
 
+# %% ../nbs/15_localization.ipynb #e8629006
 def mitigation(model, scores: torch.Tensor, probe,
                targets, others,               # data set indices of the targets and the held-out memorized images
                top_ps=(0.5, 1, 2, 5, 10),     # budgets (percent of all units)
@@ -656,6 +690,7 @@ def mitigation(model, scores: torch.Tensor, probe,
                  for f in factors]
     return rows
 
+# %% ../nbs/15_localization.ipynb #78aac59a
 def empirical_p(value: float, draws, lower_is_better: bool = True) -> float:
     "(1 + number of draws at least as good as `value`) / (1 + number of draws)."
     d = np.asarray([x for x in draws if x is not None], dtype=float)
@@ -675,6 +710,7 @@ def min_detectable(draws, before: float | None = None, alpha: float = 0.05) -> d
     cut = float(d.mean() - x)
     return dict(max_count=int(x), min_cut=cut, min_cut_pct=None if not before else 100.0 * cut / before, note=None)
 
+# %% ../nbs/15_localization.ipynb #c4b0e6aa
 def by_chance(n_settings: int, n_draws: int, alpha: float = 0.05) -> float:
     "Expected number of `n_settings` comparisons with p <= `alpha` (empirical p over `n_draws` draws) for a selection as good as random."
     return n_settings * np.floor(alpha * (n_draws + 1) + 1e-9) / (n_draws + 1)
@@ -685,6 +721,7 @@ def testbed_model(family: str, testbed: str = "long"):
     from memloc.testbed import load_testbed, testbed_manifest
     return load_testbed(family, testbed_manifest(testbed))
 
+# %% ../nbs/15_localization.ipynb #b045da4d
 def training_points(profile: str, split=None, fraction: float = 1.0, seed: int = 0):
     "`(dataset for measure, sorted point ids)`: the profile's members (per-class `fraction`), with every canary on the miniature."
     from memloc.study import study_points
@@ -694,6 +731,7 @@ def training_points(profile: str, split=None, fraction: float = 1.0, seed: int =
     ids = p.indices if split is None else torch.cat([p.indices, split.canaries])
     return data, ids.unique().tolist()
 
+# %% ../nbs/15_localization.ipynb #8c282035
 def unitmem_stats(model, dataset, points, augment, augmentations: int, seed: int, batch_size: int = 64,
                   path=None,         # where to save (and resume) a new measurement
                   reuse=(),          # saved statistics of other stages to reuse if they are of the same run
@@ -712,10 +750,11 @@ def unitmem_stats(model, dataset, points, augment, augmentations: int, seed: int
         st, done, meta = load_stats(f)
         if sorted(done) == sorted(points) and meta.get("augmentations") == augmentations and meta.get("seed") == seed and meta.get("abs", True) and meta.get("world") == 1:
             return st, f"reused {Path(f).parent.name}/{Path(f).name}"
-    with _autocast(_device(model), dtype):
+    with autocast(_device(model), dtype):
         st = measure(model, dataset, augment=augment, augmentations=augmentations, batch_size=batch_size, stats_path=path, points=points, seed=seed, progress=False)
     return st, "measured"
 
+# %% ../nbs/15_localization.ipynb #745669e9
 def audit_probe(load: Callable,      # data set indices -> (images, labels)
                 sets: dict, attack: dict,
                 reference=None,       # real images for FID (None: the profile's statistics)
@@ -728,6 +767,7 @@ def audit_probe(load: Callable,      # data set indices -> (images, labels)
     return Probe(*load(ids), ids, [group[i] for i in ids.tolist()], attack["backend"], [attack["prefix"]],
                  reference, profile, seed, batch_size, attack_batch=attack_batch)
 
+# %% ../nbs/15_localization.ipynb #9c6e40c3
 @torch.no_grad()
 def testbed_attack(model, split, images, labels, n_members: int | None = None, seed: int = 0, backend: str = "pixel-ncc",
                    per_class: int | None = 30) -> dict:
@@ -739,6 +779,7 @@ def testbed_attack(model, split, images, labels, n_members: int | None = None, s
                 extracted=torch.tensor(df["extracted"].to_numpy().copy()),
                 entry=dict(source="run here", n_members=n_members, per_class=per_class, seed=seed))
 
+# %% ../nbs/15_localization.ipynb #1b28e6a0
 def cached_attack(model, split, images, labels, seed: int = 0, folder=None) -> dict:
     "`testbed_attack`, saved in `folder` under the fingerprint of the model, the split and the seed (and read from there when it matches)."
     from memloc.extraction import make_backend
@@ -756,6 +797,7 @@ def cached_attack(model, split, images, labels, seed: int = 0, folder=None) -> d
         os.replace(tmp, f)
     return a
 
+# %% ../nbs/15_localization.ipynb #6e6c0c17
 def study_inputs(cfg: dict, testbed: str, name: str, family: str):
     "One model of the study: `(model, split, load, members, attack, attack source)`; on the miniature, `testbed`'s model, and the extraction stage's attack where it ran on `testbed`, else `testbed_attack`."
     profile, device = cfg["profile"], cfg["device"]
@@ -790,6 +832,7 @@ def _opts_key(opts: dict) -> dict:
         out[k] = v
     return out
 
+# %% ../nbs/15_localization.ipynb #34cae073
 def method_scores(name: str, model, evidence: Evidence, options: dict, folder=None, model_key: str | None = None) -> tuple[torch.Tensor, float]:
     "`(scores, seconds)` of one method, from `folder`'s cache when the weights, evidence and options match."
     key = fingerprint("scores", name, model_key or model_fingerprint(model), evidence.fingerprint(), _opts_key(options))
@@ -804,6 +847,7 @@ def method_scores(name: str, model, evidence: Evidence, options: dict, folder=No
         f.parent.mkdir(parents=True, exist_ok=True); torch.save({"scores": s, "seconds": torch.tensor(sec)}, f)
     return s, sec
 
+# %% ../nbs/15_localization.ipynb #bbfb0353
 def benchmark(model, evidence: Evidence, probe, sets: dict,
               methods: dict,                 # {name: options} (random excluded: it is the floor)
               top_ps=(0.5, 1, 2, 5, 10), factors=(0.5, 0.0),
@@ -824,6 +868,7 @@ def benchmark(model, evidence: Evidence, probe, sets: dict,
         out["random"].append(mit(localize("random", model, seed=d), n_samples if d < random_fid_draws else 0))
     return out
 
+# %% ../nbs/15_localization.ipynb #6a8bad0d
 def _stats_for(cfg: dict, model, split, name: str):
     "UnitMem's statistics of the study (stage 4's points and views), reused from stages 2-4 where saved: `(stats, source, seconds measuring)`."
     from memloc.data import Augment
@@ -844,6 +889,39 @@ def _stats_for(cfg: dict, model, split, name: str):
     else: sec = None                       # another stage's statistics: their measuring time is not known here
     return st, src, len(pts), sec
 
+# %% ../nbs/15_localization.ipynb #16d68e25
+def _implants_part(task: dict, cfg: dict, out: dict, model, load, members, att, cache, t0: float, c0: float) -> dict:
+    "The 'implants' piece of `study_task`: recall and mitigation on some implants of one family."
+    name, family, testbed = task["name"], task["family"], task["testbed"]
+    imps = load_implants_or_none(family, testbed)
+    imps = None if imps is None else [imps[i] for i in task["implants"]]
+    if not imps: return dict(out, recall=None, implant_mitigation={}, added={}, hits=0, misses=0, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+    def evidence_of(imp):
+        pool = members[~torch.isin(members, torch.as_tensor(imp.implant_ids))]
+        refs = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"] + int(imp.seed)))[:cfg["n_references"]]]
+        return Evidence(*load(torch.as_tensor(imp.implant_ids)), *load(refs.sort().values), cfg["batch_size"])
+    from memloc.data import Augment
+    um = dict(augment=Augment(model.image_size, hflip=False), augmentations=cfg["augmentations"], seed=cfg["seed"], dtype=cfg["dtype"])
+    variants = cfg["variants"]
+    nb, h = unit_grid(model)
+    ks = sorted({max(1, round(q * nb * h / 100)) for q in cfg["recall_ks_pct"]})
+    scored = {}
+    rec = implant_variant_recall(imps, evidence_of, variants, um, cfg["random_draws"], ks, scores=scored, folder=cfg["out"])
+    mit = {}
+    for imp in imps:
+        ids = torch.as_tensor(imp.implant_ids)
+        a = dict(att, indices=ids, groups=["member"] * len(ids))   # the attack's similarity and prefix, on the implants
+        pr = audit_probe(load, dict(targets=ids, others=torch.zeros(0, dtype=torch.long)), a, None, cfg["profile"], cfg["seed"], cfg["batch_size"], cfg.get("attack_batch"))
+        k_pct = 100 * len(imp.units) / (nb * h)                    # top-|S| units
+        for m, vs in variants.items():                             # each method's default variant (the choice is made on these recalls)
+            v = next(iter(vs))
+            s = scored[(int(imp.seed), float(imp.rate), m, v)]    # the scores the recall was measured on
+            rows = mitigation(imp.model, s, pr, ids, [], [k_pct], cfg["factors"], 0, None, cache)
+            mit.setdefault(m, []).append(dict(model=name, variant=v, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
+    return dict(out, recall=rec.assign(model=name), ks=ks, n_units=nb * h, implant_mitigation=mit, added=cache.added, hits=cache.hits, misses=cache.misses,
+                seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+
+# %% ../nbs/15_localization.ipynb #bfdc4665
 def study_task(task: dict) -> dict:
     "One piece of the study, run in a worker process: `part` 'methods' (every method and its mitigation on one model), 'random' (some random draws on one model) or 'implants' (recall and mitigation on some implants of one family)."
     cfg, testbed, name, family = task["cfg"], task["testbed"], task["name"], task["family"]
@@ -851,34 +929,7 @@ def study_task(task: dict) -> dict:
     cache, t0, c0 = ResultCache(data=task.get("cache") or {}), time.perf_counter(), time.process_time()
     model, split, load, members, att, att_src = study_inputs(cfg, testbed, name, family)
     out = dict(task={k: v for k, v in task.items() if k not in ("cfg", "cache")})
-    if task["part"] == "implants":
-        imps = load_implants_or_none(family, testbed)
-        imps = None if imps is None else [imps[i] for i in task["implants"]]
-        if not imps: return dict(out, recall=None, implant_mitigation={}, added={}, hits=0, misses=0, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
-        def evidence_of(imp):
-            pool = members[~torch.isin(members, torch.as_tensor(imp.implant_ids))]
-            refs = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"] + int(imp.seed)))[:cfg["n_references"]]]
-            return Evidence(*load(torch.as_tensor(imp.implant_ids)), *load(refs.sort().values), cfg["batch_size"])
-        from memloc.data import Augment
-        um = dict(augment=Augment(model.image_size, hflip=False), augmentations=cfg["augmentations"], seed=cfg["seed"], dtype=cfg["dtype"])
-        variants = cfg["variants"]
-        nb, h = unit_grid(model)
-        ks = sorted({max(1, round(q * nb * h / 100)) for q in cfg["recall_ks_pct"]})
-        scored = {}
-        rec = implant_variant_recall(imps, evidence_of, variants, um, cfg["random_draws"], ks, scores=scored, folder=cfg["out"])
-        mit = {}
-        for imp in imps:
-            ids = torch.as_tensor(imp.implant_ids)
-            a = dict(att, indices=ids, groups=["member"] * len(ids))   # the attack's similarity and prefix, on the implants
-            pr = audit_probe(load, dict(targets=ids, others=torch.zeros(0, dtype=torch.long)), a, None, cfg["profile"], cfg["seed"], cfg["batch_size"], cfg.get("attack_batch"))
-            k_pct = 100 * len(imp.units) / (nb * h)                    # top-|S| units
-            for m, vs in variants.items():                             # each method's default variant (the choice is made on these recalls)
-                v = next(iter(vs))
-                s = scored[(int(imp.seed), float(imp.rate), m, v)]    # the scores the recall was measured on
-                rows = mitigation(imp.model, s, pr, ids, [], [k_pct], cfg["factors"], 0, None, cache)
-                mit.setdefault(m, []).append(dict(model=name, variant=v, seed=int(imp.seed), rate=float(imp.rate), rows=rows))
-        return dict(out, recall=rec.assign(model=name), ks=ks, n_units=nb * h, implant_mitigation=mit, added=cache.added, hits=cache.hits, misses=cache.misses,
-                    seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+    if task["part"] == "implants": return _implants_part(task, cfg, out, model, load, members, att, cache, t0, c0)
     try: sets = audit_sets(att, members, cfg["target_fraction"], cfg["n_references"], cfg["seed"], cfg.get("max_others"))
     except NothingToLocalize as e:   # e.g. a model the attack recovers nothing from: recorded, not benchmarked
         return dict(out, skipped=str(e), added={}, hits=0, misses=0, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
@@ -908,25 +959,10 @@ def study_task(task: dict) -> dict:
                              for v, e in vs.items()} for m, vs in got.items()}
     return dict(out, bench=b, record=record, added=cache.added, hits=cache.hits, misses=cache.misses, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
 
-def run_tasks(fn: Callable, tasks: list, workers: int = 1) -> list:
-    "`fn(task)` for every task, results in the tasks' order: here when `workers` is 1, else in that many spawned processes (each one thread)."
-    if workers <= 1: return [fn(t) for t in tasks]
-    import concurrent.futures as cf, importlib, multiprocessing as mp
-    import memloc
-    if getattr(fn, "__module__", None) == "__main__":          # defined by running this notebook: a worker imports its exported twin
-        fn = getattr(importlib.import_module("memloc.localization"), fn.__name__)
-    root = str(Path(memloc.__file__).resolve().parent.parent)   # the workers import this checkout's memloc
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = root + ("" if not old else os.pathsep + old)
-    try:
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex: return list(ex.map(fn, tasks))
-    finally:
-        if old is None: os.environ.pop("PYTHONPATH", None)
-        else: os.environ["PYTHONPATH"] = old
-
 # %% ../nbs/15_localization.ipynb #986d59f0
 def _at(rows, p, f): return next(r for r in rows if r["p"] == p and r["factor"] == f)
 
+# %% ../nbs/15_localization.ipynb #eac02d20
 def _budget(rows_by_model: dict, p: float, f: float) -> dict:
     "One budget and factor, summed (counts) or averaged (FID) over the models."
     base = {m: _at(r, 0.0, 1.0) for m, r in rows_by_model.items()}
@@ -943,6 +979,7 @@ def _budget(rows_by_model: dict, p: float, f: float) -> dict:
                 by_model={m: dict(targets_extracted_before=base[m]["targets_extracted"], **{k: v for k, v in at[m].items() if k not in ("p", "factor")},
                                   fid_before=base[m]["fid"]) for m in at})
 
+# %% ../nbs/15_localization.ipynb #1d733cc8
 def results_entry(rows_by_model: dict, top_ps, random_rows_by_model: dict | None = None, alpha: float = 0.05,
                   factors=(0.5, 0.0)) -> dict:   # 0.5 the entry itself, 0 its 'pruned' (where measured)
     "`{P: budget at factor 0.5, with 'pruned' at factor 0}` of one method; against the random draws: `n_draws`, `p` (`p_value_vs_random`), `alpha` and `min_detectable`."
@@ -960,6 +997,7 @@ def results_entry(rows_by_model: dict, top_ps, random_rows_by_model: dict | None
         out[f"{p:g}"] = e
     return out
 
+# %% ../nbs/15_localization.ipynb #811ff41f
 def random_entry(random_rows_by_model: dict, top_ps) -> dict:
     "The random draws' entry: per budget the mean over draws, every draw's count, and the mean FID of the draws that have one."
     n = len(next(iter(random_rows_by_model.values())))
@@ -982,6 +1020,7 @@ def _cut(e) -> float | None:
     b, a = e["targets_extracted_before"], e["targets_extracted_after"]
     return None if not b else 100.0 * (b - a) / b
 
+# %% ../nbs/15_localization.ipynb #e1b557fe
 def headline_table(results: dict, testbed: str, cut_ps=(1, 5, 10)) -> pd.DataFrame:
     "Method x (recall on implants, % of targets no longer extracted at each p, FID cost at the largest p, cut per unit of FID)."
     rows = []
@@ -1015,6 +1054,7 @@ def headline_table(results: dict, testbed: str, cut_ps=(1, 5, 10)) -> pd.DataFra
 # %% ../nbs/15_localization.ipynb #186287ae
 COLORS = {"unitmem": "C3", "activation_contrast": "C0", "gradient": "C2", "learned_mask": "C4", "random": "0.6"}
 
+# %% ../nbs/15_localization.ipynb #5cab69fa
 def pareto_front(points) -> list:
     "The points `(x, y)` no other point beats in both (lower is better), sorted by x."
     pts = sorted(set(points))
@@ -1023,6 +1063,7 @@ def pareto_front(points) -> list:
         if y < best: front.append((x, y)); best = y
     return front
 
+# %% ../nbs/15_localization.ipynb #32896f73
 def plot_pareto(bench_by_model: dict):
     "Targets extracted against FID per model: each method's points over budgets and factors, with its Pareto front."
     import matplotlib.pyplot as plt
@@ -1049,6 +1090,7 @@ def plot_pareto(bench_by_model: dict):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/15_localization.ipynb #9ca5dc43
 def plot_recall(recall: pd.DataFrame, ks, n_units_total: int):
     "Recall@k against k / all units, per method (mean over implants), random's expectation dashed."
     import matplotlib.pyplot as plt

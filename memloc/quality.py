@@ -44,12 +44,14 @@ class DigitsNet(nn.Module):
         return F.relu(self.fc(h.flatten(1))) * self.config["feature_scale"]  # [B, n_features]
     def forward(self, x_B3HW): return self.head(self.features(x_B3HW) / self.config["feature_scale"])
 
+# %% ../nbs/05_quality.ipynb #992bb438
 def digits_holdout(n: int, test_fraction: float = 0.2, seed: int = 0):
     "A seeded (train, test) split of `n` points."
     p = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = int(round(n * test_fraction))
     return p[k:].sort().values, p[:k].sort().values
 
+# %% ../nbs/05_quality.ipynb #c5292ff7
 @torch.no_grad()
 def accuracy(net, images_N3HW, labels_N, batch_size: int = 512) -> float:
     "Top-1 accuracy of `net` on the images."
@@ -57,6 +59,7 @@ def accuracy(net, images_N3HW, labels_N, batch_size: int = 512) -> float:
     pred = torch.cat([net(images_N3HW[i:i + batch_size]).argmax(1) for i in range(0, len(images_N3HW), batch_size)])
     return float((pred == labels_N).double().mean())
 
+# %% ../nbs/05_quality.ipynb #38b8a4e6
 def train_digits_net(images_N3HW, labels_N,
                      seed: int = 0,              # seeds the split, the initialisation and the batches
                      epochs: int = 8,            # passes over the training part
@@ -85,6 +88,7 @@ def train_digits_net(images_N3HW, labels_N,
 # %% ../nbs/05_quality.ipynb #17ed1ceb
 DIGITS_EXTRACTOR = "memloc-digits"
 
+# %% ../nbs/05_quality.ipynb #407cea64
 def save_digits_net(net: DigitsNet, path, metrics: dict | None = None) -> Path:
     "Write the classifier's weights, config and metrics to a safetensors file."
     from safetensors.torch import save_file
@@ -93,10 +97,12 @@ def save_digits_net(net: DigitsNet, path, metrics: dict | None = None) -> Path:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata=meta)
     return path
 
+# %% ../nbs/05_quality.ipynb #34d2af57
 def digits_net_path(path=None) -> Path:
     "`path`, else settings.ini [mini] feature_extractor_path."
     return resolve(path) if path is not None else load_settings("mini").path("feature_extractor_path")
 
+# %% ../nbs/05_quality.ipynb #d6ed3372
 def load_digits_net(path=None, device="cpu") -> DigitsNet:
     "The committed digits classifier (default: settings.ini [mini] feature_extractor_path), in eval mode."
     from safetensors import safe_open
@@ -110,6 +116,7 @@ def load_digits_net(path=None, device="cpu") -> DigitsNet:
     net.load_state_dict(load_file(str(path)), strict=True)
     return net.to(device).eval()
 
+# %% ../nbs/05_quality.ipynb #e393b750
 def digits_net_metrics(path=None) -> dict:
     "The accuracy record stored with the committed classifier."
     from safetensors import safe_open
@@ -138,6 +145,7 @@ class FeatureExtractorDigits(FeatureExtractorBase):
         out = {"features": f, "logits": self.net.head(f / self.net.config["feature_scale"])}
         return tuple(out[k] for k in self.features_list)
 
+# %% ../nbs/05_quality.ipynb #1a62475b
 def register_digits_extractor() -> str:
     "Register `FeatureExtractorDigits` with torch-fidelity as `memloc-digits` (once); returns the name."
     if DIGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
@@ -151,11 +159,13 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i]
 
+# %% ../nbs/05_quality.ipynb #6c0a09c5
 def to_uint8(images_N3HW) -> torch.Tensor:
     "Float images in [0,1] (or uint8) -> uint8 [N, 3, H, W] on the CPU."
     x = torch.as_tensor(images_N3HW).cpu()
     return x if x.dtype == torch.uint8 else (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
+# %% ../nbs/05_quality.ipynb #703ff90d
 def _checked_weights(path, key: str) -> str:
     "A local weight file that must exist and hold tensors only (torch.load weights_only=True)."
     if path is None: raise FileNotFoundError(f"no weight file given for `{key}`: torch-fidelity would download it; "
@@ -167,6 +177,7 @@ def _checked_weights(path, key: str) -> str:
         load_torch_file(p, f"`{key}` weight file")
     return str(p)
 
+# %% ../nbs/05_quality.ipynb #df55d59a
 def feature_settings(profile: str = "mini") -> dict:
     "Which torch-fidelity feature extractors and local weight files a profile uses."
     s = load_settings(profile)
@@ -179,16 +190,19 @@ def feature_settings(profile: str = "mini") -> dict:
                 prc_feature_extractor="vgg16", prc_weights_path=_checked_weights(vgg, "vgg16_path") if vgg else None,
                 fid_stats_path=str(s.path("fid_stats_path")) if s.get("fid_stats_path") else None)
 
+# %% ../nbs/05_quality.ipynb #0387ec74
 _KEYS = {"frechet_inception_distance": "fid", "inception_score_mean": "is_mean", "inception_score_std": "is_std",
          "kernel_inception_distance_mean": "kid_mean", "kernel_inception_distance_std": "kid_std",
          "precision": "precision", "recall": "recall", "f_score": "f_score"}
 
+# %% ../nbs/05_quality.ipynb #fe1c53ab
 @functools.lru_cache(maxsize=4)
 def _extractor(name: str, layers: tuple, weights_path, cuda: bool):
     "A torch-fidelity feature extractor, built (and its weight file read) once per process: the intervention and localization stages compute dozens of FIDs."
     from torch_fidelity.utils import create_feature_extractor
     return create_feature_extractor(name, list(layers), cuda=cuda, feature_extractor_weights_path=weights_path, verbose=False)
 
+# %% ../nbs/05_quality.ipynb #30e75745
 def _against_stats(gen, stats_path, feature_extractor, weights_path, batch_size, cuda, isc: bool, seed: int):
     "FID against the reference statistics in `stats_path`, and the Inception Score if `isc`, from one pass of the feature extractor (torch-fidelity's own functions)."
     from torch_fidelity.utils import get_featuresdict_from_dataset
@@ -206,6 +220,7 @@ def _against_stats(gen, stats_path, feature_extractor, weights_path, batch_size,
     if isc: out.update(isc_features_to_metric(feats[names[1]], 10, True, seed))   # as calculate_metrics: 10 splits, shuffled by the seed
     return out
 
+# %% ../nbs/05_quality.ipynb #86496176
 def fidelity_metrics(generated_N3HW,                  # generated images, float in [0,1] or uint8
                      reference_M3HW=None,             # real images (None: FID from fid_stats_path only)
                      feature_extractor: str = DIGITS_EXTRACTOR,
@@ -257,6 +272,7 @@ class _FolderImages(torch.utils.data.Dataset):
     def __len__(self): return len(self.folder)
     def __getitem__(self, i): return to_uint8(self.folder[i][0][None])[0]
 
+# %% ../nbs/05_quality.ipynb #1b9595ce
 def _folder_record(folder, feature_extractor: str, weights_path) -> dict:
     "What reference statistics are computed from: the folder's files (names and sizes), the image size and resampling, the extractor and its weights."
     import hashlib
@@ -264,6 +280,7 @@ def _folder_record(folder, feature_extractor: str, weights_path) -> dict:
     return dict(n_images=len(folder), n_classes=len(folder.classes), files_sha256=folder.listing_sha256(), image_size=folder.size,
                 resample=folder.resample.name.lower(), feature_extractor=feature_extractor, weights_sha256=w)
 
+# %% ../nbs/05_quality.ipynb #3e8a68ba
 def fid_reference_stats(data_root,                  # an ImageNet-layout training folder (`<class>/<image>`)
                         out_path,                   # the .npz to write (mu, sigma, record)
                         weights_path=None,          # the extractor's local weights (Inception: settings `inception_path`)
@@ -319,6 +336,7 @@ def sample_images(model, n_samples: int, seed: int = 0, batch_size: int = 64,
     out = run_batches(compute, n_samples, batch_size, state_dir, meta, save_every, desc="samples", progress=progress)
     return out["images"], labels
 
+# %% ../nbs/05_quality.ipynb #5084531b
 def sample_and_score(model,                   # a family adapter
                      n_samples: int,          # images to generate (full scale: 50,000)
                      reference=None,          # real images [M, 3, H, W] in [0,1] (None: FID from the profile's stats)

@@ -18,8 +18,9 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['RELEASED_MODELS', 'preset_config', 'VQGANConfig', 'ResBlock', 'VQGANEncoder', 'VQGANDecoder', 'VectorQuantizer',
            'MaskGITVQGAN', 'RARConfig', 'modulate', 'Attention', 'Mlp', 'Block', 'FinalAdaLN', 'RAR', 'random_ratio_at',
-           'raster_orders', 'sample_orders', 'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config', 'RARModel',
-           'build_model', 'load_rar', 'load_pretrained', 'mini_config', 'tokenizer_loss', 'train_options']
+           'raster_orders', 'sample_orders', 'cfg_schedule', 'sample_next', 'rar_generate', 'rar_config',
+           'generator_autocast', 'RARModel', 'build_model', 'load_rar', 'load_pretrained', 'mini_config',
+           'tokenizer_loss', 'train_options']
 
 # %% ../nbs/02_rar.ipynb #32c05cb7
 @dataclass
@@ -40,8 +41,10 @@ class VQGANConfig:
 # %% ../nbs/02_rar.ipynb #6236b513
 def _norm(c): return nn.GroupNorm(32, c, eps=1e-6)
 
+# %% ../nbs/02_rar.ipynb #1cf25ba1
 def _conv(cin, cout, k=3, bias=False): return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)  # SAME padding, stride 1
 
+# %% ../nbs/02_rar.ipynb #e7eee3a8
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -56,6 +59,7 @@ class ResBlock(nn.Module):
         res = self.nin_shortcut(h) if self.cin != self.cout else x_BCHW   # the official quirk
         return h + res
 
+# %% ../nbs/02_rar.ipynb #986cd482
 class _Level(nn.Module):
     def __init__(self, blocks, upsample_ch=None):
         super().__init__()
@@ -164,8 +168,10 @@ class RARConfig:
     guidance_scale_pow: float = 2.75
     randomize_temperature: float = 1.0
 
+# %% ../nbs/02_rar.ipynb #5a97fc94
 def _ln(d, affine=True): return nn.LayerNorm(d, eps=1e-6, elementwise_affine=affine)
 
+# %% ../nbs/02_rar.ipynb #58d04c54
 def modulate(x, shift, scale): return x * (1 + scale) + shift
 
 # %% ../nbs/02_rar.ipynb #6b2611b2
@@ -196,6 +202,7 @@ class Mlp(nn.Module):
         self.fc1, self.act, self.fc2 = nn.Linear(C, I), nn.GELU(), nn.Linear(I, C)   # exact (erf) GELU
     def forward(self, x): return self.fc2(self.act(self.fc1(x)))
 
+# %% ../nbs/02_rar.ipynb #321dd44d
 class Block(nn.Module):
     def __init__(self, C: int, H: int, I: int):
         super().__init__()
@@ -210,6 +217,7 @@ class Block(nn.Module):
         x_BTC = x_BTC + g_m * self.mlp(modulate(self.norm2(x_BTC), sh_m, sc_m))
         return x_BTC, kv
 
+# %% ../nbs/02_rar.ipynb #21b64044
 class FinalAdaLN(nn.Module):
     def __init__(self, C: int):
         super().__init__()
@@ -282,6 +290,7 @@ def forward(self: RAR, seq_Bn, cond_B, orders_BN, past=None):
         x, kv = blk(x, c, None if past is None else past[i]); kvs.append(kv)
     return self.lm_head(self.adaln_before_head(x, c)), kvs
 
+# %% ../nbs/02_rar.ipynb #8b337b9a
 @patch
 def forward_tf(self: RAR, ids_BN, cond_B, orders_BN):
     "Teacher-forced pass in the given order: logits [B, N+1, V] (index j predicts ids permuted, position j) and permuted ids."
@@ -289,17 +298,18 @@ def forward_tf(self: RAR, ids_BN, cond_B, orders_BN):
     logits, _ = self(seq_BN, cond_B, orders_BN)
     return logits[:, 1:], seq_BN
 
-
 # %% ../nbs/02_rar.ipynb #c108e51c
 def random_ratio_at(step: float, anneal_start: float, anneal_end: float) -> float:
     "RAR's random ratio at `step`: 1 before `anneal_start`, linear to 0 at `anneal_end`, 0 after."
     if anneal_end <= anneal_start: return 1.0 if step < anneal_start else 0.0
     return float(min(1.0, max(0.0, 1.0 - (step - anneal_start) / (anneal_end - anneal_start))))
 
+# %% ../nbs/02_rar.ipynb #ac126b7f
 def raster_orders(B: int, N: int, device=None) -> torch.Tensor:
     "The identity order for each of B samples (B, N)."
     return torch.arange(N, device=device).expand(B, N).contiguous()
 
+# %% ../nbs/02_rar.ipynb #599db427
 def sample_orders(B: int, N: int, random_ratio: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     "Per sample: a random permutation with probability `random_ratio`, else raster (B, N)."
     if not 0.0 <= random_ratio <= 1.0: raise ValueError(f"random_ratio must be in [0, 1], got {random_ratio}")
@@ -315,6 +325,7 @@ def cfg_schedule(step: int, N: int, guidance_scale: float, power: float) -> torc
     s = (1 - torch.cos(((step / N) ** (torch.ones(1) * power)) * math.pi)) * 1 / 2
     return (guidance_scale - 1) * s + 1
 
+# %% ../nbs/02_rar.ipynb #f23725f8
 def sample_next(logits_BV, temperature=1.0, top_k=0, top_p=0.0, greedy=False, generator=None):
     "Next token ids (B, 1) from logits: argmax if greedy, else temperature, top-k, top-p and multinomial."
     if greedy: return logits_BV.argmax(-1, keepdim=True)
@@ -361,6 +372,7 @@ def rar_generate(model: RAR, labels_B, guidance_scale=0.0, guidance_scale_pow=2.
 _RELEASED = dict(rar_b=(768, 24, 3072, 16.0, 2.75, 1.0), rar_l=(1024, 24, 4096, 15.5, 2.5, 1.02),
                  rar_xl=(1280, 32, 5120, 6.9, 1.5, 1.02), rar_xxl=(1408, 40, 6144, 8.0, 1.2, 1.02))
 
+# %% ../nbs/02_rar.ipynb #f955458e
 def rar_config(name: str = "mini") -> dict:
     "The plain config dict of a preset: rar_b, rar_l, rar_xl, rar_xxl (released sizes), rar_smoke or mini."
     if name in _RELEASED:
@@ -378,7 +390,9 @@ def rar_config(name: str = "mini") -> dict:
     return dict(family="rar", name=name, tokenizer=asdict(tok), generator=asdict(gen),
                 prefix_tokens=[0, 1, 5, 14, 30], prefix_ref_len=256, score_tokens=100)
 
-def _autocast(device):
+# %% ../nbs/02_rar.ipynb #acdd99fe
+def generator_autocast(device):
+    "bfloat16 autocast on a CUDA `device`, none on the CPU: how the RAR and LlamaGen adapters run their generator."
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 # %% ../nbs/02_rar.ipynb #1bbfa11b
@@ -419,6 +433,7 @@ def build_model(config: dict | str = "mini", device=None) -> RARModel:
     model = RARModel(config).eval()
     return model if device is None else model.to(device)
 
+# %% ../nbs/02_rar.ipynb #9b022a3b
 def load_rar(generator_path, tokenizer_path, config: dict | str = "rar_b", device=None) -> RARModel:
     "A `RARModel` with the released (or any compatible) generator and tokenizer files, loaded strictly."
     with torch.device("meta"): model = RARModel(rar_config(config) if isinstance(config, str) else config)
@@ -427,10 +442,12 @@ def load_rar(generator_path, tokenizer_path, config: dict | str = "rar_b", devic
     load_strict(model.tokenizer, read_state_dict(tokenizer_path), "maskgit", str(tokenizer_path))
     return model.to(device or "cpu").eval()
 
+# %% ../nbs/02_rar.ipynb #c41f3efc
 def load_pretrained(files: dict, config: dict | str, device="cpu") -> RARModel:
     "The family's common loader: `load_rar` with `files` {'tokenizer': VQGAN path, 'generator': RAR path}."
     return load_rar(files["generator"], files["tokenizer"], config, device)
 
+# %% ../nbs/02_rar.ipynb #a16b6b5e
 RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator path setting)
     "RAR-B": ("rar_b", "rar_tokenizer_path", "rar_b_path"),
     "RAR-XXL": ("rar_xxl", "rar_tokenizer_path", "rar_xxl_path"),
@@ -450,30 +467,33 @@ def tokenize(self: RARModel, img_B3HW) -> torch.Tensor:
     check_images(img_B3HW, "tokenize: images")
     with torch.autocast(self.device.type, enabled=False): return self.tokenizer.encode(img_B3HW.to(self.device).float())   # exact codes
 
+# %% ../nbs/02_rar.ipynb #f53306e9
 @patch
 @torch.no_grad()
 def decode(self: RARModel, tokens_BL) -> torch.Tensor:
     "Images (B, 3, H, W) in [0, 1]."
     with torch.autocast(self.device.type, enabled=False): return self.tokenizer.decode(self._check_tokens(tokens_BL))
 
+# %% ../nbs/02_rar.ipynb #57ad3103
 @patch
 def reconstruct(self: RARModel, img_B3HW): return self.decode(self.tokenize(img_B3HW))
-
 
 # %% ../nbs/02_rar.ipynb #d13b55bf
 @patch
 def logits_in_order(self: RARModel, tokens_BL, labels_B, orders_BL):
     "Teacher-forced logits [B, L+1, V] in the given order and the permuted targets [B, L]."
-    with _autocast(self.device):
+    with generator_autocast(self.device):
         logits, seq = self.generator.forward_tf(self._check_tokens(tokens_BL), self._cond(labels_B), orders_BL.to(self.device))
     return logits.float(), seq
 
+# %% ../nbs/02_rar.ipynb #9b2e31b5
 @patch
 def logits(self: RARModel, tokens_BL, labels_B) -> torch.Tensor:
     "Teacher-forced raster logits [B, L, V]: logits[:, l] predicts tokens[:, l]."
     B, L = tokens_BL.shape
     return self.logits_in_order(tokens_BL, labels_B, raster_orders(B, L, self.device))[0][:, :L]
 
+# %% ../nbs/02_rar.ipynb #d9528ac2
 @patch
 def loss(self: RARModel, tokens_BL, labels_B, random_ratio: float = 0.0, cond_drop_prob: float = 0.0, generator=None) -> torch.Tensor:
     "Training cross-entropy: orders random with probability `random_ratio`, labels dropped to the null class with `cond_drop_prob`."
@@ -483,20 +503,22 @@ def loss(self: RARModel, tokens_BL, labels_B, random_ratio: float = 0.0, cond_dr
     if cond_drop_prob > 0:
         drop = (torch.rand(B, generator=generator) < cond_drop_prob).to(self.device)
         cond = torch.where(drop, torch.full_like(cond, self.generator.null_class), cond)
-    with _autocast(self.device):
+    with generator_autocast(self.device):
         logits, seq = self.generator.forward_tf(self._check_tokens(tokens_BL), cond, orders)
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, self.vocab_size), seq.reshape(-1))
 
+# %% ../nbs/02_rar.ipynb #5e9358e3
 @patch
 @torch.no_grad()
 def generate(self: RARModel, labels_B, prefix_BL=None, n_prefix: int = 0, cfg: float = 0.0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 0.0, greedy: bool = False, generator=None, cfg_pow: float | None = None, kv_cache: bool = True):
     "Raster tokens [B, L]; the first `n_prefix` copied from `prefix_BL`; `cfg` is RAR's guidance scale (0: none)."
     pw = self.generator.cfg.guidance_scale_pow if cfg_pow is None else cfg_pow
-    with _autocast(self.device):
+    with generator_autocast(self.device):
         return rar_generate(self.generator, labels_B, cfg, pw, temperature, top_k, top_p, greedy, self._forced_prefix(prefix_BL, n_prefix),
                             generator, kv_cache)
 
+# %% ../nbs/02_rar.ipynb #ce990ab6
 @patch
 def _forced_prefix(self: RARModel, prefix_BL, n_prefix: int):
     "The first `n_prefix` tokens of `prefix_BL`, checked (None for none): what `generate` forces."
@@ -505,30 +527,35 @@ def _forced_prefix(self: RARModel, prefix_BL, n_prefix: int):
     if prefix_BL is None: raise ValueError("n_prefix > 0 needs prefix_BL")
     return self._check_tokens(prefix_BL)[:, :n_prefix]
 
-
 # %% ../nbs/02_rar.ipynb #23930a44
 @patch
 def mlp_blocks(self: RARModel): return [(b.mlp.fc1, b.mlp.act, b.mlp.fc2) for b in self.generator.blocks]
+
+# %% ../nbs/02_rar.ipynb #4f267145
 @patch
 def unit_groups(self: RARModel): return [(2, self.seq_len + 2)]                  # image-token positions after cls and condition
 
+# %% ../nbs/02_rar.ipynb #8ea94002
 @patch
 def prefix_lengths(self: RARModel):
     "Forced-prefix token counts for extraction: (0, 1, 5, 14, 30) scaled from 256 tokens to L, distinct."
     r = self.seq_len / self.config["prefix_ref_len"]
     return sorted({0} | {min(self.seq_len - 1, max(1, round(p * r))) for p in self.config["prefix_tokens"] if p > 0})
 
+# %% ../nbs/02_rar.ipynb #26f8ed74
 @patch
 def score_range(self: RARModel):
     "Token positions of the candidate score: the last 100 of 256, scaled to L."
     n = max(1, round(self.config["score_tokens"] * self.seq_len / self.config["prefix_ref_len"]))
     return (self.seq_len - n, self.seq_len)
 
+# %% ../nbs/02_rar.ipynb #5ece2911
 @patch
 def generation_steps(self: RARModel): return [(l, l + 1) for l in range(self.seq_len)]   # one token per step
+
+# %% ../nbs/02_rar.ipynb #1af8909d
 @patch
 def headline_prefix(self: RARModel): return max(self.prefix_lengths())          # the longest prefix, as the paper's headline
-
 
 # %% ../nbs/02_rar.ipynb #83512e90
 from .family import nearest_code
@@ -551,6 +578,7 @@ def tokenizer_loss(tok, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list 
     rec = tok.decoder(z + (zq - z).detach())
     return F.mse_loss(rec, img_B3HW) + vq
 
+# %% ../nbs/02_rar.ipynb #a15a1222
 def train_options(step: int, ts) -> dict:
     "The generator loss's keywords at training step `step` of settings `ts` (a `memloc.testbed.TrainSettings`)."
     return {"cond_drop_prob": ts.cond_drop_rate,

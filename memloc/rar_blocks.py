@@ -34,6 +34,7 @@ def late_share(um_BH: torch.Tensor, top_p: float = 10) -> float:
     top = top_mask(um_BH, top_p)
     return int(top[(um_BH.shape[0] + 1) // 2:].sum()) / int(top.sum())
 
+# %% ../nbs/12_rar_blocks.ipynb #e6e6b032
 def late_share_test(um_BH: torch.Tensor,            # UnitMem [blocks, units]
                     values: torch.Tensor | None = None, # per-point values [N, blocks, units]: bootstrap over points
                     top_p: float = 10,

@@ -31,6 +31,7 @@ def check_fractions(fractions) -> list[float]:
     if len(set(f)) != len(f): raise ValueError(f"subset fractions repeat: {list(fractions)}")
     return f
 
+# %% ../nbs/14_subset_robustness.ipynb #40729d76
 def levels(subsets: list,           # point ids of each subset, smallest first
            labels: list | None = None, # labels of each subset's points (same order), for the per-class check
            fractions=None,           # the fractions (for the messages)
@@ -100,6 +101,7 @@ def subset_stats_from_values(values: torch.Tensor, # per-point values [N, *shape
     if sizes[-1] != len(ids): raise ValueError(f"the largest subset has {sizes[-1]} points, the order {len(ids)}")
     return [stats_from_values(values[:n], ids[:n], batch_size) for n in sizes]
 
+# %% ../nbs/14_subset_robustness.ipynb #4e08124c
 def merged_stats(level_stats: list[UnitMemStats]) -> list[UnitMemStats]:
     "Cumulative merges of per-level statistics: element k holds levels 0..k (fresh copies)."
     out, run = [], None
@@ -124,6 +126,7 @@ def reuse_values(path,            # a `<name>.values.pt` saved by stage 2 or 3 (
     row = {p_: r for r, p_ in enumerate(pts)}
     return ck["values"][torch.tensor([row[i] for i in ids])]
 
+# %% ../nbs/14_subset_robustness.ipynb #1349166a
 def verify_values(model, dataset, points, values: torch.Tensor, # saved values of `points` (their rows, same order)
                   augment=None, augmentations: int = 10, batch_size: int = 64, seed: int = 0, dtype: str = "float32",
                   rtol: float = 1e-3, atol: float = 1e-5,
@@ -135,10 +138,12 @@ def verify_values(model, dataset, points, values: torch.Tensor, # saved values o
     per_view = (time.perf_counter() - t0) / (len(points) * augmentations)
     return bool(torch.allclose(now, values.float(), rtol=rtol, atol=atol)), per_view
 
+# %% ../nbs/14_subset_robustness.ipynb #45df37ba
 def _level_files(folder, stem: str) -> dict:
     "Files of one level under `folder` and their sizes."
     return {} if folder is None else {f: f.stat().st_size for f in Path(folder).glob(f"{stem}[-.]*.pt")}
 
+# %% ../nbs/14_subset_robustness.ipynb #0d082016
 def _seconds(folder, stem: str, dt: float, before: dict) -> float:
     "Seconds spent measuring the level file just saved, kept beside it (`.seconds.json`): a complete file only loaded adds nothing, a resumed one adds this run's."
     import json
@@ -153,6 +158,7 @@ def _seconds(folder, stem: str, dt: float, before: dict) -> float:
     side.write_text(json.dumps({"seconds": dt}) + "\n")
     return dt
 
+# %% ../nbs/14_subset_robustness.ipynb #15852a10
 def level_stats(model, dataset, order, sizes: list[int],
                 augment=None, augmentations: int = 10, batch_size: int = 64, seed: int = 0,
                 keep_values: bool = True,  # per-point values kept (exact derivation) or per-level statistics streamed
@@ -187,6 +193,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     if np.ptp(x) == 0 or np.ptp(y) == 0: return float("nan")
     return float(sps.spearmanr(x, y).statistic)
 
+# %% ../nbs/14_subset_robustness.ipynb #76d793e2
 def pearson(a, b) -> float:
     "Pearson correlation of two equally shaped arrays, flattened (NaN if either is constant)."
     x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
@@ -194,6 +201,7 @@ def pearson(a, b) -> float:
     if np.ptp(x) == 0 or np.ptp(y) == 0: return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
 
+# %% ../nbs/14_subset_robustness.ipynb #9b596671
 def jaccard(a, b) -> float:
     "|A ∩ B| / |A ∪ B| of two selections: boolean masks of one shape, or [k, 2] (block, unit) pairs."
     if torch.is_tensor(a) and a.dtype == torch.bool:
@@ -203,11 +211,13 @@ def jaccard(a, b) -> float:
     A, B = {tuple(u) for u in torch.as_tensor(a).tolist()}, {tuple(u) for u in torch.as_tensor(b).tolist()}
     return float("nan") if not (A | B) else len(A & B) / len(A | B)
 
+# %% ../nbs/14_subset_robustness.ipynb #f0cb5b96
 def jaccard_chance(k: int, n: int) -> float:
     "Expected-overlap Jaccard of two independent random k-subsets of n: q / (2 - q), q = k / n."
     q = k / n
     return q / (2 - q)
 
+# %% ../nbs/14_subset_robustness.ipynb #d4162080
 def unit_map(um: torch.Tensor, top_p: float = 10) -> dict:
     "Stage 2/3 maps of UnitMem `[G, blocks, hidden]`: 'mean' and 'top_share' per (group, block) (RAR: one group, a block profile)."
     m = cell_maps(um if um.ndim == 3 else um[None], top_p)

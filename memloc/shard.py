@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['join_ranks', 'rank_world', 'alone', 'shard_batches', 'StaleRun', 'save_part', 'read_parts', 'run_batches', 'run_each']
+__all__ = ['join_ranks', 'rank_world', 'alone', 'shard_batches', 'StaleRun', 'save_part', 'read_parts', 'run_batches', 'run_each',
+           'exported_twin', 'run_tasks']
 
 # %% ../nbs/00_shard.ipynb #ce06a8d6
 def join_ranks() -> bool:
@@ -27,13 +28,16 @@ def join_ranks() -> bool:
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     return True
 
+# %% ../nbs/00_shard.ipynb #c2d5dd8e
 _ALONE = [False]   # inside `alone()`: this process's passes are its own
 
+# %% ../nbs/00_shard.ipynb #43a595c9
 def rank_world(group=None) -> tuple[int, int]:
     "(rank, world size) of this process: (0, 1) unless `torch.distributed` is initialised (or `join_ranks` joins the processes of `--nproc`), and inside `alone()`."
     if not _ALONE[0] and join_ranks(): return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
 
+# %% ../nbs/00_shard.ipynb #fcd659f3
 @contextmanager
 def alone():
     "Run the passes inside in this process only, as if it were the only one (for work one process does while the others do theirs)."
@@ -41,6 +45,7 @@ def alone():
     try: yield
     finally: _ALONE[0] = was
 
+# %% ../nbs/00_shard.ipynb #3f75519f
 def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[range]:
     "The batches (item ranges) of `n` items that `rank` of `world` runs: every `world`-th, from `rank`."
     if n < 0 or batch_size < 1: raise ValueError(f"n must be >= 0 and batch_size >= 1, got {n} and {batch_size}")
@@ -51,9 +56,11 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
 class StaleRun(ValueError):
     "A saved part was computed from other inputs or settings than this run's."
 
+# %% ../nbs/00_shard.ipynb #26a2f650
 def _meta_text(meta: dict, batch_size: int, n: int) -> str:
     return json.dumps({"meta": meta, "batch_size": batch_size, "n": n}, sort_keys=True, default=str)
 
+# %% ../nbs/00_shard.ipynb #6e5c88b2
 def save_part(path, results: dict[str, torch.Tensor], batch_ids: torch.Tensor, header: str) -> Path:
     "Write one part (atomically): `results` (tensors with one row per item) and `batch_ids` (int64, one per item)."
     from safetensors.torch import save_file
@@ -65,6 +72,7 @@ def save_part(path, results: dict[str, torch.Tensor], batch_ids: torch.Tensor, h
     os.replace(tmp, path)
     return path
 
+# %% ../nbs/00_shard.ipynb #4678151e
 def read_parts(state_dir, header: str) -> tuple[dict[int, Path], list[str]]:
     "The parts in `state_dir` written with `header`: ({batch index: part file}, why the others do not match)."
     from safetensors import safe_open
@@ -135,6 +143,7 @@ def run_batches(compute,                  # compute(items: range, inputs) -> {ke
 # %% ../nbs/00_shard.ipynb #70093338
 def _n_batches(n: int, batch_size: int) -> int: return (n + batch_size - 1) // batch_size
 
+# %% ../nbs/00_shard.ipynb #94e6fac5
 def _flush(state: Path, pending, batch_size: int, header: str):
     keys = pending[0][1].keys()
     res = {k: torch.cat([o[k] for _, o in pending]) for k in keys}
@@ -142,6 +151,7 @@ def _flush(state: Path, pending, batch_size: int, header: str):
     first, last = pending[0][0].start // batch_size, pending[-1][0].start // batch_size
     save_part(state / f"part-{first:08d}-{last:08d}.safetensors", res, ids, header)
 
+# %% ../nbs/00_shard.ipynb #b8c9f4b5
 def _assemble(chunks, n: int, batch_size: int) -> dict[str, torch.Tensor]:
     "Rows of (batch index, {key: rows}) chunks put in item order; every item exactly once."
     chunks = sorted(chunks, key=lambda c: c[0])
@@ -150,6 +160,7 @@ def _assemble(chunks, n: int, batch_size: int) -> dict[str, torch.Tensor]:
     if not chunks: return {}
     return {k: torch.cat([c[k] for _, c in chunks]) for k in chunks[0][1]}
 
+# %% ../nbs/00_shard.ipynb #7dbb516a
 def _merge(own, n: int, batch_size: int, world: int) -> dict[str, torch.Tensor]:
     chunks = [(it.start // batch_size, out) for it, out in own]
     if world > 1:
@@ -158,6 +169,7 @@ def _merge(own, n: int, batch_size: int, world: int) -> dict[str, torch.Tensor]:
         chunks = [c for part in every for c in part]
     return _assemble(chunks, n, batch_size)
 
+# %% ../nbs/00_shard.ipynb #5d857bd8
 def _read_results(files, n: int, batch_size: int) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     chunks = []
@@ -182,3 +194,37 @@ def run_each(fn,                 # fn(item) -> any picklable result
         mine = {i: r for part in every for i, r in part.items()}
     return [mine[i] for i in range(len(items))]
 
+
+# %% ../nbs/00_shard.ipynb #7f83f5b1
+def exported_twin(fn,                       # a function, perhaps defined by running a notebook
+                  module: str | None = None, # the module that exports it (None: looked up in memloc._modidx)
+                 ):
+    "`fn`, or where it is defined in `__main__` (a notebook run), the function of its name in the memloc module that exports it."
+    if getattr(fn, "__module__", None) != "__main__": return fn
+    import importlib
+    if module is None:
+        from memloc._modidx import d
+        hits = [m for m, syms in d["syms"].items() if f"{m}.{fn.__name__}" in syms]
+        if len(hits) != 1: raise ValueError(f"{fn.__name__!r} is exported by {hits or 'no memloc module'}: name its module")
+        module = hits[0]
+    return getattr(importlib.import_module(module), fn.__name__)
+
+# %% ../nbs/00_shard.ipynb #3a2dc1b7
+def run_tasks(fn,                  # fn(task) -> any picklable result
+              tasks: list,
+              workers: int = 1,    # processes (1: here, in this process)
+              module: str | None = None,  # where a `fn` defined in a notebook is exported (None: looked up)
+             ) -> list:
+    "`fn(task)` for every task, results in the tasks' order: here when `workers` is 1, else in that many spawned processes (each one thread)."
+    if workers <= 1: return [fn(t) for t in tasks]
+    import concurrent.futures as cf, multiprocessing as mp
+    import memloc
+    fn = exported_twin(fn, module)        # a worker imports the function: a notebook's own maps to its exported twin
+    root = str(Path(memloc.__file__).resolve().parent.parent)   # the workers import this checkout's memloc
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = root + ("" if not old else os.pathsep + old)
+    try:
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex: return list(ex.map(fn, tasks))
+    finally:
+        if old is None: os.environ.pop("PYTHONPATH", None)
+        else: os.environ["PYTHONPATH"] = old

@@ -52,6 +52,7 @@ def _seeded(build, seed: int):
     torch.manual_seed(seed)
     return build()
 
+# %% ../nbs/22_smoke.ipynb #93b94158
 def write_checkpoints(root, seed: int = 0) -> dict:
     "Every `SMOKE_MODELS` file, from our own models with seeded random weights, wrapped as the released files are; returns {model: (tokenizer, generator)}."
     from memloc import llamagen as LG, rar as R, var as V
@@ -80,6 +81,7 @@ class SSCDStandIn(nn.Module):
         h = F.adaptive_avg_pool2d(x, self.grid).flatten(1)
         return F.normalize(self.proj(h - h.mean(1, keepdim=True)), dim=1)
 
+# %% ../nbs/22_smoke.ipynb #9976493a
 def write_sscd(path, seed: int = 0) -> Path:
     "The SSCD stand-in as a TorchScript file (`torch.jit.save`), as Meta publishes sscd_disc_mixup."
     net = _seeded(SSCDStandIn, seed).eval()
@@ -90,6 +92,7 @@ def write_sscd(path, seed: int = 0) -> Path:
         torch.jit.save(torch.jit.script(net), str(path))
     return path
 
+# %% ../nbs/22_smoke.ipynb #3bb244b5
 def write_inception(path, seed: int = 0) -> Path:
     "Seeded random weights of torch-fidelity's `inception-v3-compat`, as the state dict file it loads (`feature_extractor_weights_path`)."
     from unittest import mock
@@ -120,6 +123,7 @@ def smoke_settings(root) -> dict:
         out[tok_key], out[gen_key] = str(root / files[0]), str(root / files[1])
     return out
 
+# %% ../nbs/22_smoke.ipynb #50e20443
 def make_smoke_assets(root,                 # the assets folder (settings.ini [smoke] expects runs/smoke/assets)
                       per_class: int = 10,  # images per class: every [smoke] subset fraction keeps two or more per class (one a candidate of the attack, one a reference)
                       image_size: int = 256,# the size the full path resizes to, and the FID statistics' size

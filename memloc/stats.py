@@ -20,6 +20,7 @@ def interval(samples, level: float = 0.95) -> tuple[float, float]:
     lo, hi = np.quantile(np.asarray(samples, dtype=np.float64), [a, 1 - a])
     return float(lo), float(hi)
 
+# %% ../nbs/06a_stats.ipynb #82057617
 def bootstrap_share(hits, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     "Share of True in `hits` with a percentile bootstrap interval over the items: `{share, lo, hi, n}`."
     h = np.asarray(hits, dtype=float)
@@ -38,8 +39,10 @@ def empirical_p(observed: float, draws, alternative: str = "less") -> float:
     k = (d <= observed).sum() if alternative == "less" else (d >= observed).sum()
     return float((1 + k) / (1 + d.size))
 
+# %% ../nbs/06a_stats.ipynb #161ebffe
 ALPHA = 0.05   # the study's significance level for every comparison with random draws
 
+# %% ../nbs/06a_stats.ipynb #9252534d
 def detectable(draws, alpha: float = ALPHA, alternative: str = "less") -> dict:
     "The smallest effect a comparison with these `draws` could detect at `alpha`: an observed value strictly beyond `bound` (below it for `less`) has `empirical_p` <= alpha; `effect` is the bound's distance from the draws' mean (None where no value can reach alpha)."
     d = np.sort(np.asarray(draws, dtype=float))
@@ -50,10 +53,12 @@ def detectable(draws, alpha: float = ALPHA, alternative: str = "less") -> dict:
     b = d[k] if alternative == "less" else d[::-1][k]
     return {"bound": float(b), "effect": float(abs(d.mean() - b)), "n_draws": int(d.size), "alpha": alpha}
 
+# %% ../nbs/06a_stats.ipynb #63f9fa99
 def chance_supported(n_tests: int, alpha: float = ALPHA) -> float:
     "How many of `n_tests` independent comparisons chance alone would call supported at `alpha` (an upper bound where the p-values are discrete)."
     return float(n_tests * alpha)
 
+# %% ../nbs/06a_stats.ipynb #d34d620a
 def verdict(p: float | None, effect_ok: bool | None = True, alpha: float = ALPHA, n_draws: int | None = None) -> str:
     "'supported' (p <= alpha and the effect goes the claimed way), 'not supported', or 'inconclusive' (p cannot reach alpha)."
     if p is None or effect_ok is None: return "inconclusive"

@@ -26,11 +26,13 @@ def mini_manifest(testbed: str | None = None) -> Path:
     from memloc.testbed import testbed_manifest
     return testbed_manifest(testbed or load_settings("mini").str("testbed"))
 
+# %% ../nbs/06_study.ipynb #33a17ebd
 def _manifest(testbed):
     from memloc.config import read_json
     mp = mini_manifest(testbed)
     return mp, (read_json(mp, "testbed manifest") if mp.is_file() else {})
 
+# %% ../nbs/06_study.ipynb #2d0f09e0
 def load_model(name: str,                        # a family's name (the miniature) or a released name (`released_models()`)
                profile: str = "mini",            # settings.ini profile: its device and checkpoint paths
                device: str | torch.device | None = None,   # default: the profile's
@@ -59,6 +61,7 @@ def load_model(name: str,                        # a family's name (the miniatur
     model.source = source
     return model
 
+# %% ../nbs/06_study.ipynb #db9dd814
 def model_split(name: str, profile: str = "mini", testbed: str | None = None) -> MiniSplit | None:
     "The split `load_model(name, ...)` was trained on: the testbed's; the default split of the digits for random weights; None for a released model."
     if name not in FAMILIES: return None
@@ -67,11 +70,13 @@ def model_split(name: str, profile: str = "mini", testbed: str | None = None) ->
     from memloc.data import make_split
     return make_split(load_digits(load_settings(profile).int("image_size"))[1])
 
+# %% ../nbs/06_study.ipynb #a69aabea
 def profile_models(settings, with_lists: bool = False) -> list:
     "The models a profile studies: its `<family>_models` lists in the registry's order (with `with_lists`: `(list's key, name)` pairs)."
     pairs = [(f"{fam}_models", n) for fam in FAMILIES for n in (settings.items_of(f"{fam}_models") if f"{fam}_models" in settings else [])]
     return pairs if with_lists else [n for _, n in pairs]
 
+# %% ../nbs/06_study.ipynb #be2a0578
 def check_checkpoint(path, family: str, preset: str, part: str = "generator") -> str:
     "Confirm that checkpoint `path` holds exactly the keys and shapes of `part` ('generator' or 'tokenizer') of `family`'s `preset`, without building its weights."
     if part not in ("generator", "tokenizer"): raise ValueError(f"part must be 'generator' or 'tokenizer', got {part!r}")
@@ -101,6 +106,7 @@ class Points:
     def indices(self) -> torch.Tensor: return self.dataset.indices
     def __len__(self): return len(self.dataset)
 
+# %% ../nbs/06_study.ipynb #23a09513
 def mini_split(manifest_path=None, model: str | None = None) -> MiniSplit:
     "The miniature's split from the testbed manifest: `model`'s, or the one all its models share."
     from memloc.testbed import TestbedError, read_manifest
@@ -113,6 +119,7 @@ def mini_split(manifest_path=None, model: str | None = None) -> MiniSplit:
     if len(splits) > 1: raise TestbedError("the testbed's models were trained on different splits: name the model")
     return MiniSplit.from_dict(json.loads(splits.pop()))
 
+# %% ../nbs/06_study.ipynb #23d64fc3
 def study_points(profile: str = "mini", which: str = "members", fraction: float = 1.0, seed: int = 0,
                  split: MiniSplit | None = None, model: str | None = None,
                  testbed: str | None = None) -> Points:   # the miniature's testbed (default: the profile's)

@@ -43,11 +43,25 @@ def lr_at(step: int,             # 0-based step
     t = (step - warmup) / max(1, steps - warmup)
     return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
+# %% ../nbs/03_testbed.ipynb #812dfbed
 def _rng_state(gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "gen": gen.get_state()}
 
+# %% ../nbs/03_testbed.ipynb #209df655
 def _set_rng_state(s: dict, gen: torch.Generator):
     torch.set_rng_state(s["torch"]); random.setstate(s["python"]); gen.set_state(s["gen"])
+
+# %% ../nbs/03_testbed.ipynb #4d189c2d
+def _resume(state_path, steps: int, seed: int, model: nn.Module, opt, gen) -> tuple:
+    "`(start step, loss history, elapsed seconds)` of the training state at `state_path`, with `model`, `opt` and the random state restored from it; a fresh start where there is none."
+    if state_path is None or not state_path.is_file(): return 0, [], 0.0
+    st = torch.load(state_path, weights_only=True)
+    if st["steps"] != steps or st["seed"] != seed:
+        raise ValueError(f"training state {state_path} was made for steps={st['steps']}, seed={st['seed']}, "
+                         f"not steps={steps}, seed={seed}; delete it to start over")
+    model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
+    _set_rng_state(st["rng"], gen)
+    return st["step"], list(st["history"]), st["elapsed"]
 
 # %% ../nbs/03_testbed.ipynb #4098e448
 def fit(model: nn.Module,        # the module whose parameters are trained
@@ -73,16 +87,8 @@ def fit(model: nn.Module,        # the module whose parameters are trained
         gen = torch.Generator().manual_seed(seed)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-        start, history, elapsed = 0, [], 0.0
         state_path = resolve(state_path) if state_path else None
-        if state_path is not None and state_path.is_file():
-            st = torch.load(state_path, weights_only=True)
-            if st["steps"] != steps or st["seed"] != seed:
-                raise ValueError(f"training state {state_path} was made for steps={st['steps']}, seed={st['seed']}, "
-                                 f"not steps={steps}, seed={seed}; delete it to start over")
-            model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
-            start, history, elapsed = st["step"], list(st["history"]), st["elapsed"]
-            _set_rng_state(st["rng"], gen)
+        start, history, elapsed = _resume(state_path, steps, seed, model, opt, gen)
         def save(step):
             if state_path is None: return
             state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,14 +141,17 @@ def point_metrics(model,                 # a family adapter (memloc.var.VARModel
     model.train(was)
     return {k: torch.cat(v) for k, v in out.items()}
 
+# %% ../nbs/03_testbed.ipynb #acd82184
 GROUPS = ("canary", "member", "non_member")
 
+# %% ../nbs/03_testbed.ipynb #ca268ad3
 def group_indices(split: MiniSplit) -> dict[str, torch.Tensor]:
     "Digit indices of each group: canaries, the other members, the non-members."
     can = set(split.canaries.tolist())
     mem = torch.tensor([i for i in split.members.tolist() if i not in can], dtype=torch.long)
     return {"canary": split.canaries.long(), "member": mem, "non_member": split.non_members.long()}
 
+# %% ../nbs/03_testbed.ipynb #4a4924cb
 def memorization_table(model, images, labels, split: MiniSplit, max_members: int | None = 300, seed: int = 0):
     "Per-group means (and per-point values) of `point_metrics`; at most `max_members` ordinary members, seeded."
     import pandas as pd
@@ -163,6 +172,7 @@ def memorization_table(model, images, labels, split: MiniSplit, max_members: int
 class TestbedError(RuntimeError):
     "The testbed's manifest or weights are missing or do not match."
 
+# %% ../nbs/03_testbed.ipynb #8df61415
 def sha256_file(path) -> str:
     "Hex sha256 of a file's bytes."
     h = hashlib.sha256()
@@ -170,16 +180,19 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/03_testbed.ipynb #afab7968
 def default_manifest_path() -> Path:
     "The manifest of the mini profile's testbed (settings.ini [mini] testbed)."
     return testbed_manifest(load_settings("mini").str("testbed"))
 
+# %% ../nbs/03_testbed.ipynb #dbc979b2
 def read_manifest(manifest_path=None) -> dict:
     "The manifest as a dict (`{}` if the file does not exist)."
     p = resolve(manifest_path) if manifest_path else default_manifest_path()
     from memloc.config import read_json   # a truncated file: an error that names it
     return read_json(p, "testbed manifest") if p.is_file() else {}
 
+# %% ../nbs/03_testbed.ipynb #f2254464
 def save_testbed(model, split: MiniSplit, entry: dict, out_dir="data/mini") -> dict:
     "Write `model` as `out_dir/<family>.safetensors` and merge its entry into `out_dir/manifest.json`."
     out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +211,7 @@ def save_testbed(model, split: MiniSplit, entry: dict, out_dir="data/mini") -> d
         save_json(manifest, "manifest.json", out)
     return entry
 
+# %% ../nbs/03_testbed.ipynb #9adac005
 def load_testbed(family: str,               # a name in memloc.family.FAMILIES
                  manifest_path=None,        # default: the manifest of settings.ini [mini] testbed
                  verify: bool = True,       # check the weights' sha256 against the manifest
@@ -248,6 +262,7 @@ class TrainingViews:
         return x_NV[b, v]
     def __call__(self, b, gen): return self.pick(self.views, b, gen)
 
+# %% ../nbs/03_testbed.ipynb #0374f0b6
 def tokenize_views(model, images, ts) -> torch.Tensor:
     "True tokens `[N, V, L]` of every training view of every image."
     v = TrainingViews(images, ts).views
@@ -272,12 +287,14 @@ class TrainSettings:
     threads: int = 1              # CPU threads while training
     train_views: int = 0          # augmented views per image that training draws from (0: the images as they are)
 
+# %% ../nbs/03_testbed.ipynb #bb890b74
 @torch.no_grad()
 def tokenize_all(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     "True tokens [N, L] of every image (tokenizer in eval mode)."
     model.eval()
     return torch.cat([model.tokenize(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
+# %% ../nbs/03_testbed.ipynb #61babcf0
 def train_family(family: str,             # a name in memloc.family.FAMILIES
                  config: dict,            # the family's build_model configuration
                  images: torch.Tensor,    # all digits [N,3,H,W] in [0,1]
@@ -332,6 +349,7 @@ def membership_auc(loss_members, loss_non_members) -> float:
     if a.size == 0 or b.size == 0: raise ValueError("membership_auc: need at least one member and one non-member")
     return float((a < b).mean() + 0.5 * (a == b).mean())
 
+# %% ../nbs/03_testbed.ipynb #186c899a
 def stream_record(split: MiniSplit, ts: TrainSettings) -> dict:
     "What the generator's training stream held: its length, the canaries' share of it, passes over it."
     n = len(split.train_indices()); k = len(split.canaries); c = split.copies()
@@ -379,11 +397,13 @@ REGIMES = {
                    tok_steps=150, gen_steps={"var": 600, "rar": 250}, train_views=0, out_dir="data/mini/canary"),
 }
 
+# %% ../nbs/03_testbed.ipynb #42a65631
 def testbed_manifest(testbed: str = "long") -> Path:
     "The manifest of a testbed regime: `manifest.json` in the regime's folder."
     if testbed not in REGIMES: raise ValueError(f"unknown testbed {testbed!r}; expected one of {sorted(REGIMES)}")
     return resolve(REGIMES[testbed]["out_dir"]) / "manifest.json"
 
+# %% ../nbs/03_testbed.ipynb #2d2ece8d
 def regime_split(regime: str, labels, data_seed: int = 0, canary_seed: int = 0) -> MiniSplit:
     "The member / non-member / canary split of a regime."
     r = REGIMES[regime]
@@ -392,10 +412,12 @@ def regime_split(regime: str, labels, data_seed: int = 0, canary_seed: int = 0) 
                       dup=r.get("dup", 1), split_seed=data_seed, canary_seed=canary_seed,
                       n_members_per_class=r["n_members_per_class"], source=r.get("source", "sklearn-digits"), counts=counts)
 
+# %% ../nbs/03_testbed.ipynb #b9b0ab3b
 def regime_images(regime: str, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "The images and labels a regime trains on (its `source`), at `size` (default: settings.ini [mini] image_size)."
     return load_source(REGIMES[regime].get("source", "sklearn-digits"), size or load_settings("mini").int("image_size"))
 
+# %% ../nbs/03_testbed.ipynb #17af0291
 def regime_settings(regime: str, family: str, split: MiniSplit, train_seed: int = 0, **kw) -> TrainSettings:
     "A regime's training settings for one family (`epochs` are passes over the training stream)."
     r = REGIMES[regime]
@@ -410,6 +432,7 @@ def mini_config(family: str) -> dict:
     "The miniature's architecture for a family (its module's `mini_config()`)."
     return family_module(family).mini_config()
 
+# %% ../nbs/03_testbed.ipynb #bc8bc386
 def train_testbed(regime: str,          # "long" or "canary"
                   family: str,          # a name in memloc.family.FAMILIES
                   out_dir=None,         # default: the regime's folder
@@ -431,10 +454,12 @@ def dedup_split(split: MiniSplit) -> MiniSplit:
     from dataclasses import replace
     return replace(split, dup=1, counts=[1] * len(split.canaries))
 
+# %% ../nbs/03_testbed.ipynb #36e736a7
 def dedup_manifest(regime: str = "dup") -> Path:
     "The manifest of `regime`'s oracle: trained without duplicates, in `<regime folder>/dedup/`."
     return testbed_manifest(regime).parent / "dedup" / "manifest.json"
 
+# %% ../nbs/03_testbed.ipynb #2e78a050
 def train_dedup(regime: str,            # the regime whose recipe is retrained ("dup")
                 family: str,            # a name in memloc.family.FAMILIES
                 data_seed: int = 0, canary_seed: int = 0, train_seed: int = 0,

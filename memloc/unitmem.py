@@ -14,25 +14,28 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch import nn
 
 from .shard import rank_world
 from .stats import top_count
 
 # %% auto #0
-__all__ = ['unitmem_from_values', 'unitmem', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'augment_views',
-           'batch_values', 'StaleStats', 'weights_fingerprint', 'augment_fingerprint', 'point_hashes', 'stale_content',
-           'stale_meta', 'load_stats', 'precision_of', 'tokenizer_precision', 'matching_stats', 'measure',
-           'canary_share']
+__all__ = ['unitmem_from_values', 'unitmem', 'planted_values', 'UnitMemStats', 'NonFiniteActivation', 'UnitCapture', 'autocast',
+           'augment_views', 'batch_values', 'StaleStats', 'weights_fingerprint', 'augment_fingerprint', 'point_hashes',
+           'stale_content', 'stale_meta', 'load_stats', 'precision_of', 'tokenizer_precision', 'matching_stats',
+           'measure', 'canary_share']
 
 # %% ../nbs/10_adaptation.ipynb #7df162c3
 def _check_points(n: int, what: str = "UnitMem"):
     if n < 2: raise ValueError(f"{what} needs at least 2 points (mu_rest averages over the other points), got {n}")
 
+# %% ../nbs/10_adaptation.ipynb #a9b96d2d
 def _ratio(mu_max: torch.Tensor, mu_rest: torch.Tensor) -> torch.Tensor:
     den = mu_max + mu_rest
     return torch.where(den == 0, torch.zeros_like(den), (mu_max - mu_rest) / torch.where(den == 0, torch.ones_like(den), den))
 
+# %% ../nbs/10_adaptation.ipynb #f632bc44
 def unitmem_from_values(a_NU: torch.Tensor, # per-point values [N, *units] (already view-averaged)
                         others: str = "mean", # "mean" (default, streamable) or "median" (original code)
                        ) -> torch.Tensor:
@@ -48,6 +51,7 @@ def unitmem_from_values(a_NU: torch.Tensor, # per-point values [N, *units] (alre
     else: raise ValueError(f"others must be 'mean' or 'median', got {others!r}")
     return _ratio(mu_max, mu_rest)
 
+# %% ../nbs/10_adaptation.ipynb #5d9ee0d9
 def unitmem(acts: torch.Tensor, # raw activations [N points, A augmentations, *units]
             others: str = "mean", # "mean" (default, streamable) or "median" (original code)
             abs: bool = True,     # take the magnitude |act| first (GELU outputs can be negative)
@@ -60,6 +64,20 @@ def unitmem(acts: torch.Tensor, # raw activations [N points, A augmentations, *u
     a = acts.double()
     if abs: a = a.abs()
     return unitmem_from_values(a.mean(1), others)
+
+# %% ../nbs/10_adaptation.ipynb #643a9c77
+def planted_values(n: int,          # points
+                   shape: tuple,    # the unit grid, units last: (blocks, units), (scales, blocks, units), ...
+                   planted=(),      # places of the grid but its last axis, e.g. [(4,), (5,)] for blocks 4 and 5
+                   seed: int = 0,
+                   boost: float = 6.0,
+                  ) -> torch.Tensor:
+    "Per-point values `[n, *shape]`, uniform in [0.5, 1.5); at each `planted` place unit u fires `boost` more for point u (u < units // 2)."
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(n, *shape, generator=g) + 0.5
+    u = torch.arange(shape[-1] // 2)
+    for at in planted: v[(u, *at, u)] += boost
+    return v
 
 # %% ../nbs/10_adaptation.ipynb #1eeff577
 class UnitMemStats:
@@ -76,128 +94,150 @@ class UnitMemStats:
         self.count = 0
         self.ids: set[int] = set()   # the points counted: a point is counted once, whichever shard or batch brings it
 
-    def _fold(self, mx, am):
-        "Fold a candidate (max, argmax) into ours: larger max wins, equal maxima keep the lower index."
-        better = mx > self.max
-        tie = (mx == self.max) & (am >= 0)
-        self.argmax = torch.where(better, am, torch.where(tie & ((self.argmax < 0) | (am < self.argmax)), am, self.argmax))
-        self.max = torch.maximum(self.max, mx)
-
-    def _add_ids(self, ids: list[int], what: str):
-        new = set(ids)
-        if len(new) != len(ids): raise ValueError(f"{what}: the same point id twice in one batch: {sorted(i for i in new if ids.count(i) > 1)[:10]}")
-        again = new & self.ids
-        if again: raise ValueError(f"{what}: points already counted: {sorted(again)[:10]}{' ...' if len(again) > 10 else ''}")
-        self.ids |= new
-
-    def update(self, values: torch.Tensor, # per-point values [B, *shape] (magnitudes: >= 0 unless `signed`)
-               index: torch.Tensor | None = None, # the B points' ids (default: count, count+1, ...: one unsharded stream only)
-              ) -> "UnitMemStats":
-        "Add a batch of per-point values; a point already counted, a negative value (unless `signed`) or a non-finite one is refused."
-        if tuple(values.shape[1:]) != self.shape:
-            raise ValueError(f"update: values have unit shape {tuple(values.shape[1:])}, the statistics {self.shape}")
-        B = values.shape[0]
-        if B == 0: return self
-        v = values.to(self.sum.device, torch.float64)
-        bad = ~torch.isfinite(v)
-        any_bad, any_neg = torch.stack([bad.any(), (v < 0).any() & (not self.signed)]).tolist()   # one wait for the device
-        if any_bad: raise ValueError(f"update: non-finite value at (row, *unit) {tuple(bad.nonzero()[0].tolist())}")
-        if any_neg:
-            raise ValueError(f"update: negative value {v.min().item():.4g} at (row, *unit) {tuple((v < 0).nonzero()[0].tolist())}: "
-                             "UnitMem is defined on magnitudes (measure with abs=True), or make the statistics signed=True")
-        idx = torch.arange(self.count, self.count + B) if index is None else torch.as_tensor(index, dtype=torch.int64)
-        if idx.shape != (B,): raise ValueError(f"update: index has shape {tuple(idx.shape)}, expected ({B},)")
-        if (idx < 0).any(): raise ValueError(f"update: point ids must be >= 0, got {idx.min().item()}")
-        self._add_ids(idx.tolist(), "update")
-        idx = idx.to(self.sum.device).view(B, *[1] * len(self.shape))
-        mx = v.max(0).values
-        am = torch.where(v == mx, idx, torch.iinfo(torch.int64).max).min(0).values  # lowest id among ties
-        self.sum += v.sum(0)
-        self._fold(mx, am)
-        self.count += B
-        return self
-
-    def merge(self, other: "UnitMemStats") -> "UnitMemStats":
-        "Add another shard's statistics (exact: sums add, maxima fold with the tie rule); shards must hold different points."
-        if not isinstance(other, UnitMemStats): raise TypeError(f"merge: expected UnitMemStats, got {type(other).__name__}")
-        if other.shape != self.shape: raise ValueError(f"merge: shapes differ, {self.shape} vs {other.shape}")
-        if other.signed and not self.signed: raise ValueError("merge: signed statistics into unsigned ones")
-        self._add_ids(sorted(other.ids), "merge")
-        self.sum += other.sum.to(self.sum.device)
-        self._fold(other.max.to(self.sum.device), other.argmax.to(self.sum.device))
-        self.count += other.count
-        return self
-
-    def all_reduce(self, group=None) -> "UnitMemStats":
-        "Merge the statistics of every process of `torch.distributed` in place (gloo on CPU, nccl on GPU)."
-        if not (dist.is_available() and dist.is_initialized()): return self
-        every = [None] * dist.get_world_size(group)
-        dist.all_gather_object(every, sorted(self.ids), group=group)
-        ids = [i for part in every for i in part]
-        if len(set(ids)) != len(ids): raise ValueError("all_reduce: processes counted the same points (shards overlap)")
-        dist.all_reduce(self.sum, op=dist.ReduceOp.SUM, group=group)
-        local_max = self.max.clone()
-        dist.all_reduce(self.max, op=dist.ReduceOp.MAX, group=group)
-        big = torch.iinfo(torch.int64).max
-        self.argmax = torch.where((local_max == self.max) & (self.argmax >= 0), self.argmax, big)
-        dist.all_reduce(self.argmax, op=dist.ReduceOp.MIN, group=group)
-        self.argmax[self.argmax == big] = -1
-        n = torch.tensor([self.count], dtype=torch.int64, device=self.sum.device)
-        dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
-        self.count, self.ids = int(n.item()), set(ids)
-        return self
-
-    def mu_rest(self) -> torch.Tensor:
-        "Mean over the other N-1 points of each unit."
-        _check_points(self.count)
-        return (self.sum - self.max) / (self.count - 1)
-
-    def compute(self, others: str = "mean") -> torch.Tensor:
-        "UnitMem of every unit, float64 `[*shape]`."
-        if others != "mean": raise ValueError(f"streaming statistics give others='mean' only (got {others!r}); the median needs every per-point value: use unitmem()")
-        return _ratio(self.max, self.mu_rest())
-
-    def state_dict(self) -> dict:
-        return {"shape": list(self.shape), "sum": self.sum.cpu(), "max": self.max.cpu(), "argmax": self.argmax.cpu(),
-                "count": self.count, "ids": torch.tensor(sorted(self.ids), dtype=torch.int64), "signed": self.signed}
-
-    def load_state_dict(self, sd: dict) -> "UnitMemStats":
-        "Adopt saved statistics, after checking that they are UnitMem statistics of our shape and consistent in themselves."
-        if not isinstance(sd, dict): raise ValueError(f"load_state_dict: expected a dict of statistics, got {type(sd).__name__}")
-        lack = [k for k in ("shape", "sum", "max", "argmax", "count") if k not in sd]
-        if lack: raise ValueError(f"load_state_dict: not UnitMem statistics (no {', '.join(lack)}; keys: {sorted(sd)})")
-        if tuple(sd["shape"]) != self.shape: raise ValueError(f"load_state_dict: saved shape {tuple(sd['shape'])}, ours {self.shape}")
-        for k in ("sum", "max", "argmax"):
-            if not torch.is_tensor(sd[k]) or tuple(sd[k].shape) != self.shape:
-                got = tuple(sd[k].shape) if torch.is_tensor(sd[k]) else type(sd[k]).__name__
-                raise ValueError(f"load_state_dict: {k} has shape {got}, but the statistics say {self.shape}")
-        count, ids = int(sd["count"]), sd.get("ids")
-        if count < 0: raise ValueError(f"load_state_dict: count {count} < 0")
-        if ids is not None and (len(ids) != count or len(set(ids.tolist())) != len(ids)):
-            raise ValueError(f"load_state_dict: {len(ids)} point ids ({len(set(ids.tolist()))} different) for a count of {count}")
-        signed = bool(sd.get("signed", False))
-        if not signed and count and (sd["max"] < 0).any(): raise ValueError("load_state_dict: negative maxima in unsigned statistics")
-        if count and ((sd["argmax"] < 0).any() or not torch.isfinite(sd["sum"]).all()):
-            raise ValueError("load_state_dict: statistics of counted points with a missing argmax or a non-finite sum")
-        dev = self.sum.device
-        self.sum, self.max = sd["sum"].to(dev, torch.float64).clone(), sd["max"].to(dev, torch.float64).clone()
-        self.argmax, self.count, self.signed = sd["argmax"].to(dev, torch.int64).clone(), count, signed
-        self.ids = set() if ids is None else set(ids.tolist())
-        return self
-
-    @classmethod
-    def from_state_dict(cls, sd: dict) -> "UnitMemStats":
-        if not isinstance(sd, dict) or "shape" not in sd: raise ValueError("from_state_dict: not UnitMem statistics (no 'shape')")
-        return cls(sd["shape"], signed=bool(sd.get("signed", False))).load_state_dict(sd)
-
-    def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in (self.sum, self.max, self.argmax))
-
     def __repr__(self): return f"UnitMemStats(shape={self.shape}, count={self.count})"
+
+# %% ../nbs/10_adaptation.ipynb #d9d74cd3
+@patch
+def _fold(self: UnitMemStats, mx, am):
+    "Fold a candidate (max, argmax) into ours: larger max wins, equal maxima keep the lower index."
+    better = mx > self.max
+    tie = (mx == self.max) & (am >= 0)
+    self.argmax = torch.where(better, am, torch.where(tie & ((self.argmax < 0) | (am < self.argmax)), am, self.argmax))
+    self.max = torch.maximum(self.max, mx)
+
+# %% ../nbs/10_adaptation.ipynb #47246b29
+@patch
+def _add_ids(self: UnitMemStats, ids: list[int], what: str):
+    new = set(ids)
+    if len(new) != len(ids): raise ValueError(f"{what}: the same point id twice in one batch: {sorted(i for i in new if ids.count(i) > 1)[:10]}")
+    again = new & self.ids
+    if again: raise ValueError(f"{what}: points already counted: {sorted(again)[:10]}{' ...' if len(again) > 10 else ''}")
+    self.ids |= new
+
+# %% ../nbs/10_adaptation.ipynb #ac794256
+@patch
+def update(self: UnitMemStats, values: torch.Tensor, # per-point values [B, *shape] (magnitudes: >= 0 unless `signed`)
+           index: torch.Tensor | None = None, # the B points' ids (default: count, count+1, ...: one unsharded stream only)
+          ) -> "UnitMemStats":
+    "Add a batch of per-point values; a point already counted, a negative value (unless `signed`) or a non-finite one is refused."
+    if tuple(values.shape[1:]) != self.shape:
+        raise ValueError(f"update: values have unit shape {tuple(values.shape[1:])}, the statistics {self.shape}")
+    B = values.shape[0]
+    if B == 0: return self
+    v = values.to(self.sum.device, torch.float64)
+    bad = ~torch.isfinite(v)
+    any_bad, any_neg = torch.stack([bad.any(), (v < 0).any() & (not self.signed)]).tolist()   # one wait for the device
+    if any_bad: raise ValueError(f"update: non-finite value at (row, *unit) {tuple(bad.nonzero()[0].tolist())}")
+    if any_neg:
+        raise ValueError(f"update: negative value {v.min().item():.4g} at (row, *unit) {tuple((v < 0).nonzero()[0].tolist())}: "
+                         "UnitMem is defined on magnitudes (measure with abs=True), or make the statistics signed=True")
+    idx = torch.arange(self.count, self.count + B) if index is None else torch.as_tensor(index, dtype=torch.int64)
+    if idx.shape != (B,): raise ValueError(f"update: index has shape {tuple(idx.shape)}, expected ({B},)")
+    if (idx < 0).any(): raise ValueError(f"update: point ids must be >= 0, got {idx.min().item()}")
+    self._add_ids(idx.tolist(), "update")
+    idx = idx.to(self.sum.device).view(B, *[1] * len(self.shape))
+    mx = v.max(0).values
+    am = torch.where(v == mx, idx, torch.iinfo(torch.int64).max).min(0).values  # lowest id among ties
+    self.sum += v.sum(0)
+    self._fold(mx, am)
+    self.count += B
+    return self
+
+# %% ../nbs/10_adaptation.ipynb #0bd5117b
+@patch
+def merge(self: UnitMemStats, other: "UnitMemStats") -> "UnitMemStats":
+    "Add another shard's statistics (exact: sums add, maxima fold with the tie rule); shards must hold different points."
+    if not isinstance(other, UnitMemStats): raise TypeError(f"merge: expected UnitMemStats, got {type(other).__name__}")
+    if other.shape != self.shape: raise ValueError(f"merge: shapes differ, {self.shape} vs {other.shape}")
+    if other.signed and not self.signed: raise ValueError("merge: signed statistics into unsigned ones")
+    self._add_ids(sorted(other.ids), "merge")
+    self.sum += other.sum.to(self.sum.device)
+    self._fold(other.max.to(self.sum.device), other.argmax.to(self.sum.device))
+    self.count += other.count
+    return self
+
+# %% ../nbs/10_adaptation.ipynb #e67b9f74
+@patch
+def all_reduce(self: UnitMemStats, group=None) -> "UnitMemStats":
+    "Merge the statistics of every process of `torch.distributed` in place (gloo on CPU, nccl on GPU)."
+    if not (dist.is_available() and dist.is_initialized()): return self
+    every = [None] * dist.get_world_size(group)
+    dist.all_gather_object(every, sorted(self.ids), group=group)
+    ids = [i for part in every for i in part]
+    if len(set(ids)) != len(ids): raise ValueError("all_reduce: processes counted the same points (shards overlap)")
+    dist.all_reduce(self.sum, op=dist.ReduceOp.SUM, group=group)
+    local_max = self.max.clone()
+    dist.all_reduce(self.max, op=dist.ReduceOp.MAX, group=group)
+    big = torch.iinfo(torch.int64).max
+    self.argmax = torch.where((local_max == self.max) & (self.argmax >= 0), self.argmax, big)
+    dist.all_reduce(self.argmax, op=dist.ReduceOp.MIN, group=group)
+    self.argmax[self.argmax == big] = -1
+    n = torch.tensor([self.count], dtype=torch.int64, device=self.sum.device)
+    dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
+    self.count, self.ids = int(n.item()), set(ids)
+    return self
+
+# %% ../nbs/10_adaptation.ipynb #6f61b3fd
+@patch
+def mu_rest(self: UnitMemStats) -> torch.Tensor:
+    "Mean over the other N-1 points of each unit."
+    _check_points(self.count)
+    return (self.sum - self.max) / (self.count - 1)
+
+# %% ../nbs/10_adaptation.ipynb #9fd42843
+@patch
+def compute(self: UnitMemStats, others: str = "mean") -> torch.Tensor:
+    "UnitMem of every unit, float64 `[*shape]`."
+    if others != "mean": raise ValueError(f"streaming statistics give others='mean' only (got {others!r}); the median needs every per-point value: use unitmem()")
+    return _ratio(self.max, self.mu_rest())
+
+# %% ../nbs/10_adaptation.ipynb #9aee2100
+@patch
+def state_dict(self: UnitMemStats) -> dict:
+    return {"shape": list(self.shape), "sum": self.sum.cpu(), "max": self.max.cpu(), "argmax": self.argmax.cpu(),
+            "count": self.count, "ids": torch.tensor(sorted(self.ids), dtype=torch.int64), "signed": self.signed}
+
+# %% ../nbs/10_adaptation.ipynb #bcf730ce
+@patch
+def load_state_dict(self: UnitMemStats, sd: dict) -> "UnitMemStats":
+    "Adopt saved statistics, after checking that they are UnitMem statistics of our shape and consistent in themselves."
+    if not isinstance(sd, dict): raise ValueError(f"load_state_dict: expected a dict of statistics, got {type(sd).__name__}")
+    lack = [k for k in ("shape", "sum", "max", "argmax", "count") if k not in sd]
+    if lack: raise ValueError(f"load_state_dict: not UnitMem statistics (no {', '.join(lack)}; keys: {sorted(sd)})")
+    if tuple(sd["shape"]) != self.shape: raise ValueError(f"load_state_dict: saved shape {tuple(sd['shape'])}, ours {self.shape}")
+    for k in ("sum", "max", "argmax"):
+        if not torch.is_tensor(sd[k]) or tuple(sd[k].shape) != self.shape:
+            got = tuple(sd[k].shape) if torch.is_tensor(sd[k]) else type(sd[k]).__name__
+            raise ValueError(f"load_state_dict: {k} has shape {got}, but the statistics say {self.shape}")
+    count, ids = int(sd["count"]), sd.get("ids")
+    if count < 0: raise ValueError(f"load_state_dict: count {count} < 0")
+    if ids is not None and (len(ids) != count or len(set(ids.tolist())) != len(ids)):
+        raise ValueError(f"load_state_dict: {len(ids)} point ids ({len(set(ids.tolist()))} different) for a count of {count}")
+    signed = bool(sd.get("signed", False))
+    if not signed and count and (sd["max"] < 0).any(): raise ValueError("load_state_dict: negative maxima in unsigned statistics")
+    if count and ((sd["argmax"] < 0).any() or not torch.isfinite(sd["sum"]).all()):
+        raise ValueError("load_state_dict: statistics of counted points with a missing argmax or a non-finite sum")
+    dev = self.sum.device
+    self.sum, self.max = sd["sum"].to(dev, torch.float64).clone(), sd["max"].to(dev, torch.float64).clone()
+    self.argmax, self.count, self.signed = sd["argmax"].to(dev, torch.int64).clone(), count, signed
+    self.ids = set() if ids is None else set(ids.tolist())
+    return self
+
+# %% ../nbs/10_adaptation.ipynb #ccde17a7
+@patch(cls_method=True)
+def from_state_dict(cls: UnitMemStats, sd: dict) -> "UnitMemStats":
+    if not isinstance(sd, dict) or "shape" not in sd: raise ValueError("from_state_dict: not UnitMem statistics (no 'shape')")
+    return cls(sd["shape"], signed=bool(sd.get("signed", False))).load_state_dict(sd)
+
+# %% ../nbs/10_adaptation.ipynb #8da6ef17
+@patch
+def nbytes(self: UnitMemStats) -> int: return sum(t.numel() * t.element_size() for t in (self.sum, self.max, self.argmax))
 
 # %% ../nbs/10_adaptation.ipynb #d32e11ca
 class NonFiniteActivation(ValueError):
     "A captured activation was NaN or infinite."
 
+# %% ../nbs/10_adaptation.ipynb #a1a720eb
 class UnitCapture:
     "Forward hooks on every block's `act`: per-point mean of |act| per (group, block, unit), reduced on the device."
     def __init__(self, model: nn.Module, # a family adapter with `mlp_blocks()` and `unit_groups()`
@@ -218,22 +258,6 @@ class UnitCapture:
         self.shape = (len(self.groups), len(blocks), self.hidden)  # (G, n_blocks, hidden)
         self._buf, self._handles, self._end, self._n = None, [], max(e for _, e in self.groups), None
 
-    def _hook(self, b, mod, inp, out):
-        if out.ndim != 3 or out.shape[-1] != self.hidden:
-            raise ValueError(f"block {b}: act output has shape {tuple(out.shape)}, expected [B, T, {self.hidden}]")
-        B, T, H = out.shape
-        if self._end > T: raise ValueError(f"block {b}: {T} token positions, but unit_groups() reach position {self._end}")
-        dt = torch.promote_types(out.dtype, torch.float32)
-        if self._buf is None or self._buf.shape[0] != B or self._buf.device != out.device or self._buf.dtype != dt:
-            self._buf = torch.empty(B, *self.shape, device=out.device, dtype=dt)
-        x_BTH = out.detach()
-        whole = self.abs and out.device.type != "cpu"              # GPU: one |act| for all groups (fewer launches);
-        if whole: x_BTH = x_BTH.abs()                              # CPU: |act| per group's slice (stays in cache)
-        for g, (s, e) in enumerate(self.groups):                   # sum over the group's tokens, in >= float32
-            x = x_BTH[:, s:e]
-            torch.sum(x.abs() if self.abs and not whole else x, 1, dtype=dt, out=self._buf[:, g, b])
-        self._seen[b] = True
-
     def __enter__(self):
         self._seen = [False] * self.shape[1]
         self._handles = [a.register_forward_hook(partial(self._hook, b)) for b, a in enumerate(self.acts)]
@@ -243,25 +267,47 @@ class UnitCapture:
         for h in self._handles: h.remove()
         self._handles = []
 
-    def values(self, check: bool = True, # check that they are finite (a wait for the device; `check` them later instead)
-              ) -> torch.Tensor:
-        "The last forward pass's per-point values `[B, G, n_blocks, hidden]` (on the model's device)."
-        if self._buf is None or not all(self._seen):
-            missing = [b for b, s in enumerate(getattr(self, "_seen", [])) if not s]
-            raise RuntimeError(f"no activations captured for blocks {missing or 'all'}: run a forward pass inside `with capture:`")
-        buf, self._buf, self._seen = self._buf, None, [False] * self.shape[1]
-        if self._n is None or self._n.device != buf.device or self._n.dtype != buf.dtype:
-            self._n = torch.tensor([e - s for s, e in self.groups], dtype=buf.dtype, device=buf.device).view(-1, 1, 1)
-        buf.div_(self._n)                                          # the token means: one division for the whole pass
-        return self.check(buf) if check else buf
+# %% ../nbs/10_adaptation.ipynb #80364abb
+@patch
+def _hook(self: UnitCapture, b, mod, inp, out):
+    if out.ndim != 3 or out.shape[-1] != self.hidden:
+        raise ValueError(f"block {b}: act output has shape {tuple(out.shape)}, expected [B, T, {self.hidden}]")
+    B, T, H = out.shape
+    if self._end > T: raise ValueError(f"block {b}: {T} token positions, but unit_groups() reach position {self._end}")
+    dt = torch.promote_types(out.dtype, torch.float32)
+    if self._buf is None or self._buf.shape[0] != B or self._buf.device != out.device or self._buf.dtype != dt:
+        self._buf = torch.empty(B, *self.shape, device=out.device, dtype=dt)
+    x_BTH = out.detach()
+    whole = self.abs and out.device.type != "cpu"              # GPU: one |act| for all groups (fewer launches);
+    if whole: x_BTH = x_BTH.abs()                              # CPU: |act| per group's slice (stays in cache)
+    for g, (s, e) in enumerate(self.groups):                   # sum over the group's tokens, in >= float32
+        x = x_BTH[:, s:e]
+        torch.sum(x.abs() if self.abs and not whole else x, 1, dtype=dt, out=self._buf[:, g, b])
+    self._seen[b] = True
 
-    def check(self, values: torch.Tensor) -> torch.Tensor:
-        "`values` (`[B, G, n_blocks, hidden]`, or a sum of them: NaN and inf survive sums of magnitudes) if finite; else `NonFiniteActivation` naming the first cell."
-        bad = ~torch.isfinite(values)
-        if bad.any():
-            p, g, b, u = bad.nonzero()[0].tolist()
-            raise NonFiniteActivation(f"non-finite activation in block {b}, unit {u} (unit group {g} = tokens {self.groups[g]}, batch row {p})")
-        return values
+# %% ../nbs/10_adaptation.ipynb #725cb38c
+@patch
+def values(self: UnitCapture, check: bool = True, # check that they are finite (a wait for the device; `check` them later instead)
+          ) -> torch.Tensor:
+    "The last forward pass's per-point values `[B, G, n_blocks, hidden]` (on the model's device)."
+    if self._buf is None or not all(self._seen):
+        missing = [b for b, s in enumerate(getattr(self, "_seen", [])) if not s]
+        raise RuntimeError(f"no activations captured for blocks {missing or 'all'}: run a forward pass inside `with capture:`")
+    buf, self._buf, self._seen = self._buf, None, [False] * self.shape[1]
+    if self._n is None or self._n.device != buf.device or self._n.dtype != buf.dtype:
+        self._n = torch.tensor([e - s for s, e in self.groups], dtype=buf.dtype, device=buf.device).view(-1, 1, 1)
+    buf.div_(self._n)                                          # the token means: one division for the whole pass
+    return self.check(buf) if check else buf
+
+# %% ../nbs/10_adaptation.ipynb #3e6a2fdd
+@patch
+def check(self: UnitCapture, values: torch.Tensor) -> torch.Tensor:
+    "`values` (`[B, G, n_blocks, hidden]`, or a sum of them: NaN and inf survive sums of magnitudes) if finite; else `NonFiniteActivation` naming the first cell."
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        p, g, b, u = bad.nonzero()[0].tolist()
+        raise NonFiniteActivation(f"non-finite activation in block {b}, unit {u} (unit group {g} = tokens {self.groups[g]}, batch row {p})")
+    return values
 
 # %% ../nbs/10_adaptation.ipynb #1b71d9a9
 def _batch(dataset, ids):
@@ -274,18 +320,21 @@ def _batch(dataset, ids):
     else: raise ValueError("dataset items must be (image, label) or (point id, image, label)")
     return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.as_tensor([int(it[1]) for it in items]), pid
 
-def _autocast(device, dtype: str | None):
+# %% ../nbs/10_adaptation.ipynb #801b4b41
+def autocast(device, dtype: str | None):
     "bfloat16/float16 autocast on `device`, or nothing for float32 (and None: whatever the caller set)."
     if dtype in (None, "float32"): return nullcontext()
     if dtype not in ("bfloat16", "float16"): raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
 
+# %% ../nbs/10_adaptation.ipynb #ea80d9d1
 def augment_views(augment, seed: int = 0):
     "`augment` as `views(images, point ids, view) -> images`: an `Augment`'s `view` with `seed`; a callable, or None, as it is."
     if augment is not None and callable(getattr(augment, "view", None)):
         return lambda img, ids, v: augment.view(img, ids.cpu(), v, seed=seed)
     return augment
 
+# %% ../nbs/10_adaptation.ipynb #6d2a9ef5
 @torch.no_grad()
 def batch_values(model, cap: "UnitCapture", dataset, ids: list[int],
                  views,                  # `augment_views(...)`, or None for the images as they are
@@ -302,18 +351,21 @@ def batch_values(model, cap: "UnitCapture", dataset, ids: list[int],
     for view in range(augmentations):
         x = img if views is None else views(img, idx, view)
         with torch.autocast(dev.type, enabled=False): tok = model.tokenize(x)
-        with _autocast(dev, dtype), cap: model.logits(tok, lab)
+        with autocast(dev, dtype), cap: model.logits(tok, lab)
         v = cap.values(check=False)                             # no wait for the device per view:
         acc = v if acc is None else acc.add_(v)
     return cap.check(acc.div_(augmentations)), pid, hashes     # one check per batch (a NaN or inf of any view survives the sum)
 
+# %% ../nbs/10_adaptation.ipynb #998825b0
 def _rank_path(path, rank, world):
     p = Path(path)
     return p if world == 1 else p.with_name(f"{p.stem}.rank{rank}-of-{world}{p.suffix}")
 
+# %% ../nbs/10_adaptation.ipynb #c0a5a9df
 class StaleStats(ValueError):
     "A saved statistics file was computed from other weights, data, augmentation or settings than this run's."
 
+# %% ../nbs/10_adaptation.ipynb #ec0559c9
 def weights_fingerprint(model: nn.Module) -> str:
     "sha256 of every tensor of `model.state_dict()` (names, shapes, dtypes and bytes): which weights a result came from."
     h = hashlib.sha256()
@@ -323,6 +375,7 @@ def weights_fingerprint(model: nn.Module) -> str:
         if t.device.type != "meta": h.update(t.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
     return h.hexdigest()
 
+# %% ../nbs/10_adaptation.ipynb #3d59449c
 def augment_fingerprint(augment) -> str | None:
     "What defines an augmentation's views: its `fingerprint` attribute if it has one, else an object's settings (`memloc.data.Augment`: size, scale, hflip), a function's name."
     if augment is None: return None
@@ -332,6 +385,7 @@ def augment_fingerprint(augment) -> str | None:
         return json.dumps({k: v for k, v in sorted(vars(augment).items()) if isinstance(v, (int, float, str, bool, type(None)))})
     return f"{getattr(augment, '__module__', '?')}.{getattr(augment, '__qualname__', type(augment).__qualname__)}"
 
+# %% ../nbs/10_adaptation.ipynb #d765a59d
 def point_hashes(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     "One int64 per point: the first 8 bytes of the sha256 of its image (as float32) and label, to tell its content apart."
     x, y = images.detach().float().cpu().contiguous(), labels.detach().cpu().tolist()
@@ -339,6 +393,7 @@ def point_hashes(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
            for i in range(len(x))]
     return torch.tensor(out, dtype=torch.int64)
 
+# %% ../nbs/10_adaptation.ipynb #0b574f36
 def stale_content(dataset, ids: list[int], hashes: list[int], batch_size: int = 64, verify: int | None = None) -> str | None:
     "Why the saved `hashes` (`point_hashes`) of dataset positions `ids` no longer match the dataset (None if they do); `verify` rereads that many, evenly spaced (None: all)."
     if len(hashes) != len(ids): return f"the file records {len(hashes)} content hashes for {len(ids)} points"
@@ -351,10 +406,12 @@ def stale_content(dataset, ids: list[int], hashes: list[int], batch_size: int = 
         if differ: return f"data: the images or labels of points {differ[:5]} differ from those measured"
     return None
 
+# %% ../nbs/10_adaptation.ipynb #eb39f7ea
 def stale_meta(saved: dict, meta: dict) -> list[str]:
     "Every setting or fingerprint of `meta` that the `saved` one differs in, with both sides."
     return [f"{k}: saved {saved.get(k)!r}, this run {v!r}" for k, v in meta.items() if saved.get(k) != v]
 
+# %% ../nbs/10_adaptation.ipynb #15c4cd17
 def _save(path, stats, done, meta, content):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -362,6 +419,7 @@ def _save(path, stats, done, meta, content):
                 "content": torch.as_tensor(content, dtype=torch.int64)}, tmp)
     os.replace(tmp, path)
 
+# %% ../nbs/10_adaptation.ipynb #d6669b08
 def _load_run(path) -> dict:
     "The file `measure` saved, checked: an error names an unreadable, truncated, pickled-code or unrelated file."
     from memloc.checkpoints import CheckpointError, load_torch_file
@@ -377,11 +435,13 @@ def _load_run(path) -> dict:
     if ck["stats"].ids and len(ck["done"]) != len(ck["stats"].ids): raise StaleStats(f"{path}: {len(ck['done'])} points done, {len(ck['stats'].ids)} counted")
     return ck
 
+# %% ../nbs/10_adaptation.ipynb #69233436
 def load_stats(path: str | os.PathLike) -> tuple[UnitMemStats, list[int], dict]:
     "Statistics, points done and run settings (with the fingerprints of weights, data and augmentation) saved by `measure`."
     ck = _load_run(path)
     return ck["stats"], ck["done"], ck["meta"]
 
+# %% ../nbs/10_adaptation.ipynb #013d756e
 def precision_of(model) -> str:
     "The precision a forward pass of `model` runs in here: the autocast dtype where autocast is on for its device, else its weights' dtype."
     from memloc.family import device_of
@@ -390,6 +450,7 @@ def precision_of(model) -> str:
     dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else (weights[0].dtype if weights else torch.float32)
     return str(dt).removeprefix("torch.")
 
+# %% ../nbs/10_adaptation.ipynb #bff4f2c4
 def tokenizer_precision(model) -> str:
     "The precision the tokenizer of `model` runs in: its weights' dtype (it runs outside autocast); float32 for a tokenizer without weights."
     tok = getattr(model, "tokenizer", None)
@@ -397,12 +458,14 @@ def tokenizer_precision(model) -> str:
     w = [t for t in w if t.is_floating_point()]
     return str(w[0].dtype if w else torch.float32).removeprefix("torch.")
 
+# %% ../nbs/10_adaptation.ipynb #8921ff24
 def _run_meta(model, cap, augmentations, abs, seed, rank, world, aug_fp) -> dict:
     "What a `measure` run is: its settings, its precisions (a bfloat16 run is not a float32 one; the tokens come from the tokenizer's) and the fingerprints of its weights and augmentation."
     return {"shape": list(cap.shape), "augmentations": augmentations, "abs": abs, "seed": seed, "groups": [list(g) for g in cap.groups],
             "rank": rank, "world": world, "weights": weights_fingerprint(model), "augment": aug_fp, "precision": precision_of(model),
             "tokenizer_precision": tokenizer_precision(model)}
 
+# %% ../nbs/10_adaptation.ipynb #c2cfbfe7
 def matching_stats(path,                  # a statistics file saved by `measure` (e.g. by another stage)
                    model: nn.Module, dataset, points, augment=None, augmentations: int = 10, seed: int = 0, abs: bool = True,
                    batch_size: int = 64, verify_points: int = 256,
@@ -421,6 +484,7 @@ def matching_stats(path,                  # a statistics file saved by `measure`
         if why: stale.append(why)
     return (None, "; ".join(stale)) if stale else (ck["stats"], "ok")
 
+# %% ../nbs/10_adaptation.ipynb #21d64ee2
 def measure(model: nn.Module,          # family adapter: tokenize, logits, mlp_blocks, unit_groups
             dataset,                   # (images [N,3,H,W] in [0,1], labels [N]) or a Dataset of (image, label)
             augment=None,              # `memloc.data.Augment`, or augment(images_B3HW, point_ids_B, view) -> images; None: none

@@ -68,6 +68,7 @@ class VARConfig:
         ends = np.cumsum([pn * pn for pn in self.patch_nums]).tolist()
         return [(b, e) for b, e in zip([0] + ends[:-1], ends)]
 
+# %% ../nbs/01_var.ipynb #9a9c2cb9
 def var_preset(depth: int, num_classes: int = 1000, **kw) -> VARConfig:
     "The released VAR-d`depth` shape: width 64*depth, `depth` heads, drop path 0.1*depth/24."
     return VARConfig(num_classes=num_classes, depth=depth, embed_dim=64 * depth, num_heads=depth,
@@ -83,6 +84,7 @@ RELEASED_MODELS = {   # model name -> (preset, tokenizer path setting, generator
     "VAR-smoke": ("smoke", "var_vae_path", "var_smoke_path"),       # profile [smoke]: the released layout at tiny widths (memloc.smoke)
 }
 
+# %% ../nbs/01_var.ipynb #b08ae3ff
 def preset_config(name: str, num_classes: int | None = None) -> dict:
     "Config dict for 'd16', 'd20', 'd24', 'd30', 'smoke', 'tiny' or 'mini'."
     if name in ("d16", "d20", "d24", "d30"):
@@ -106,6 +108,7 @@ def preset_config(name: str, num_classes: int | None = None) -> dict:
 # %% ../nbs/01_var.ipynb #7ca71c38
 def Normalize(c): return nn.GroupNorm(32, c, eps=1e-6, affine=True)
 
+# %% ../nbs/01_var.ipynb #a3eba53e
 class ResnetBlock(nn.Module):
     def __init__(self, cin, cout, dropout=0.0):
         super().__init__()
@@ -119,6 +122,7 @@ class ResnetBlock(nn.Module):
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.nin_shortcut(x) + h
 
+# %% ../nbs/01_var.ipynb #64c4fca3
 class AttnBlock(nn.Module):
     "Single-head self-attention over the h*w positions; one 1x1 conv gives q, k, v."
     def __init__(self, c):
@@ -132,10 +136,12 @@ class AttnBlock(nn.Module):
         o_BCq = torch.bmm(v, att_Bqk.transpose(1, 2))
         return x_BChw + self.proj_out(o_BCq.view(B, C, h, w))
 
+# %% ../nbs/01_var.ipynb #80583b64
 class Downsample2x(nn.Module):
     def __init__(self, c): super().__init__(); self.conv = nn.Conv2d(c, c, 3, 2, 0)
     def forward(self, x): return self.conv(F.pad(x, (0, 1, 0, 1)))
 
+# %% ../nbs/01_var.ipynb #52b455b7
 class Upsample2x(nn.Module):
     def __init__(self, c): super().__init__(); self.conv = nn.Conv2d(c, c, 3, 1, 1)
     def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -208,15 +214,18 @@ class Phi(nn.Conv2d):
         super().__init__(c, c, 3, 1, 1); self.resi_ratio = abs(resi_ratio)
     def forward(self, h_BChw): return h_BChw.mul(1 - self.resi_ratio) + super().forward(h_BChw).mul_(self.resi_ratio)
 
+# %% ../nbs/01_var.ipynb #84f3edf2
 def phi_ticks(K: int) -> np.ndarray:
     "Positions in [0,1] of K shared phi convolutions (K == 4 is spaced 1/(3K) from the ends, others 1/(2K))."
     return np.linspace(1 / 3 / K, 1 - 1 / 3 / K, K) if K == 4 else np.linspace(1 / 2 / K, 1 - 1 / 2 / K, K)
 
+# %% ../nbs/01_var.ipynb #c4379d97
 def phi_index(si: int, S: int, K: int) -> int:
     "Which of the K shared phi convs scale `si` of `S` uses (float64 argmin, first index on ties)."
     at = si / (S - 1) if S > 1 else 0.0
     return int(np.argmin(np.abs(phi_ticks(K) - at)))
 
+# %% ../nbs/01_var.ipynb #6f37b1c0
 class PhiPartiallyShared(nn.Module):
     def __init__(self, c, resi_ratio, K):
         super().__init__(); self.qresi_ls = nn.ModuleList([Phi(c, resi_ratio) for _ in range(K)])
@@ -278,6 +287,7 @@ def idx_to_var_input(self: VectorQuantizer2, idx_Bl: list) -> torch.Tensor:
     if not nxt: return f_hat.new_zeros(B, 0, self.Cvae)
     return torch.cat(nxt, 1)
 
+# %% ../nbs/01_var.ipynb #53ef63ca
 @patch
 def idx_to_fhat(self: VectorQuantizer2, idx_Bl: list) -> torch.Tensor:
     "Sum over scales of phi(upsampled code map): the f_hat the decoder sees."
@@ -288,6 +298,7 @@ def idx_to_fhat(self: VectorQuantizer2, idx_Bl: list) -> torch.Tensor:
         f_hat, _ = self.next_ar_input(si, f_hat, h)
     return f_hat
 
+# %% ../nbs/01_var.ipynb #8951343f
 @patch
 def next_ar_input(self: VectorQuantizer2, si, f_hat, h_BChw):
     "Add scale si's code map to f_hat; return f_hat and the next scale's input map."
@@ -298,7 +309,6 @@ def next_ar_input(self: VectorQuantizer2, si, f_hat, h_BChw):
     f_hat.add_(self.phi(si)(F.interpolate(h_BChw, size=(H, H), mode="bicubic")))
     pn1 = self.patch_nums[si + 1]
     return f_hat, F.interpolate(f_hat, size=(pn1, pn1), mode="area")
-
 
 # %% ../nbs/01_var.ipynb #4f7b1b33
 class VQVAE(nn.Module):
@@ -324,6 +334,7 @@ class FFN(nn.Module):
         self.fc1, self.act, self.fc2 = nn.Linear(c, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, c)
     def forward(self, x): return self.fc2(self.act(self.fc1(x)))
 
+# %% ../nbs/01_var.ipynb #4cad8bc7
 class SelfAttention(nn.Module):
     def __init__(self, c, num_heads, attn_l2_norm=True):
         super().__init__()
@@ -362,6 +373,7 @@ def drop_path(x, p, training, generator=None):
     keep = torch.rand(x.shape[0], 1, 1, device=x.device, generator=generator) >= p
     return x * keep.to(x.dtype) / (1 - p)
 
+# %% ../nbs/01_var.ipynb #8c8eef3c
 class AdaLNSelfAttn(nn.Module):
     def __init__(self, cfg: VARConfig, drop_path_p=0.0):
         super().__init__()
@@ -377,6 +389,7 @@ class AdaLNSelfAttn(nn.Module):
         x_BLC = x_BLC + drop_path(self.ffn(self.ln_wo_grad(x_BLC).mul(s2.add(1)).add_(b2)).mul(g2), self.drop_path_p, self.training)
         return x_BLC
 
+# %% ../nbs/01_var.ipynb #8d1147c7
 class AdaLNBeforeHead(nn.Module):
     def __init__(self, C, eps):
         super().__init__()
@@ -447,10 +460,12 @@ def embed(self: VAR, label_B, x_BlCv, start=0):
     end = start + x_BLC.shape[1]
     return x_BLC + (self.lvl_embed(self.lvl_1L[:, start:end].expand(B, -1)) + self.pos_1LC[:, start:end])
 
+# %% ../nbs/01_var.ipynb #284c3688
 @patch
 def get_logits(self: VAR, h_BLC, cond_BD):
     return self.head(self.head_nm(h_BLC.float(), cond_BD.float()).float()).float()
 
+# %% ../nbs/01_var.ipynb #7fdff00c
 @patch
 def forward(self: VAR, label_B, x_BLCv_wo_first_l, cond_drop_rate: float | None = None, generator=None):
     "Teacher-forced logits [B, L, V]. Class dropout with `cond_drop_rate` (default: the config's, 0 in eval())."
@@ -465,7 +480,6 @@ def forward(self: VAR, label_B, x_BLCv_wo_first_l, cond_drop_rate: float | None 
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_BLC.is_cuda):
         for b in self.blocks: x_BLC = b(x_BLC, cond_BD, bias)
     return self.get_logits(x_BLC, cond_BD)
-
 
 # %% ../nbs/01_var.ipynb #fc3836e0
 def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=0.0, greedy=False, generator=None):
@@ -540,6 +554,7 @@ def _cfg(cls, d):
         if k in d: d[k] = tuple(d[k])
     return cls(**d)
 
+# %% ../nbs/01_var.ipynb #83e61b0f
 class VARModel(nn.Module):
     "The VAR family adapter: the multi-scale VQ-VAE `tokenizer` + VAR `generator`; its methods follow, one idea per cell."
     family = "var"
@@ -571,13 +586,13 @@ class VARModel(nn.Module):
         if labels_B.numel() and (labels_B.min() < 0 or labels_B.max() > self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes}] ({self.num_classes} = null class), got [{labels_B.min().item()}, {labels_B.max().item()}]")
 
-
 # %% ../nbs/01_var.ipynb #565be6ff
 def build_model(config: dict) -> VARModel:
     "A VARModel from its `config` dict (as in `VARModel.config`)."
     if config.get("family", "var") != "var": raise ValueError(f"config is for family {config.get('family')!r}, not 'var'")
     return VARModel(_cfg(VQVAEConfig, config["vqvae"]), _cfg(VARConfig, config["var"]))
 
+# %% ../nbs/01_var.ipynb #bc951eff
 def load_pretrained(files: dict, config: dict | str, device="cpu") -> VARModel:
     "A VARModel (config dict or preset name, e.g. 'd16') built without allocating, then filled strictly from `files` {'tokenizer': VQ-VAE path, 'generator': VAR path}."
     cfg = preset_config(config) if isinstance(config, str) else config
@@ -598,18 +613,21 @@ def tokenize(self: VARModel, img_B3HW):
     check_images(img_B3HW, "tokenize: images")
     with self._fp32(): return torch.cat(self.tokenizer.img_to_idx(img_B3HW.to(self.device).float() * 2 - 1), 1)
 
+# %% ../nbs/01_var.ipynb #3e8b16e0
 @patch
 def decode(self: VARModel, tokens_BL):
     "Tokens [B, L] -> images in [0,1]."
     with self._fp32(): return self.tokenizer.idx_to_img(self.split(tokens_BL.to(self.device))).add(1).mul(0.5)
 
+# %% ../nbs/01_var.ipynb #f6278c85
 @patch
 def reconstruct(self: VARModel, img_B3HW): return self.decode(self.tokenize(img_B3HW))
+
+# %% ../nbs/01_var.ipynb #03369db2
 @patch
 def var_input(self: VARModel, tokens_BL):
     "VAR's teacher-forcing input [B, L - first scale, Cvae], in float32."
     with self._fp32(): return self.tokenizer.quantize.idx_to_var_input(self.split(tokens_BL))
-
 
 # %% ../nbs/01_var.ipynb #c220d5ed
 @patch
@@ -618,6 +636,7 @@ def logits(self: VARModel, tokens_BL, labels_B):
     self._check(tokens_BL, labels_B)
     return self.generator(labels_B, self.var_input(tokens_BL), cond_drop_rate=0.0)
 
+# %% ../nbs/01_var.ipynb #ee8505d1
 @patch
 def loss(self: VARModel, tokens_BL, labels_B, cond_drop_prob: float | None = None, random_ratio: float = 0.0, generator=None):
     "Cross-entropy over all L positions, labels dropped to the null class with `cond_drop_prob` (default: the config's rate)."
@@ -628,6 +647,7 @@ def loss(self: VARModel, tokens_BL, labels_B, cond_drop_prob: float | None = Non
     lg = self.generator(labels_B, x, cond_drop_rate=p, generator=generator)
     return F.cross_entropy(lg.reshape(-1, self.vocab_size), tokens_BL.reshape(-1))
 
+# %% ../nbs/01_var.ipynb #4759be67
 @patch
 def generate(self: VARModel, labels_B, prefix_BL=None, n_prefix=0, cfg=0.0, temperature=1.0, top_k=0, top_p=0.0,
              greedy=False, generator=None, return_logits=False):
@@ -636,19 +656,27 @@ def generate(self: VARModel, labels_B, prefix_BL=None, n_prefix=0, cfg=0.0, temp
     return var_generate(self.generator, self.tokenizer.quantize, labels_B.to(self.device), prefix_BL, n_prefix, cfg,
                         temperature, top_k, top_p, greedy, generator, return_logits)
 
-
 # %% ../nbs/01_var.ipynb #07c5e74e
 @patch
 def mlp_blocks(self: VARModel): return [(b.ffn.fc1, b.ffn.act, b.ffn.fc2) for b in self.generator.blocks]
+
+# %% ../nbs/01_var.ipynb #e110c058
 @patch
 def unit_groups(self: VARModel): return [tuple(be) for be in self.generator.begin_ends]
+
+# %% ../nbs/01_var.ipynb #9352d561
 @patch
 def prefix_lengths(self: VARModel): return [0] + [e for _, e in self.generator.begin_ends[:4]]
+
+# %% ../nbs/01_var.ipynb #1a6c14b0
 @patch
 def score_range(self: VARModel): return tuple(self.generator.begin_ends[-1])
+
+# %% ../nbs/01_var.ipynb #d1ae57be
 @patch
 def generation_steps(self: VARModel): return self.unit_groups()                 # one step per scale
 
+# %% ../nbs/01_var.ipynb #5dc87b25
 @patch
 def headline_prefix(self: VARModel):
     "The analogue of the paper's longest prefix: whole scales up to a quarter of the last scale's side."
@@ -656,13 +684,13 @@ def headline_prefix(self: VARModel):
     end = max([e for (b, e), sd in zip(self.unit_groups(), sides) if sd <= sides[-1] / 4], default=0)
     return max(p for p in self.prefix_lengths() if p <= end)
 
+# %% ../nbs/01_var.ipynb #90303b47
 @patch
 def load_checkpoints(self: VARModel, vae_path=None, var_path=None):
     "Strictly load the VQ-VAE and/or VAR weights from files."
     if vae_path is not None: load_strict(self.tokenizer, read_state_dict(vae_path), "vqvae", str(vae_path))
     if var_path is not None: load_strict(self.generator, read_state_dict(var_path), "var", str(var_path))
     return self
-
 
 # %% ../nbs/01_var.ipynb #3d9630f6
 def fixture_model(name: str = "var_tiny"):
@@ -715,6 +743,7 @@ def tokenizer_loss(vae, img_B3HW: torch.Tensor, beta: float = 0.25, codes: list 
     rec = vae.decoder(vae.post_quant_conv(f_st))
     return F.mse_loss(rec, x) + vq / SN
 
+# %% ../nbs/01_var.ipynb #82cac32e
 def train_options(step: int, ts) -> dict:
     "The generator loss's keywords at training step `step` of settings `ts` (a `memloc.testbed.TrainSettings`)."
     return {"cond_drop_prob": ts.cond_drop_rate}

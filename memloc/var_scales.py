@@ -15,7 +15,7 @@ from scipy import stats as sps
 
 from .stats import interval, top_count
 
-from .unitmem import (StaleStats, UnitCapture, UnitMemStats, _autocast, augment_fingerprint, augment_views, batch_values, measure,
+from .unitmem import (StaleStats, UnitCapture, UnitMemStats, autocast, augment_fingerprint, augment_views, batch_values, measure,
                             stale_content, stale_meta, weights_fingerprint)
 
 # %% auto #0
@@ -29,6 +29,7 @@ def _values_meta(model, cap, pts, augment, augmentations, seed, dtype) -> dict:
     return {"shape": list(cap.shape), "augmentations": augmentations, "seed": seed, "points": pts, "dtype": dtype,
             "weights": weights_fingerprint(model), "augment": augment_fingerprint(augment)}
 
+# %% ../nbs/11_var_scales.ipynb #95aef8da
 def _load_values(path) -> dict:
     "A file `point_values` saved; an error names an unreadable, truncated, pickled-code or unrelated file."
     from memloc.checkpoints import CheckpointError, load_torch_file
@@ -38,6 +39,7 @@ def _load_values(path) -> dict:
         raise StaleStats(f"{path} is not a per-point values file written by point_values (it holds {sorted(ck) if isinstance(ck, dict) else type(ck).__name__})")
     return ck
 
+# %% ../nbs/11_var_scales.ipynb #d2942458
 def point_values(model,                 # family adapter (tokenize, logits, mlp_blocks, unit_groups)
                  dataset,               # (images [N,3,H,W], labels [N]) or a Dataset of (image, label)
                  points,                # dataset indices to measure, in order
@@ -86,6 +88,7 @@ def point_values(model,                 # family adapter (tokenize, logits, mlp_
     if path is not None and done == len(pts): save(done)
     return out
 
+# %% ../nbs/11_var_scales.ipynb #4fff1603
 def matching_values(path, model, dataset, points, augment=None, augmentations: int = 10, seed: int = 0, dtype: str = "float32",
                     batch_size: int = 64, verify_points: int = 256) -> tuple[torch.Tensor | None, str]:
     "(the per-point values at `path`, 'ok') if they are a complete run of exactly these weights, points, data, augmentation and settings; else (None, why not). Reads only."
@@ -102,6 +105,7 @@ def matching_values(path, model, dataset, points, augment=None, augmentations: i
         if why: stale.append(why)
     return (None, "; ".join(s if len(s) < 300 else s[:300] + "..." for s in stale)) if stale else (ck["values"], "ok")
 
+# %% ../nbs/11_var_scales.ipynb #d2e7d6a1
 def stats_from_values(values: torch.Tensor, points, batch_size: int = 64) -> UnitMemStats:
     "`UnitMemStats` of per-point `values` `[N, *shape]`, folded batch by batch as `measure` folds them."
     ids = torch.as_tensor([int(p) for p in points])
@@ -109,10 +113,12 @@ def stats_from_values(values: torch.Tensor, points, batch_size: int = 64) -> Uni
     for s in range(0, len(ids), batch_size): st.update(values[s:s + batch_size], ids[s:s + batch_size])
     return st
 
+# %% ../nbs/11_var_scales.ipynb #468d42ea
 def model_fingerprint(model) -> str:
     "A short hash of the model's weights (the first 12 hex digits of `weights_fingerprint`): saved results name the model they came from."
     return weights_fingerprint(model)[:12]
 
+# %% ../nbs/11_var_scales.ipynb #3c2b9b62
 def unit_stats(model, dataset, points, augment=None, augmentations: int = 10, batch_size: int = 64, seed: int = 0,
                folder=None,               # where the run's values / statistics file goes (resumable); None: nowhere
                name: str = "model",       # file name stem
@@ -125,7 +131,7 @@ def unit_stats(model, dataset, points, augment=None, augmentations: int = 10, ba
         vals = point_values(model, dataset, points, augment, augmentations, batch_size, seed, path, dtype=dtype)
         return stats_from_values(vals, points, batch_size), vals
     path = None if folder is None else Path(folder) / f"{stem}.stats.pt"
-    with _autocast(next(iter(model.parameters())).device, dtype):
+    with autocast(next(iter(model.parameters())).device, dtype):
         st = measure(model, dataset, augment=augment, augmentations=augmentations, batch_size=batch_size, stats_path=path,
                      points=points, seed=seed, progress=False)
     return UnitMemStats.from_state_dict(st.state_dict()), None   # on the CPU, wherever measure kept them
@@ -141,6 +147,7 @@ def top_mask(um: torch.Tensor, # UnitMem per unit, any shape
     m[um.flatten().double().cpu().topk(k).indices] = True
     return m.view(um.shape)
 
+# %% ../nbs/11_var_scales.ipynb #256e027f
 def cell_maps(um_SBH: torch.Tensor, # UnitMem [scales (or groups), blocks, units]
               top_p: float = 10,    # percent of units called "top" (ranked over the whole tensor)
               q: float = 0.9,       # the upper quantile
@@ -161,12 +168,14 @@ def depth_index(um_SBH: torch.Tensor) -> torch.Tensor:
     b = torch.arange(u.shape[1], dtype=torch.float64, device=u.device)
     return (w_SB * b).sum(-1) / w_SB.sum(-1).clamp_min(1e-300)
 
+# %% ../nbs/11_var_scales.ipynb #136eb32c
 def top_depth(um_SBH: torch.Tensor, top_p: float = 10) -> torch.Tensor:
     "Mean block index of each scale's own top-`top_p`% units, `[S]` float64."
     S, B, H = um_SBH.shape
     b = torch.arange(B, dtype=torch.float64).view(B, 1).expand(B, H)
     return torch.stack([b[top_mask(um_SBH[s].cpu(), top_p)].mean() for s in range(S)])
 
+# %% ../nbs/11_var_scales.ipynb #391d3a06
 def trend(depth_S) -> dict:
     "Spearman rho and least-squares slope (blocks per scale) of a per-scale depth against the scale index."
     d = np.asarray(depth_S, dtype=np.float64)
@@ -196,6 +205,7 @@ def unitmem_from_counts(values_NM: torch.Tensor, # per-point values [N, M]
     den = mx + mu_rest
     return torch.where(den == 0, torch.zeros_like(den), (mx - mu_rest) / torch.where(den == 0, torch.ones_like(den), den))
 
+# %% ../nbs/11_var_scales.ipynb #08fe62d7
 def bootstrap_points(values: torch.Tensor, # per-point values [N, *shape]
                      fn,                   # UnitMem [*shape] -> 1-d tensor or sequence of statistics
                      n_boot: int = 200,    # resamples
@@ -210,6 +220,7 @@ def bootstrap_points(values: torch.Tensor, # per-point values [N, *shape]
         out.append(np.asarray(fn(unitmem_from_counts(flat, counts, flat64, top).view(shape)), dtype=np.float64))
     return np.stack(out)
 
+# %% ../nbs/11_var_scales.ipynb #67b126a1
 def bootstrap_units(um: torch.Tensor,   # UnitMem [..., units]
                     fn,                 # UnitMem [..., units] -> statistics
                     n_boot: int = 200,
@@ -225,6 +236,7 @@ def _depth_stats(um_SBH):
     t = trend(d.cpu().numpy())
     return np.concatenate([[t["rho"], t["slope"]], d.cpu().numpy()])
 
+# %% ../nbs/11_var_scales.ipynb #3acecf1d
 def scale_depth_test(um_SBH: torch.Tensor,          # UnitMem [scales, blocks, units]
                      values: torch.Tensor | None = None, # per-point values [N, scales, blocks, units]: bootstrap over points
                      n_boot: int = 200,
@@ -262,6 +274,7 @@ def argmax_cells(um: torch.Tensor,      # UnitMem [..., units]
             "n_hit": int(hit.sum()), "n_units": hit.numel(),
             "mean_hit": float(u[hit].mean()) if hit.any() else float("nan"), "mean_rest": float(u[~hit].mean())}
 
+# %% ../nbs/11_var_scales.ipynb #681b207a
 def class_shares(um: torch.Tensor, argmax: torch.Tensor,
                  labels,              # label of every point id (indexable by the argmax ids)
                  points,              # the measured point ids
@@ -278,6 +291,7 @@ def class_shares(um: torch.Tensor, argmax: torch.Tensor,
     df["ratio"] = df.share_top / df.share_points
     return df
 
+# %% ../nbs/11_var_scales.ipynb #d9f884fb
 def class_test(cs: pd.DataFrame) -> dict:
     "Chi-square test of the top units' class counts against the classes' shares of the points (units taken as independent)."
     n = int(cs.top_units.sum())
@@ -305,6 +319,7 @@ def plot_maps(maps: dict, marks=None, title: str = "", q: float = 0.9, scale_lab
     if title: fig.suptitle(title)
     return fig
 
+# %% ../nbs/11_var_scales.ipynb #31925cbe
 def plot_depth(test: dict, top_depth_S=None, title: str = ""):
     "Depth per scale with its bootstrap interval (and the top units' depth)."
     import matplotlib.pyplot as plt
