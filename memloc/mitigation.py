@@ -406,7 +406,10 @@ def plot_reemergence(results: dict):
         for j, (k, lab) in enumerate(kinds):
             v = [(r["methods"][m].get("reemerged_share") or {}).get(k) for m in ms]
             ax.bar(x + (j - 1) * 0.27, [np.nan if a is None else a for a in v], 0.27, label=lab)
-        ax.set_xticks(x, [f"{NAMES[m]}\n({r['methods'][m]['removed']} removed)" for m in ms], rotation=60, ha="right", fontsize=6.5)
+        def removed(e):   # the random draws: the removed images of the draws that were re-attacked
+            n = (e.get("reemerged_removed") or {}).get("longer_prefix", e["removed"])
+            return f"{n} removed" + (f", {e['reemerged_draws']['longer_prefix']} draws" if "reemerged_draws" in e else "")
+        ax.set_xticks(x, [f"{NAMES[m]}\n({removed(r['methods'][m])})" for m in ms], rotation=60, ha="right", fontsize=6.5)
         ax.set(ylim=(0, 1.05), title=fam, ylabel="share of the removed images back")
     axs[0][0].legend(fontsize=7)
     fig.tight_layout()

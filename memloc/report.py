@@ -358,8 +358,13 @@ def regime_claim(gt: dict | None) -> tuple[str, str] | None:
 # %% ../nbs/21_report.ipynb #91fac2e4
 def _mitigation(dirs: dict) -> dict:
     "Family -> the mitigation stage's record (`mitigation/results.json`), or {}."
+    from memloc.family import FAMILIES
+    from memloc.mitigation import NAMES
     r = read_json(dirs.get("mitigation")) or {}
-    return {k: v for k, v in r.items() if isinstance(v, dict) and "methods" in v}
+    fams = {k: v for k, v in r.items() if isinstance(v, dict) and "methods" in v}
+    order = lambda f: list(FAMILIES).index(f) if f in FAMILIES else len(FAMILIES)
+    return {f: dict(fams[f], methods={m: fams[f]["methods"][m] for m in sorted(fams[f]["methods"], key=lambda m: list(NAMES).index(m) if m in NAMES else len(NAMES))})
+            for f in sorted(fams, key=order)}
 
 def mitigation_best_claim(dirs: dict) -> tuple[str, str] | None:
     "Is scaling the top UnitMem units (the paper's point) the mitigation that leaves the fewest targets extracted within `FID_BUDGET` x the FID as trained (`memloc.mitigation.best_mitigation`)?"
@@ -836,7 +841,9 @@ def _mit_text(d):
             kept_ = [k.replace("_", " ") for k, v in stays_removed(b).items() if v[3] == "stays removed"]
             back = [k.replace("_", " ") for k, v in stays_removed(b).items() if v[3] == "comes back"]
             s += (f"{NAMES[best]} removes the most within FID x{FID_BUDGET} ({_fmt(b['extracted_share'], 2)} still extracted, FID {_fmt(b['fid'], 3)}); "
-                  f"what it removed comes back under {', '.join(back) or 'no re-attack'}" + (f" and stays removed under {', '.join(kept_)}" if kept_ else ""))
+                  + (f"what it removed comes back under {', '.join(back)}" if back else "no re-attack shows what it removed coming back")
+                  + (f", it stays removed under {', '.join(kept_)}" if kept_ else "")
+                  + ("" if len(back) + len(kept_) == 3 else " (the rest: too few removed images to tell)"))
         s += (f"; the paper's point (UnitMem, top {um['p']:g}% x {um['factor']:g}) leaves {_fmt(um['extracted_share'], 2)} (FID {_fmt(um['fid'], 3)}), "
               f"the oracle retrained without duplicates {_fmt(dd['extracted_share'], 2)} (FID {_fmt(dd['fid'], 3)})")
         parts.append(s)
